@@ -1,0 +1,11 @@
+"""seal-env: the SEAL inner loop (self-edit -> LoRA fine-tune -> QA reward) as a Gymnasium environment on MLX."""
+
+from seal_env._blas import load_fast_blas
+
+load_fast_blas()  # must run before anything imports mlx
+
+__version__ = "0.1.0"
+
+from gymnasium.envs.registration import register
+
+register(id="seal/KnowledgeIncorporation-v0", entry_point="seal_env.env:KnowledgeIncorporationEnv")

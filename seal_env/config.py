@@ -1,0 +1,122 @@
+"""Every setting of the environment, in one flat, JSON-serialisable dataclass.
+
+``gym.make("seal/KnowledgeIncorporation-v0", **settings)`` takes these as keyword arguments, so ``env.spec``
+round-trips through JSON. README.md has the same table with the reasons behind the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+REWARD_KINDS = ("accuracy", "f1", "loglik")
+
+
+@dataclass
+class SealConfig:
+    """Settings of one SEAL inner loop: data, learner, training-sequence construction, LoRA, optimiser, grading."""
+
+    # What to learn from and with
+    model: str = "smollm2-135m"  #: model spec, see seal_env.models.load_model
+    dataset: str = "bundled"  #: "bundled", a SEAL/SQuAD JSON path, or "squad[:split]" (online)
+    split: str = "train"  #: "train", "heldout" or "all" articles of the data set
+    heldout: float = 0.25  #: fraction (or count, if >= 1) of articles held out, split deterministically
+    split_seed: int = 0
+    quantize: int | None = None  #: 4 or 8 quantizes the frozen backbone (QLoRA); slow on CPU
+
+    # Reward
+    reward: str = "accuracy"  #: "accuracy" (lenient match), "f1", or "loglik" (gold answer log-likelihood)
+    eval_times: int = 1  #: repeats of the whole inner loop with seeds seed, seed+1, ...; reward is their mean
+    answer_max_tokens: int = 32
+    diverged_reward: float = 0.0  #: reward when the inner loop's loss is non-finite or above max_loss
+
+    # Self-edit -> training sequences
+    split_mode: str = "lines"  #: "lines", "segments" (---) or "none"
+    title_prefix: bool = True
+    include_passage: bool = True  #: SEAL appends the passage itself as one more training sequence
+    drop_preamble: bool = True
+    loss_on: str = "text"  #: "text" (not the title prefix) or "all"
+    max_sequences: int = 30
+    max_sequence_tokens: int = 512
+    max_total_tokens: int = 8192
+    max_action_chars: int = 100_000
+
+    # LoRA (SEAL: r=32, alpha=64, q_proj and v_proj, no dropout)
+    lora_rank: int = 32
+    lora_alpha: float = 64.0
+    lora_dropout: float = 0.0
+    lora_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_layers: int = -1  #: how many of the last transformer blocks carry LoRA; -1 = all
+
+    # Optimiser (SEAL: HF Trainer defaults = AdamW, linear decay, no warm-up; lr 1e-3, 10 epochs, batch 1)
+    optimizer: str = "adamw"  #: "adamw", "adam" or "sgd"
+    learning_rate: float = 1e-3
+    lr_schedule: str = "linear"  #: "linear" (decay to 0) or "constant", after warmup_steps
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    epochs: int = 10
+    batch_size: int = 1
+    max_loss: float = 50.0  #: training stops (diverged) when the loss exceeds this or is not finite
+
+    def __post_init__(self) -> None:
+        self.lora_modules = list(self.lora_modules)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        choices = {
+            "reward": REWARD_KINDS,
+            "split": ("train", "heldout", "all"),
+            "split_mode": ("lines", "segments", "none"),
+            "loss_on": ("text", "all"),
+            "optimizer": ("adamw", "adam", "sgd"),
+            "lr_schedule": ("linear", "constant"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        positive = ("eval_times", "answer_max_tokens", "max_sequences", "max_sequence_tokens", "max_total_tokens",
+                    "max_action_chars", "lora_rank", "epochs", "batch_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("learning_rate", "lora_alpha", "max_loss"):
+            if not (isinstance(getattr(self, name), (int, float)) and math.isfinite(getattr(self, name))
+                    and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps and weight_decay must be >= 0")
+        if self.quantize not in (None, 4, 8):
+            raise ValueError(f"quantize must be None, 4 or 8, got {self.quantize!r}")
+        if not self.lora_modules:
+            raise ValueError("lora_modules must name at least one module (e.g. ['q_proj', 'v_proj'] or ['all'])")
+        if self.lora_layers == 0 or self.lora_layers < -1:
+            raise ValueError(f"lora_layers must be -1 (all) or a positive count, got {self.lora_layers!r}")
+        if not math.isfinite(self.diverged_reward):
+            raise ValueError("diverged_reward must be finite")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "SealConfig":
+        """Build from keyword arguments; an unknown name raises TypeError listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown setting(s) {unknown}; valid settings: {sorted(names)}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def eval_key(self) -> dict[str, Any]:
+        """The settings that decide the baseline (un-adapted) answers of an article."""
+        return {"model": self.model, "quantize": self.quantize, "answer_max_tokens": self.answer_max_tokens}
+
+    def inner_loop_key(self) -> dict[str, Any]:
+        """The settings that decide a reward (for caching), everything but where the articles come from."""
+        skip = {"dataset", "split", "heldout", "split_seed"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}

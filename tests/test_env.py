@@ -1,0 +1,145 @@
+"""The environment on the tiny random model: API, check_env, bad actions, isolation, determinism."""
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from mlx.utils import tree_flatten
+
+from conftest import TINY
+
+EDIT = "1. The observatory sits on Mount Tervik.\n2. It was founded in 1911."
+
+
+def test_make_spec_round_trips_through_json():
+    env = gym.make("seal/KnowledgeIncorporation-v0", **TINY, reward="f1", eval_times=2)
+    spec = gym.spec("seal/KnowledgeIncorporation-v0")
+    dumped = env.spec.to_json()
+    assert json.loads(dumped)["kwargs"]["reward"] == "f1"
+    assert env.unwrapped.cfg.eval_times == 2 and spec.id == env.spec.id
+    env.close()
+
+
+def test_unknown_and_bad_settings_are_clear():
+    with pytest.raises(TypeError, match="unknown setting"):
+        gym.make("seal/KnowledgeIncorporation-v0", model="tiny-random", lora_rnak=4)
+    with pytest.raises(ValueError, match="reward must be one of"):
+        gym.make("seal/KnowledgeIncorporation-v0", model="tiny-random", reward="bleu")
+    with pytest.raises(ValueError, match="lora_modules"):
+        gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, "lora_modules": ["nonexistent_proj"]})
+
+
+def test_check_env_passes(tiny_env):
+    check_env(tiny_env, skip_render_check=False)
+
+
+def test_step_api_and_info(tiny_env):
+    obs, info = tiny_env.reset(seed=0)
+    assert set(obs) == {"title", "context"} and tiny_env.observation_space.contains(obs)
+    assert "questions" not in obs and info["n_questions"] >= 5
+    obs2, reward, terminated, truncated, info = tiny_env.step(EDIT)
+    assert terminated is True and truncated is False and obs2 == obs
+    assert math.isfinite(reward) and reward == pytest.approx(info["accuracy_gain"])
+    for key in ("baseline_accuracy", "adapter_accuracy", "f1_gain", "loglik_gain", "train_losses", "questions",
+                "seconds_train", "seconds_eval", "seed", "train_tokens", "n_sequences"):
+        assert key in info
+    assert info["n_sequences"] == 3  # two lines + the passage
+    assert info["train_steps"] == 3 * TINY["epochs"]
+    json.dumps(info)  # JSON-able
+    assert "reward" in tiny_env.render()
+    with pytest.raises(RuntimeError, match="reset"):
+        tiny_env.step(EDIT)  # one step per episode
+
+
+@pytest.mark.parametrize(
+    "action, flag",
+    [("", "empty_action"), ("   \n\t ", "empty_action"), ("a\x00b\x1bc", "removed_control_chars"),
+     ("lone \ud800 surrogate", "replaced_surrogates"), ("x" * 1_000_000, "action_truncated_chars")],
+)
+def test_bad_actions_have_defined_outcomes(tiny_env, action, flag):
+    tiny_env.reset(seed=1)
+    _, reward, terminated, _, info = tiny_env.step(action)
+    assert terminated and math.isfinite(reward) and info[flag]
+    if flag == "empty_action":
+        assert info["n_sequences"] == 1  # only the passage (include_passage=True)
+    if flag == "action_truncated_chars":
+        assert info["truncated_tokens"] > 0 or info["dropped_sequences"] > 0 or info["dropped_pieces"] > 0
+
+
+def test_non_str_action_raises_and_env_stays_usable(tiny_env):
+    tiny_env.reset(seed=2)
+    with pytest.raises(TypeError, match="must be a str"):
+        tiny_env.step(["not", "text"])
+    _, reward, *_ = tiny_env.step(EDIT)  # same episode still usable
+    assert math.isfinite(reward)
+
+
+def test_empty_action_without_passage_is_exactly_zero():
+    env = gym.make("seal/KnowledgeIncorporation-v0", **TINY, include_passage=False).unwrapped
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step("")
+    assert reward == 0.0 and info["n_sequences"] == 0 and info["adapter_accuracy"] == info["baseline_accuracy"]
+
+
+def test_same_seed_same_action_same_reward(tiny_env):
+    rewards = []
+    for _ in range(2):
+        tiny_env.reset(seed=7)
+        _, r, _, _, info = tiny_env.step(EDIT)
+        rewards.append((r, info["loglik_gain"], info["train_losses"]))
+    assert rewards[0] == rewards[1]
+
+
+def test_base_weights_bit_identical_and_reset_isolation(tiny_env):
+    frozen = {k: np.array(v) for k, v in tree_flatten(tiny_env.learner.model.parameters()) if "lora" not in k}
+    tiny_env.reset(seed=3, options={"article_index": 0})
+    _, _, _, _, first = tiny_env.step(EDIT)
+    tiny_env.reset(seed=4, options={"article_index": 1})
+    tiny_env.step("Something else entirely.\nAnother line.")
+    tiny_env.reset(seed=3, options={"article_index": 0})
+    _, _, _, _, again = tiny_env.step(EDIT)
+    assert again["loglik_gain"] == first["loglik_gain"]  # nothing carried over between episodes
+    after = dict(tree_flatten(tiny_env.learner.model.parameters()))
+    for k, v in frozen.items():
+        assert np.array_equal(v, np.array(after[k])), k
+
+
+def test_baseline_is_computed_once_per_article(tiny_env):
+    tiny_env.reset(seed=0, options={"article_index": 2})
+    tiny_env.step(EDIT)
+    tiny_env.reset(seed=0, options={"article_index": 2})
+    _, _, _, _, info = tiny_env.step(EDIT)
+    assert info["seconds_baseline"] == 0.0
+
+
+def test_diverging_loss_gives_defined_reward():
+    env = gym.make("seal/KnowledgeIncorporation-v0", **TINY, learning_rate=1e6, max_loss=20.0,
+                   diverged_reward=-1.0).unwrapped
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(EDIT * 3)
+    assert info["diverged"] is True and reward == -1.0
+    env.reset(seed=0)  # still usable
+    assert math.isfinite(env.step(EDIT)[1])
+
+
+def test_eval_times_reports_mean_and_std(tiny_env):
+    env = gym.make("seal/KnowledgeIncorporation-v0", **TINY, eval_times=3, reward="loglik").unwrapped
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(EDIT)
+    assert len(info["rewards"]) == 3 and reward == pytest.approx(np.mean(info["rewards"]))
+    assert info["reward_std"] == pytest.approx(np.std(info["rewards"]))
+    assert info["reward_std"] > 0  # different LoRA inits per repeat
+
+
+def test_reset_options_and_randomness_from_np_random(tiny_env):
+    _, info_a = tiny_env.reset(seed=11)
+    _, info_b = tiny_env.reset(seed=11)
+    assert info_a["article_index"] == info_b["article_index"]
+    _, info = tiny_env.reset(options={"article": {"title": "X", "context": "Y is Z.",
+                                                   "questions": [{"question": "What is Y?", "answer": "Z"}]}})
+    assert info["n_questions"] == 1
+    with pytest.raises(IndexError):
+        tiny_env.reset(options={"article_index": 10_000})
