@@ -31,6 +31,7 @@ class SealConfig:
     eval_times: int = 1  #: repeats of the whole inner loop with seeds seed, seed+1, ...; reward is their mean
     answer_max_tokens: int = 32
     diverged_reward: float = 0.0  #: reward when the inner loop's loss is non-finite or above max_loss
+    timings: bool = True  #: put seconds per phase in info (off for exact info comparisons, e.g. check_env)
 
     # Self-edit -> training sequences
     split_mode: str = "lines"  #: "lines", "segments" (---) or "none"
@@ -118,5 +119,5 @@ class SealConfig:
 
     def inner_loop_key(self) -> dict[str, Any]:
         """The settings that decide a reward (for caching), everything but where the articles come from."""
-        skip = {"dataset", "split", "heldout", "split_seed"}
+        skip = {"dataset", "split", "heldout", "split_seed", "timings"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}

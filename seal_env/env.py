@@ -45,7 +45,7 @@ class KnowledgeIncorporationEnv(gym.Env):
     and ``render_mode`` (``None`` or ``"ansi"``).
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(self, render_mode: str | None = None, grader: Grader | None = None, **settings: Any):
         if render_mode not in (None, "ansi"):
@@ -99,7 +99,7 @@ class KnowledgeIncorporationEnv(gym.Env):
         if self._last:
             i = self._last
             lines.append(f"reward ({self.cfg.reward}) {i['reward']:+.4f}  baseline acc {i['baseline_accuracy']:.2f}"
-                         f" -> adapter acc {i['adapter_accuracy']:.2f}  ({i['seconds_total']:.1f}s)")
+                         f" -> adapter acc {i['adapter_accuracy']:.2f}")
             for q in i["questions"]:
                 lines.append(f"  Q: {q['question']}\n     gold {q['gold']!r}  base {q['baseline_answer']!r}"
                              f"  adapted {q['answer']!r}")
@@ -109,15 +109,18 @@ class KnowledgeIncorporationEnv(gym.Env):
         return {"title": self.article.title, "context": self.article.context}
 
     # ----------------------------------------------------------------- the inner loop
+    def set_base_weights(self, weights: dict[str, Any]) -> None:
+        """Swap the learner's base weights (e.g. a fused, updated policy); cached baselines are dropped."""
+        self.learner.set_base_weights(weights)
+        self._baselines.clear()
+
     def baseline(self, article: Article) -> dict[str, Any]:
         """The un-adapted model's quiz on ``article``, computed once per article (the model and settings are fixed)."""
         key = article.id + json.dumps(self.cfg.eval_key(), sort_keys=True)
         if key not in self._baselines:
-            t0 = time.perf_counter()
             self.learner.reset(0)  # lora_b = 0: the adapter adds exactly zero
             results = quiz(self.learner, article, self.cfg.answer_max_tokens, self.grader)
-            self._baselines[key] = {"results": results, "summary": summarize(results),
-                                    "seconds": time.perf_counter() - t0}
+            self._baselines[key] = {"results": results, "summary": summarize(results)}
         return self._baselines[key]
 
     def evaluate(self, article: Article, self_edit: str, seed: int = 0) -> tuple[float, dict[str, Any]]:
@@ -127,7 +130,9 @@ class KnowledgeIncorporationEnv(gym.Env):
         """
         cfg, t_start = self.cfg, time.perf_counter()
         text, flags = sanitize_action(self_edit, cfg.max_action_chars)
+        t0 = time.perf_counter()
         base = self.baseline(article)
+        base_seconds = time.perf_counter() - t0
         seqs, seq_info = build_sequences(text, article.title, article.context, split=cfg.split_mode,
                                          title_prefix=cfg.title_prefix, include_passage=cfg.include_passage,
                                          drop_preamble=cfg.drop_preamble, max_sequences=cfg.max_sequences)
@@ -174,8 +179,8 @@ class KnowledgeIncorporationEnv(gym.Env):
             "train_losses": last["train_losses"], "train_steps": last["train_steps"],
             "diverged": any(run["diverged"] for run in runs), "empty_action": empty,
             "n_sequences": len(data), **seq_info, **tok_info, **flags,
-            "seconds_baseline": base.pop("seconds", 0.0), "seconds_reset": phase["reset"],
-            "seconds_train": phase["train"], "seconds_eval": phase["eval"],
-            "seconds_total": time.perf_counter() - t_start,
         }
+        if cfg.timings:
+            info.update(seconds_baseline=base_seconds, seconds_reset=phase["reset"], seconds_train=phase["train"],
+                        seconds_eval=phase["eval"], seconds_total=time.perf_counter() - t_start)
         return reward, info

@@ -17,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.generate import batch_generate
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
@@ -165,3 +166,22 @@ class Learner:
         picked = mx.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0] * mask
         per_row = picked.sum(axis=1) / mx.maximum(mask.sum(axis=1), 1)
         return [float(x) for x in per_row.tolist()]
+
+    def set_base_weights(self, weights: dict[str, mx.array]) -> None:
+        """Replace frozen base weights (plain mlx-lm names, e.g. from a fused policy) under the LoRA wrappers.
+
+        Lets the inner-loop learner be an updated policy (SEAL's "the model adapts itself"). Names that the LoRA
+        wrapping moved (``...q_proj.weight`` -> ``...q_proj.linear.weight``) are mapped; unknown names raise.
+        """
+        current = dict(tree_flatten(self.model.parameters()))
+        mapped = []
+        for name, value in weights.items():
+            head, _, leaf = name.rpartition(".")
+            target = name if name in current else f"{head}.linear.{leaf}"
+            if target not in current or "lora_" in target:
+                raise KeyError(f"{name!r} is not a base weight of this model")
+            if current[target].shape != value.shape:
+                raise ValueError(f"{name!r}: shape {value.shape} != {current[target].shape}")
+            mapped.append((target, value.astype(current[target].dtype)))
+        self.model.update(tree_unflatten(mapped))
+        mx.eval(self.model.parameters())

@@ -121,6 +121,17 @@ def test_quantize(tiny_dir: Path) -> None:
         models.load_model(str(tiny_dir), quantize=3)
 
 
+def test_half_precision_folder_is_cast_to_fp32(tiny_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "half"
+    shutil.copytree(tiny_dir, folder)
+    weights = {k: v.astype(mx.bfloat16) for k, v in mx.load(str(folder / "model.safetensors")).items()}
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    model, _ = models.load_model(str(folder))
+    assert all(v.dtype == mx.float32 for _, v in tree_flatten(model.parameters()))
+
+
 def test_unknown_spec_raises_value_error() -> None:
     for spec in ("no-such-model", "/no/such/folder", "a/b/c"):
         with pytest.raises(ValueError, match="tiny-random"):
