@@ -1,15 +1,32 @@
 """Where rewards are computed. Agents and benchmarks hand a batch of (article, self-edit, seed) to an executor.
 
-:class:`InProcessExecutor` evaluates in this process with one environment. Other executors (e.g. a Ray actor
-pool) implement the same two methods and must return the same results for the same inputs.
+``executor.evaluate(requests)`` *is* the batched evaluation path: it returns ``(reward, info)`` for every request,
+in the order of ``requests``, and calls ``on_result(i, reward, info)`` once per request as soon as it is known.
+
+* :class:`InProcessExecutor` (default) evaluates in this process with one environment, one request at a time.
+* :class:`RayExecutor` keeps a pool of Ray actors, each holding one environment (one model copy, loaded once), and
+  evaluates requests in parallel on this machine or on a Ray cluster. ``pip install "seal-env[ray]"``; ray is only
+  imported when this executor is built.
+
+Both return the same rewards and infos for the same requests: a reward depends only on (article, self-edit, seed)
+and the settings (the inner loop is deterministic on CPU), never on which worker computed it.
+:func:`make_executor` picks one by name (``--executor ray --workers N`` on the command line, see
+:func:`add_executor_args`).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
 from seal_env.articles import Article
+
+EXECUTOR_KINDS = ("inprocess", "ray")
+#: Environment variables that cap a worker's math-library threads (set before the worker imports numpy/mlx).
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -25,6 +42,9 @@ class Executor(Protocol):
     def evaluate(self, requests: list[RewardRequest], on_result: Callable[[int, float, dict], None] | None = None
                  ) -> list[tuple[float, dict[str, Any]]]:
         """Rewards and infos, in the order of ``requests``; ``on_result(i, reward, info)`` as each one is known."""
+
+    def set_base_weights(self, weights: dict[str, Any]) -> None:
+        """Make every worker's inner-loop learner use these base weights (e.g. an updated policy)."""
 
     def close(self) -> None: ...
 
@@ -49,5 +69,280 @@ class InProcessExecutor:
             out.append((reward, info))
         return out
 
+    def set_base_weights(self, weights: dict[str, Any]) -> None:
+        self.env.set_base_weights(weights)
+
     def close(self) -> None:
         self.env.close()
+
+
+# --------------------------------------------------------------------------------------------------- Ray
+class RewardWorker:
+    """One Ray actor's state: a :class:`~seal_env.env.KnowledgeIncorporationEnv` (its own model copy).
+
+    Plain class; :class:`RayExecutor` wraps it with ``ray.remote``. Usable directly (in-process) for debugging.
+    """
+
+    def __init__(self, settings: dict[str, Any], base_weights: dict[str, Any] | None = None):
+        import seal_env  # noqa: F401  (OpenBLAS before mlx, in this worker process)
+        from seal_env.env import KnowledgeIncorporationEnv
+
+        self.env = KnowledgeIncorporationEnv(**settings)
+        if base_weights is not None:
+            self.set_base_weights(base_weights)
+
+    def ready(self) -> int:
+        """The worker's process id, once the model is loaded."""
+        return os.getpid()
+
+    def evaluate(self, article: Article, self_edit: str, seed: int) -> tuple[float, dict[str, Any]]:
+        return self.env.evaluate(article, self_edit, seed=seed)
+
+    def set_base_weights(self, weights: dict[str, Any]) -> None:
+        import mlx.core as mx
+
+        self.env.set_base_weights({k: mx.array(v) for k, v in weights.items()})
+
+
+def _to_numpy(weights: dict[str, Any]) -> dict[str, Any]:
+    """Weights as numpy arrays (mlx arrays do not cross process boundaries; bfloat16 goes through float32)."""
+    import numpy as np
+
+    out = {}
+    for name, value in weights.items():
+        if type(value).__module__.startswith("mlx"):
+            import mlx.core as mx
+
+            if value.dtype == mx.bfloat16:
+                value = value.astype(mx.float32)
+        out[name] = np.asarray(value)
+    return out
+
+
+def _ray_death_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the worker (process or node) is gone", not "the request itself failed"."""
+    ex = ray.exceptions
+    names = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
+             "LocalRayletDiedError")
+    return tuple(getattr(ex, n) for n in names if hasattr(ex, n))
+
+
+class RayExecutor:
+    """A pool of ``workers`` Ray actors, each loading the model once, evaluating requests in parallel.
+
+    Args:
+        settings: environment settings (the fields of :class:`~seal_env.config.SealConfig`), as for ``gym.make``.
+        workers: number of actors (model copies).
+        address: a Ray cluster address (``"auto"``, ``"ray://head:10001"``, ...); ``None`` starts a local Ray
+            with ``max(cpu_count, workers * cpus_per_worker)`` CPUs. If Ray is already initialised it is used
+            as is (and left running on :meth:`close`).
+        cpus_per_worker: CPUs each actor reserves and math-library threads it uses (``OMP_NUM_THREADS`` /
+            ``OPENBLAS_NUM_THREADS``). Default: ``cpu_count // workers`` locally (1 per worker on 2 cores with
+            2 workers), 1 on a cluster.
+        max_retries: how many times one request may be resubmitted after the worker running it died.
+        ray_init_kwargs: extra arguments for ``ray.init`` (e.g. ``runtime_env`` to ship the code to a cluster).
+
+    Scheduling: each actor runs one request at a time; an idle actor takes the next pending request, preferring
+    one for an article it has already seen (its baseline quiz is cached there). If an actor dies (process
+    killed, node lost), its unfinished request goes back to the front of the queue and is taken by a live
+    actor, and a replacement actor is started (with the current base weights). ``on_result`` is called exactly
+    once per request, and every request's result is the one a live worker returned; a request whose worker
+    died more than ``max_retries`` times raises ``RuntimeError``. A request that itself raises (e.g. a non-str
+    self-edit) propagates its exception, as in-process.
+    """
+
+    def __init__(self, settings: dict[str, Any] | None = None, workers: int = 1, address: str | None = None, *,
+                 cpus_per_worker: int | None = None, max_retries: int = 3,
+                 ray_init_kwargs: dict[str, Any] | None = None):
+        try:
+            import ray
+        except ImportError as err:  # pragma: no cover - depends on the installation
+            raise ImportError('the Ray executor needs ray: pip install "seal-env[ray]" (or "ray>=2.30")') from err
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        from seal_env.config import SealConfig
+
+        self.settings = SealConfig.from_kwargs(**(settings or {})).to_dict()  # validate here, not in each actor
+        self.workers, self.max_retries = workers, max_retries
+        ncpu = os.cpu_count() or 1
+        if cpus_per_worker is None:
+            cpus_per_worker = max(1, ncpu // workers) if address is None else 1
+        self.cpus_per_worker = int(cpus_per_worker)
+        self._ray = ray
+        self._owns_ray = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning"}
+            if address is None:
+                kwargs["num_cpus"] = max(ncpu, workers * self.cpus_per_worker)
+            else:
+                kwargs["address"] = address
+            kwargs.update(ray_init_kwargs or {})
+            ray.init(**kwargs)
+            self._owns_ray = True
+        self._death = _ray_death_errors(ray)
+        threads = str(self.cpus_per_worker)
+        self._actor_cls = ray.remote(RewardWorker).options(
+            num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0,
+            runtime_env={"env_vars": {name: threads for name in THREAD_ENV_VARS}},
+        )
+        self._weights_ref: Any = None  # current base weights in the object store (for replacement actors)
+        self.stats = {"completed": 0, "retried": 0, "respawned": 0}
+        self._actors: list[Any] = [self._spawn() for _ in range(workers)]
+        self._seen: list[set[str]] = [set() for _ in range(workers)]
+        self._start_failures = [0] * workers
+        self._pids: list[int | None] = list(ray.get([a.ready.remote() for a in self._actors]))  # models loaded
+
+    def _spawn(self) -> Any:
+        return self._actor_cls.remote(self.settings, self._weights_ref)
+
+    def _replace(self, slot: int) -> bool:
+        """Start a new actor in a dead actor's slot; False (slot given up) after ``max_retries`` failed starts."""
+        try:
+            self._ray.kill(self._actors[slot], no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        self._seen[slot], self._pids[slot] = set(), None
+        if self._start_failures[slot] > self.max_retries:
+            self._actors[slot] = None
+            return False
+        self._actors[slot] = self._spawn()
+        self.stats["respawned"] += 1
+        return True
+
+    @property
+    def actors(self) -> list[Any]:
+        """The current actor handles (one per worker slot; None for a slot given up)."""
+        return list(self._actors)
+
+    def worker_pids(self) -> list[int | None]:
+        """Process id of each worker slot's actor (None while a replacement is starting)."""
+        return list(self._pids)
+
+    def evaluate(self, requests: Iterable[RewardRequest],
+                 on_result: Callable[[int, float, dict], None] | None = None) -> list[tuple[float, dict[str, Any]]]:
+        ray = self._ray
+        requests = list(requests)
+        for req in requests:  # fail before anything runs, as the in-process executor would at that request
+            if not isinstance(req.self_edit, str):
+                raise TypeError(f"a self-edit must be a str, got {type(req.self_edit).__name__}")
+        results: list[tuple[float, dict[str, Any]] | None] = [None] * len(requests)
+        pending: deque[int] = deque(range(len(requests)))
+        failures = [0] * len(requests)
+        inflight: dict[Any, tuple[str, int, int]] = {}  # ref -> (kind "task"|"ready", slot, request index)
+        live = [s for s, actor in enumerate(self._actors) if actor is not None]
+        idle = [s for s in live if self._pids[s] is not None]
+        for s in live:
+            if self._pids[s] is None:  # a replacement started by an earlier call or by set_base_weights
+                inflight[self._actors[s].ready.remote()] = ("ready", s, -1)
+
+        def assign() -> None:
+            while idle and pending:
+                slot = idle.pop(0)
+                seen = self._seen[slot]
+                pick = next((i for i in pending if requests[i].article.id in seen), pending[0])
+                pending.remove(pick)
+                req = requests[pick]
+                seen.add(req.article.id)
+                ref = self._actors[slot].evaluate.remote(req.article, req.self_edit, req.seed)
+                inflight[ref] = ("task", slot, pick)
+
+        assign()
+        while pending or any(kind == "task" for kind, _, _ in inflight.values()):
+            if not inflight:
+                raise RuntimeError(f"no live Ray workers left; {len(pending)} request(s) not evaluated")
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in done:
+                kind, slot, i = inflight.pop(ref)
+                try:
+                    value = ray.get(ref)
+                except self._death as err:
+                    if kind == "task":
+                        failures[i] += 1
+                        self.stats["retried"] += 1
+                        if failures[i] > self.max_retries:
+                            raise RuntimeError(f"request {i}: its worker died {failures[i]} times") from err
+                        pending.appendleft(i)
+                    else:
+                        self._start_failures[slot] += 1
+                    if self._replace(slot):
+                        inflight[self._actors[slot].ready.remote()] = ("ready", slot, -1)
+                    continue
+                if kind == "ready":
+                    self._pids[slot], self._start_failures[slot] = value, 0
+                    idle.append(slot)
+                    continue
+                reward, info = value
+                results[i] = (reward, info)
+                self.stats["completed"] += 1
+                idle.append(slot)
+                if on_result is not None:
+                    on_result(i, reward, info)
+            assign()
+        return results  # type: ignore[return-value]
+
+    def set_base_weights(self, weights: dict[str, Any]) -> None:
+        """Put ``weights`` in the object store once and load them in every actor (and in future replacements)."""
+        ray = self._ray
+        self._weights_ref = ray.put(_to_numpy(weights))  # replacement actors start with these
+        calls = {s: a.set_base_weights.remote(self._weights_ref) for s, a in enumerate(self._actors) if a is not None}
+        for slot, ref in calls.items():
+            self._seen[slot].clear()  # baselines were dropped with the old weights
+            try:
+                ray.get(ref)
+            except self._death:
+                self._start_failures[slot] += 1
+                self._replace(slot)
+
+    def close(self) -> None:
+        ray = self._ray
+        for actor in filter(None, self._actors):
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self._actors = []
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+        self._owns_ray = False
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------- factory
+def make_executor(kind: str = "inprocess", settings: dict[str, Any] | None = None, workers: int = 1,
+                  address: str | None = None, **kwargs: Any) -> Executor:
+    """An executor by name: ``"inprocess"`` (one worker, this process) or ``"ray"`` (``workers`` actors).
+
+    ``settings`` are the environment settings; ``address`` a Ray cluster address (``None``: a local Ray);
+    extra keyword arguments go to :class:`RayExecutor` (``cpus_per_worker``, ``max_retries``, ``ray_init_kwargs``).
+    """
+    if kind == "inprocess":
+        if workers != 1 or address is not None or kwargs:
+            raise ValueError("the in-process executor has exactly one worker and no address; use kind='ray'")
+        return InProcessExecutor(settings)
+    if kind == "ray":
+        return RayExecutor(settings, workers=workers, address=address, **kwargs)
+    raise ValueError(f"executor kind must be one of {EXECUTOR_KINDS}, got {kind!r}")
+
+
+def add_executor_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--executor {inprocess,ray}``, ``--workers N`` and ``--ray-address ADDR`` to an agent/benchmark CLI."""
+    group = parser.add_argument_group("reward executor")
+    group.add_argument("--executor", choices=EXECUTOR_KINDS, default="inprocess",
+                       help="where rewards are computed (default: inprocess)")
+    group.add_argument("--workers", type=int, default=1, help="Ray actors, one model copy each (default: 1)")
+    group.add_argument("--ray-address", default=None,
+                       help="Ray cluster address (default: start a local Ray); implies --executor ray")
+    return parser
+
+
+def executor_from_args(args: argparse.Namespace, settings: dict[str, Any] | None = None) -> Executor:
+    """The executor that :func:`add_executor_args`'s options ask for."""
+    kind = "ray" if args.ray_address is not None else args.executor
+    if kind == "inprocess" and args.workers != 1:
+        raise SystemExit("--workers > 1 needs --executor ray")
+    return make_executor(kind, settings, workers=args.workers, address=args.ray_address)
