@@ -32,6 +32,8 @@ class SealConfig:
     answer_max_tokens: int = 32
     diverged_reward: float = 0.0  #: reward when the inner loop's loss is non-finite or above max_loss
     timings: bool = True  #: put seconds per phase in info (off for exact info comparisons, e.g. check_env)
+    cache: bool = True  #: reuse rewards from the persistent reward cache (seal_env.cache); off = always train
+    cache_dir: str | None = None  #: reward cache folder; None = seal_env.models.cache_dir() / "rewards"
 
     # Self-edit -> training sequences
     split_mode: str = "lines"  #: "lines", "segments" (---) or "none"
@@ -119,5 +121,5 @@ class SealConfig:
 
     def inner_loop_key(self) -> dict[str, Any]:
         """The settings that decide a reward (for caching), everything but where the articles come from."""
-        skip = {"dataset", "split", "heldout", "split_seed", "timings"}
+        skip = {"dataset", "split", "heldout", "split_seed", "timings", "cache", "cache_dir"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}

@@ -14,6 +14,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
+from seal_env import cache as reward_cache
 from seal_env.articles import Article, load_articles, split_articles
 from seal_env.config import SealConfig
 from seal_env.grading import Grader
@@ -130,6 +131,20 @@ class KnowledgeIncorporationEnv(gym.Env):
         """
         cfg, t_start = self.cfg, time.perf_counter()
         text, flags = sanitize_action(self_edit, cfg.max_action_chars)
+        # The persistent reward cache (seal_env.cache): skipped with a custom grader (not hashable) or a replaced
+        # training step. With timings on, info says cache_hit and its seconds are this call's (a hit: ~0).
+        store = key = None
+        if reward_cache.enabled(cfg.cache) and self.grader is None and self.learner.cacheable:
+            store = reward_cache.RewardCache(cfg.cache_dir)
+            key = reward_cache.reward_key(self.learner.fingerprint(), article, self_edit, cfg.inner_loop_key(),
+                                          seed)
+            hit = store.get(key)
+            if hit is not None:
+                reward, info = hit
+                if cfg.timings:
+                    info.update(seconds_baseline=0.0, seconds_reset=0.0, seconds_train=0.0, seconds_eval=0.0,
+                                seconds_total=time.perf_counter() - t_start, cache_hit=True)
+                return reward, info
         t0 = time.perf_counter()
         base = self.baseline(article)
         base_seconds = time.perf_counter() - t0
@@ -180,7 +195,9 @@ class KnowledgeIncorporationEnv(gym.Env):
             "diverged": any(run["diverged"] for run in runs), "empty_action": empty,
             "n_sequences": len(data), **seq_info, **tok_info, **flags,
         }
+        if store is not None:
+            store.put(key, reward, info)  # without timings: they belong to this call
         if cfg.timings:
             info.update(seconds_baseline=base_seconds, seconds_reset=phase["reset"], seconds_train=phase["train"],
-                        seconds_eval=phase["eval"], seconds_total=time.perf_counter() - t_start)
+                        seconds_eval=phase["eval"], seconds_total=time.perf_counter() - t_start, cache_hit=False)
         return reward, info

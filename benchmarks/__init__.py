@@ -1,0 +1,1 @@
+"""Benchmarks of seal-env: policy comparison (compare_policies) and statistics helpers (stats)."""

@@ -1,0 +1,117 @@
+"""The inner loop's speed levers give the same results as the plain mlx-lm path (tiny random model)."""
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from conftest import TINY
+from seal_env.config import SealConfig
+from seal_env.inner_loop import Learner, fast_exp, loss_positions, make_batch
+from seal_env.models import load_model
+
+PLAIN = dict(fast_kernels=False, head_on_positions=False, compile=False)
+FAST = dict(fast_kernels=True, head_on_positions=True, compile=True)
+
+
+@pytest.fixture(scope="module")
+def learner():
+    model, tok = load_model("tiny-random")
+    cfg = SealConfig(**{k: v for k, v in TINY.items() if k != "split"})
+    return Learner(model, tok, cfg)
+
+
+def _data(tok, n=3):
+    texts = ["The observatory sits on Mount Tervik, far above the valley.", "It was founded in 1911.",
+             "Its first director was Ada Varn, who mapped the northern sky for thirty years."][:n]
+    head = tok.encode("Tervik\n")
+    return [(head + tok.encode(t, add_special_tokens=False) + [tok.eos_token_id], len(head)) for t in texts]
+
+
+def test_fast_exp_matches_exp_and_its_gradient():
+    x = mx.linspace(-87.0, 88.0, 200_001)  # the whole float32 range of exp
+    ref = np.exp(np.asarray(x, dtype=np.float64))
+    assert np.max(np.abs(np.asarray(fast_exp(x), dtype=np.float64) - ref) / ref) < 2e-7
+    assert float(fast_exp(mx.array([-1000.0]))[0]) < 1e-37 and np.isfinite(float(fast_exp(mx.array([1000.0]))[0]))
+    g = mx.grad(lambda v: fast_exp(v).sum())(mx.array([0.5, -2.0]))
+    assert np.allclose(np.asarray(g), np.exp([0.5, -2.0]), rtol=1e-6)
+
+
+def test_loss_and_grads_agree_with_plain_path(learner):
+    learner.reset(1)
+    for m in learner.adapters:  # non-zero B so every LoRA gradient is non-trivial
+        m.lora_b = mx.random.normal(m.lora_b.shape, key=mx.random.key(2)) * 0.05
+    inputs, targets, mask = make_batch(_data(learner.tokenizer, 1))
+    learner.model.train()
+    results = {}
+    try:
+        for name, levers in (("plain", PLAIN), ("fast", FAST)):
+            learner.set_levers(**levers)
+            positions, weights = loss_positions(mask, levers["head_on_positions"])
+            (loss, ntoks), grads = learner._loss_and_grad(learner.model, inputs, targets, positions, weights)
+            results[name] = (loss.item(), ntoks.item(), {k: np.asarray(v) for k, v in tree_flatten(grads)})
+    finally:
+        learner.model.eval()
+        learner.set_levers(**FAST)
+    (l0, n0, g0), (l1, n1, g1) = results["plain"], results["fast"]
+    assert n0 == n1 == float(np.asarray(mask).sum())
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    assert g0.keys() == g1.keys() and len(g0) == 2 * len(learner.adapters)
+    for k in g0:
+        scale = np.abs(g0[k]).max() + 1e-12
+        assert np.abs(g0[k] - g1[k]).max() / scale < 1e-4, k
+
+
+def test_training_agrees_with_plain_path_and_is_deterministic(learner):
+    data = _data(learner.tokenizer)
+    reports = {}
+    for name, levers in (("plain", PLAIN), ("fast", FAST), ("fast again", FAST)):
+        learner.set_levers(**levers)
+        learner.reset(7)
+        reports[name] = learner.train(data, seed=7)
+        reports[name]["logliks"] = learner.answer_logliks(["Where is the observatory?\nAnswer:"], ["Mount Tervik"])
+    assert reports["fast"]["train_losses"] == reports["fast again"]["train_losses"]  # deterministic
+    assert reports["fast"]["logliks"] == reports["fast again"]["logliks"]
+    p, f = reports["plain"], reports["fast"]
+    assert f["train_steps"] == p["train_steps"] == len(data) * learner.cfg.epochs
+    assert f["trained_tokens"] == p["trained_tokens"]
+    assert np.allclose(f["train_losses"], p["train_losses"], rtol=1e-4)
+    assert f["logliks"][0] == pytest.approx(p["logliks"][0], rel=1e-4)
+
+
+def test_answer_logliks_on_positions_match_full_logits(learner):
+    learner.reset(3)
+    prompts = ["Question: Where is it?\nAnswer:", "Question: When was it founded?\nAnswer:"]
+    answers = ["On Mount Tervik", "1911"]
+    learner.set_levers(**PLAIN)
+    plain = learner.answer_logliks(prompts, answers)
+    learner.set_levers(**FAST)
+    fast = learner.answer_logliks(prompts, answers)
+    assert np.allclose(fast, plain, rtol=1e-5) and all(math.isfinite(x) for x in fast)
+
+
+def test_fast_attention_and_mlp_match_stock_modules(learner):
+    layer = learner.model.model.layers[0]
+    x = mx.random.normal((2, 11, layer.hidden_size), key=mx.random.key(0))
+    out = {}
+    for on in (False, True):
+        learner.set_levers(fast_kernels=on, head_on_positions=True, compile=False)
+        learner.model.train()
+        out[on] = (np.asarray(layer.self_attn(x, mask="causal")), np.asarray(layer.mlp(x)))
+        learner.model.eval()
+    learner.set_levers(**FAST)
+    for a, b in zip(out[False], out[True]):
+        assert np.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_traces_are_bounded(learner, monkeypatch):
+    monkeypatch.setattr(Learner, "MAX_TRACES", 2)
+    learner.set_levers(**FAST)
+    tok = learner.tokenizer
+    learner.reset(0)
+    for n in (5, 6, 7, 8):
+        ids = tok.encode("word " * n)
+        learner.train([(ids, 1)], seed=0)
+        assert len(learner._shapes) <= 2
