@@ -4,8 +4,13 @@ from seal_env._blas import load_fast_blas
 
 load_fast_blas()  # must run before anything imports mlx
 
+from gymnasium.envs.registration import register  # noqa: E402
+
 __version__ = "0.1.0"
 
-from gymnasium.envs.registration import register
-
-register(id="seal/KnowledgeIncorporation-v0", entry_point="seal_env.env:KnowledgeIncorporationEnv")
+register(
+    id="seal/KnowledgeIncorporation-v0",
+    entry_point="seal_env.env:KnowledgeIncorporationEnv",
+    vector_entry_point="seal_env.vector:KnowledgeIncorporationVectorEnv",
+)
+register(id="seal/ContinualPretraining-v0", entry_point="seal_env.cpt_env:ContinualPretrainingEnv")

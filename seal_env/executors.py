@@ -9,7 +9,10 @@ in the order of ``requests``, and calls ``on_result(i, reward, info)`` once per 
   imported when this executor is built.
 
 Both return the same rewards and infos for the same requests: a reward depends only on (article, self-edit, seed)
-and the settings (the inner loop is deterministic on CPU), never on which worker computed it.
+and the settings (the inner loop is deterministic on CPU), never on which worker computed it. Bit for bit, that
+holds for the same BLAS thread count: OpenBLAS splits matrix products differently with another thread count, which
+moves losses and log-likelihoods in about the 7th significant digit (accuracy rewards practically never change).
+A Ray worker uses ``cpus_per_worker`` threads; :func:`blas_threads` sets this process's count.
 :func:`make_executor` picks one by name (``--executor ray --workers N`` on the command line, see
 :func:`add_executor_args`).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
@@ -76,6 +80,25 @@ class InProcessExecutor:
         self.env.close()
 
 
+def blas_threads(n: int | None = None) -> int | None:
+    """Get (and with ``n``, first set) the OpenBLAS thread count of this process; None without OpenBLAS.
+
+    Rewards are bit-for-bit reproducible for a fixed BLAS thread count, but a different count changes the
+    float rounding of matrix products (losses and log-likelihoods differ around the 7th digit). To compare an
+    in-process result with a Ray worker's exactly, run both with the same count (``cpus_per_worker``).
+    """
+    import ctypes
+
+    from seal_env import _blas
+
+    if _blas.loaded_path is None:
+        return None
+    lib = ctypes.CDLL(_blas.loaded_path)
+    if n is not None:
+        lib.openblas_set_num_threads(int(n))
+    return int(lib.openblas_get_num_threads())
+
+
 # --------------------------------------------------------------------------------------------------- Ray
 class RewardWorker:
     """One Ray actor's state: a :class:`~seal_env.env.KnowledgeIncorporationEnv` (its own model copy).
@@ -83,10 +106,16 @@ class RewardWorker:
     Plain class; :class:`RayExecutor` wraps it with ``ray.remote``. Usable directly (in-process) for debugging.
     """
 
-    def __init__(self, settings: dict[str, Any], base_weights: dict[str, Any] | None = None):
+    def __init__(self, settings: dict[str, Any], base_weights: dict[str, Any] | None = None,
+                 threads: int | None = None):
+        if threads is not None:  # before OpenBLAS/mlx load in this process (a fresh Ray worker has neither)
+            for name in THREAD_ENV_VARS:
+                os.environ[name] = str(threads)
         import seal_env  # noqa: F401  (OpenBLAS before mlx, in this worker process)
         from seal_env.env import KnowledgeIncorporationEnv
 
+        if threads is not None:
+            blas_threads(threads)  # and in case OpenBLAS was already loaded
         self.env = KnowledgeIncorporationEnv(**settings)
         if base_weights is not None:
             self.set_base_weights(base_weights)
@@ -94,6 +123,14 @@ class RewardWorker:
     def ready(self) -> int:
         """The worker's process id, once the model is loaded."""
         return os.getpid()
+
+    def blas_threads(self) -> int | None:
+        """OpenBLAS threads in this worker (None if OpenBLAS is not loaded)."""
+        return blas_threads()
+
+    def cpu_seconds(self) -> float:
+        """CPU time used by this worker process so far (all its threads), for benchmarks."""
+        return time.process_time()
 
     def evaluate(self, article: Article, self_edit: str, seed: int) -> tuple[float, dict[str, Any]]:
         return self.env.evaluate(article, self_edit, seed=seed)
@@ -180,11 +217,10 @@ class RayExecutor:
             ray.init(**kwargs)
             self._owns_ray = True
         self._death = _ray_death_errors(ray)
-        threads = str(self.cpus_per_worker)
+        # Threads are capped inside the worker (RewardWorker sets THREAD_ENV_VARS and OpenBLAS's count): a
+        # runtime_env with env_vars would do it too but needs dedicated worker processes (slower actor starts).
         self._actor_cls = ray.remote(RewardWorker).options(
-            num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0,
-            runtime_env={"env_vars": {name: threads for name in THREAD_ENV_VARS}},
-        )
+            num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0)
         self._weights_ref: Any = None  # current base weights in the object store (for replacement actors)
         self.stats = {"completed": 0, "retried": 0, "respawned": 0}
         self._actors: list[Any] = [self._spawn() for _ in range(workers)]
@@ -193,7 +229,7 @@ class RayExecutor:
         self._pids: list[int | None] = list(ray.get([a.ready.remote() for a in self._actors]))  # models loaded
 
     def _spawn(self) -> Any:
-        return self._actor_cls.remote(self.settings, self._weights_ref)
+        return self._actor_cls.remote(self.settings, self._weights_ref, self.cpus_per_worker)
 
     def _replace(self, slot: int) -> bool:
         """Start a new actor in a dead actor's slot; False (slot given up) after ``max_retries`` failed starts."""

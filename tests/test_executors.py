@@ -1,0 +1,148 @@
+"""Executors: in-process, the factory and CLI options, and a local 2-worker Ray pool on the tiny model
+(parity with in-process, a worker killed mid-batch, base-weight broadcast, the batched vector env on Ray)."""
+
+import argparse
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+
+# short sequences, one epoch, no reward cache (results must really be recomputed): plumbing, not learning
+FAST = {**TINY, "epochs": 1, "max_sequence_tokens": 64, "max_action_chars": 2000, "timings": False, "cache": False}
+from seal_env.config import SealConfig
+from seal_env.env import KnowledgeIncorporationEnv, select_articles
+from seal_env.executors import (InProcessExecutor, RewardRequest, add_executor_args, blas_threads,
+                                executor_from_args, make_executor)
+
+SETTINGS = {**FAST, "reward": "loglik"}
+ARTICLES = select_articles(SealConfig(**SETTINGS))
+REQUESTS = [RewardRequest(ARTICLES[i % 3], f"1. Fact number {i}.\n2. Another fact, {i}.", seed=i) for i in range(4)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_blas_thread():
+    """In-process work in this module uses 1 BLAS thread, as each of 2 Ray workers does on 2 cores: results are
+    bit-identical for a fixed BLAS thread count (another count changes float rounding in the 7th digit)."""
+    before = blas_threads()
+    blas_threads(1)
+    yield
+    blas_threads(before)
+
+
+@pytest.fixture(scope="module")
+def local_env():
+    env = KnowledgeIncorporationEnv(**SETTINGS)
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def reference(local_env):
+    return InProcessExecutor(env=local_env).evaluate(REQUESTS)
+
+
+def test_inprocess_results_in_order_and_on_result(local_env):
+    calls = []
+    out = InProcessExecutor(env=local_env).evaluate(REQUESTS[:2], lambda i, r, info: calls.append((i, r)))
+    assert [c[0] for c in calls] == [0, 1] and [c[1] for c in calls] == [r for r, _ in out]
+    assert [info["seed"] for _, info in out] == [0, 1]
+
+
+def test_make_executor_and_cli_options():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        make_executor("threads", SETTINGS)
+    with pytest.raises(ValueError, match="one worker"):
+        make_executor("inprocess", SETTINGS, workers=2)
+    parser = add_executor_args(argparse.ArgumentParser())
+    args = parser.parse_args(["--executor", "ray", "--workers", "3"])
+    assert (args.executor, args.workers, args.ray_address) == ("ray", 3, None)
+    with pytest.raises(SystemExit):
+        executor_from_args(parser.parse_args(["--workers", "2"]), SETTINGS)
+    ex = executor_from_args(parser.parse_args([]), SETTINGS)
+    assert isinstance(ex, InProcessExecutor)
+    ex.close()
+
+
+# ------------------------------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def pool():
+    pytest.importorskip("ray")
+    ex = make_executor("ray", SETTINGS, workers=2, cpus_per_worker=1)  # what 2 workers get on 2 cores by default
+    yield ex
+    ex.close()
+
+
+def test_ray_workers_are_single_threaded(pool):
+    import ray
+
+    assert ray.get([a.blas_threads.remote() for a in pool.actors]) == [1, 1]
+    assert len(set(pool.worker_pids())) == 2 and os.getpid() not in pool.worker_pids()
+
+
+def test_ray_equals_inprocess(pool, reference):
+    calls = []
+    out = pool.evaluate(REQUESTS, lambda i, r, info: calls.append(i))
+    assert sorted(calls) == list(range(len(REQUESTS)))  # exactly once each
+    assert out == reference  # rewards and infos, in order, bit for bit
+    with pytest.raises(TypeError, match="must be a str"):
+        pool.evaluate([RewardRequest(ARTICLES[0], None)])
+
+
+def test_ray_worker_killed_mid_batch_has_its_work_redone(pool, reference):
+    victim = pool.worker_pids()[1]
+    before = dict(pool.stats)
+    calls = []
+
+    def on_result(i, reward, info):
+        calls.append(i)
+        if len(calls) == 1:  # worker 1 is busy with (or about to get) a request: kill its process
+            os.kill(victim, signal.SIGKILL)
+
+    out = pool.evaluate(REQUESTS, on_result)
+    assert sorted(calls) == list(range(len(REQUESTS)))  # nothing lost, nothing counted twice
+    assert out == reference
+    assert pool.stats["retried"] > before["retried"] and pool.stats["respawned"] > before["respawned"]
+    assert victim not in pool.worker_pids()
+
+
+def test_ray_base_weights_broadcast_also_to_replacements(pool, local_env, reference):
+    import mlx.core as mx
+    import ray
+    from mlx.utils import tree_flatten
+
+    params = dict(tree_flatten(local_env.learner.model.parameters()))
+    original = {"model.norm.weight": params["model.norm.weight"]}
+    changed = {"model.norm.weight": original["model.norm.weight"] * 1.5}
+    req = REQUESTS[0]
+    try:
+        pool.set_base_weights(changed)
+        local_env.set_base_weights({k: mx.array(v) for k, v in changed.items()})
+        expected = InProcessExecutor(env=local_env).evaluate([req])
+        assert expected[0][0] != reference[0][0]
+        ray.kill(pool.actors[0])  # an idle worker dies between batches; its replacement must get the weights
+        assert pool.evaluate([req]) == expected
+        assert ray.get(pool.actors[0].evaluate.remote(req.article, req.self_edit, req.seed)) == expected[0]
+    finally:
+        pool.set_base_weights(original)
+        local_env.set_base_weights(original)
+    assert pool.evaluate([req]) == reference[:1]
+
+
+def test_batched_vector_env_on_ray(pool):
+    from seal_env.vector import KnowledgeIncorporationVectorEnv
+
+    envs = KnowledgeIncorporationVectorEnv(2, executor=pool, **SETTINGS)
+    ref = KnowledgeIncorporationVectorEnv(2, **SETTINGS)
+    actions = ("1. One fact.\n2. Two facts.", "Three facts.")
+    results = []
+    for e in (envs, ref):
+        e.reset(seed=9)
+        results.append(e.step(actions))
+    assert np.array_equal(results[0][1], results[1][1])
+    assert list(results[0][4]["final_info"]["train_losses"]) == list(results[1][4]["final_info"]["train_losses"])
+    envs.close()  # does not close the shared pool
+    ref.close()
+    assert pool.evaluate(REQUESTS[:1])[0] is not None
