@@ -1,0 +1,91 @@
+"""ReSTEM, SEAL's outer loop: sample self-edits, keep each article's best, fine-tune the policy on them.
+
+Each round: take the next ``articles_per_round`` training articles, sample ``k`` self-edits per article from the
+policy, reward every one in the environment (``eval_times`` inner loops each), keep each article's best (only
+if its reward > ``threshold``, when set), and fine-tune the policy with a LoRA on (self-edit prompt -> self-edit)
+with the loss on the self-edit only. The LoRA is folded into the policy, which samples the next round and, with
+``inner_loop_learner="policy"`` (SEAL), is also the model that the inner loop fine-tunes. Before training and
+after every round the policy is evaluated on held-out articles that are never trained on.
+
+    python -m agents.restem                   # demo preset: SmolLM2-135M, bundled articles, minutes on a CPU
+    python -m agents.restem --preset paper --data ../shared/data/squad_train_pool300.json
+    python -m agents.restem --resume runs/<run>
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from agents.base import Experience
+from agents.config import TINY, RunConfig
+from agents.run import LoRAPolicy, main as run_main, train_with_progress
+
+
+@dataclass
+class ReSTEMConfig(RunConfig):
+    """ReSTEM's settings, on top of the shared ones in :class:`agents.config.RunConfig`."""
+
+    # ReSTEM
+    threshold: float | None = None  #: keep an article's best self-edit only if its reward > threshold (none: always)
+
+
+#: ``demo`` is the dataclass defaults; ``paper`` is SEAL's knowledge-incorporation ReSTEM (50 articles x 5
+#: self-edits x 3 inner loops, 2 rounds, SFT with LoRA r=64 on all linear layers, lr 3e-4, 2 epochs, batch 5,
+#: and SEAL's inner loop: the SealConfig defaults, with SEAL's accuracy reward); ``tiny`` is the tiny-random model, for tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "paper": {"rounds": 2, "articles_per_round": 50, "k": 5, "heldout_articles": -1, "self_edit_max_tokens": 1024,
+              "policy_epochs": 2, "policy_batch_size": 5, "env": {"eval_times": 3, "reward": "accuracy"}},
+    "tiny": TINY,
+}
+
+
+def select_best(batch: list[Experience], threshold: float | None) -> list[Experience]:
+    """Each article's highest-reward self-edit (the first on ties), if its reward clears ``threshold``."""
+    best: dict[str, Experience] = {}
+    for e in batch:
+        if e.article.id not in best or e.reward > best[e.article.id].reward:
+            best[e.article.id] = e
+    return [e for e in best.values() if threshold is None or e.reward > threshold]
+
+
+class ReSTEM:
+    """The ReSTEM agent: rejection sampling (best of ``k``) and supervised fine-tuning of the policy."""
+
+    def __init__(self, cfg: ReSTEMConfig):
+        self.cfg = cfg
+        self.model = LoRAPolicy(cfg)
+        self.policy = self.model.policy
+
+    def learn(self, batch: list[Experience], seed: int) -> dict[str, float]:
+        keep = select_best(batch, self.cfg.threshold)
+        stats: dict[str, float] = {"kept": float(len(keep))}
+        if not keep:
+            return stats
+        stats["kept_reward_mean"] = statistics.fmean(e.reward for e in keep)
+        data = [self.policy.training_pair(e.observation, e.self_edit) for e in keep]
+        self.model.learner.reset(seed)
+        report = train_with_progress(self.model.learner, data, seed, "policy SFT", self.cfg.progress)
+        if report["diverged"]:
+            self.model.learner.reset(0)  # drop the update, keep the policy as it was
+        else:
+            self.model.fuse()
+        losses = report["train_losses"] or [float("nan")]
+        return {**stats, "sft_loss": statistics.fmean(losses), "sft_loss_last": losses[-1],
+                "sft_steps": float(report["train_steps"]), "diverged": float(report["diverged"])}
+
+    def state(self) -> dict[str, Any]:
+        return self.model.weights()
+
+    def load_state(self, weights: dict[str, Any]) -> None:
+        self.model.load_weights(weights)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run_main("restem", ReSTEMConfig, PRESETS, ReSTEM, __doc__.split("\n\n")[0], argv)
+
+
+if __name__ == "__main__":
+    main()

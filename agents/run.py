@@ -1,0 +1,511 @@
+"""What every agent in ``agents/`` shares: the run directory, wandb, the policy's LoRA, and the round loop.
+
+A run directory (``runs/<name>/``) holds ``config.json`` (every setting), ``journal.jsonl`` (one JSON record a
+line, flushed and fsync'ed as soon as it is known: the sampled self-edits of a round, each reward, each policy
+update, each round's summary), ``rounds/NNN/policy.safetensors`` (the policy after round NNN), ``results.json``
+and ``wandb/``. ``--resume`` replays the journal: nothing in it is sampled or evaluated again, and every seed is
+derived from (seed, round, article, sample), so a resumed run ends exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+import mlx.core as mx
+import numpy as np
+from mlx_lm.tuner.lora import LoRALinear
+from tqdm.auto import tqdm
+
+from agents.base import Agent, Experience, Policy, derive_seed, observation
+from agents.config import RunConfig, build_parser, parse_args, read_meta
+from agents.policies import PromptPolicy
+from seal_env.articles import Article
+from seal_env.env import select_articles
+from seal_env.executors import InProcessExecutor, RewardRequest
+from seal_env.inner_loop import Learner
+from seal_env.models import load_model
+
+# ------------------------------------------------------------------------------------------------ run directory
+
+
+class Run:
+    """A run directory: ``config.json``, an append-only ``journal.jsonl``, and per-round policy checkpoints."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.meta = read_meta(self.path)
+        self.journal = self.path / "journal.jsonl"
+        self.index: dict[tuple, dict[str, Any]] = {}
+        for record in self._read_journal():
+            self.index[self._key(record)] = record
+        self._file = open(self.journal, "a", encoding="utf-8")
+
+    @classmethod
+    def create(cls, path: Path, meta: dict[str, Any]) -> Run:
+        path = Path(path)
+        if (path / "config.json").exists():
+            raise FileExistsError(f"{path} already holds a run: resume it with --resume {path}, or pick another --name")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        return cls(path)
+
+    def _read_journal(self) -> list[dict[str, Any]]:
+        """The journal's records; a last line cut short by a kill (no newline yet) is dropped from the file."""
+        if not self.journal.exists():
+            return []
+        data = self.journal.read_bytes()
+        records, end = [], 0
+        for line in data.split(b"\n")[:-1]:  # the part after the last newline is unfinished
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    raise ValueError(f"{self.journal}: corrupt record at byte {end}") from None
+            end += len(line) + 1
+        if end < len(data):
+            with open(self.journal, "r+b") as f:
+                f.truncate(end)
+        return records
+
+    @staticmethod
+    def _key(record: dict[str, Any]) -> tuple:
+        return (record["event"], record.get("round"), record.get("phase"), record.get("article_id"), record.get("k"))
+
+    def get(self, event: str, round: int, phase: str | None = None, article_id: str | None = None,
+            k: int | None = None) -> dict[str, Any] | None:
+        return self.index.get((event, round, phase, article_id, k))
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record and make it durable before returning."""
+        self._file.write(json.dumps(record, ensure_ascii=False, default=_plain) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.index[self._key(record)] = record
+
+    def checkpoint(self, round: int) -> Path:
+        """Where the policy after ``round`` is saved."""
+        return self.path / "rounds" / f"{round:03d}" / "policy.safetensors"
+
+    def save_checkpoint(self, round: int, weights: dict[str, mx.array]) -> Path:
+        path = self.checkpoint(round)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("tmp-policy.safetensors")
+        metadata = {"round": str(round), "model": self.meta["config"]["env"]["model"],
+                    "algorithm": self.meta["algorithm"], "format": "plain mlx-lm weight names, fused"}
+        mx.save_safetensors(str(tmp), weights, metadata=metadata)
+        os.replace(tmp, path)
+        return path
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy / mlx values that an executor may put in an info dict."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def load_policy(run_dir: str | Path, round: int | None = None, **sampling: Any) -> PromptPolicy:
+    """The policy of a run after ``round`` (default: its last checkpoint; 0 = the initial model) as a PromptPolicy."""
+    meta = read_meta(run_dir)
+    cfg = meta["config"]
+    rounds = sorted(int(p.parent.name) for p in Path(run_dir).glob("rounds/*/policy.safetensors"))
+    round = (rounds[-1] if rounds else 0) if round is None else round
+    model, tokenizer = load_model(cfg["env"]["model"])
+    if round:
+        path = Path(run_dir) / "rounds" / f"{round:03d}" / "policy.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint for round {round} in {run_dir} (have {rounds})")
+        model.load_weights(list(mx.load(str(path)).items()), strict=False)
+        mx.eval(model.parameters())
+    settings = {"template": cfg["template"], "temperature": cfg["temperature"], "top_p": cfg["top_p"],
+                "max_tokens": cfg["self_edit_max_tokens"], **sampling}
+    return PromptPolicy(model, tokenizer, **settings)
+
+
+# ------------------------------------------------------------------------------------------------ wandb
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+        from urllib.parse import urlparse
+
+        host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+        return netrc.netrc().authenticators(host) is not None
+    except Exception:
+        return False
+
+
+class Logger:
+    """Logs to wandb inside the run directory; any wandb failure prints one warning and never stops the run."""
+
+    def __init__(self, mode: str, project: str, name: str, run_dir: Path, config: dict[str, Any], run_id: str):
+        self.run, self._set_env = None, {}
+        if mode == "disabled":
+            return
+        if mode == "online" and not _has_wandb_key():
+            print("wandb: no API key found, logging offline (wandb sync later)", file=sys.stderr)
+            mode = "offline"
+        try:
+            import wandb
+        except Exception as e:  # pragma: no cover - wandb is a dependency
+            return self._fail(e)
+        wanted = {var: str(run_dir / "wandb" / sub) for var, sub in
+                  (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts"))}
+        wanted["WANDB_DISABLE_WEAVE"] = "true"  # wandb takes our `agents` package for OpenAI's and advertises Weave
+        self._set_env = {k: v for k, v in wanted.items() if k not in os.environ}  # the user's settings win
+        os.environ.update(self._set_env)
+        settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True,
+                                  init_timeout=60)
+        for attempt in ([mode, "offline"] if mode == "online" else [mode]):
+            try:
+                self.run = wandb.init(project=project, name=name, id=run_id, dir=str(run_dir), config=config,
+                                      mode=attempt, resume="allow", settings=settings)
+                self.run.define_metric("self_edit/index")
+                self.run.define_metric("self_edit/*", step_metric="self_edit/index")
+                self.run.define_metric("round/index")
+                self.run.define_metric("round/*", step_metric="round/index")
+                return
+            except Exception as e:
+                print(f"wandb: {attempt} init failed ({type(e).__name__}: {e})", file=sys.stderr)
+        self.run = None
+
+    def _fail(self, error: Exception) -> None:
+        warnings.warn(f"wandb logging stopped: {type(error).__name__}: {error}", stacklevel=3)
+        self.run = None
+
+    def log(self, data: dict[str, Any]) -> None:
+        if self.run is not None:
+            try:
+                self.run.log(data)
+            except Exception as e:
+                self._fail(e)
+
+    def table(self, key: str, columns: list[str], rows: list[list[Any]], extra: dict[str, Any]) -> None:
+        if self.run is not None:
+            try:
+                import wandb
+
+                self.run.log({key: wandb.Table(columns=columns, data=rows), **extra})
+            except Exception as e:
+                self._fail(e)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception as e:
+                self._fail(e)
+        for var in self._set_env:
+            os.environ.pop(var, None)
+
+
+# ------------------------------------------------------------------------------------------------ the policy model
+
+
+class LoRAPolicy:
+    """A PromptPolicy whose model carries seal_env's LoRA Learner; :meth:`fuse` folds an update into the weights.
+
+    Between updates the LoRA's B matrices are zero, so the policy samples exactly as its (fused) weights say.
+    """
+
+    def __init__(self, cfg: RunConfig):
+        model, tokenizer = load_model(cfg.env.model)
+        self.learner = Learner(model, tokenizer, cfg.update_config())
+        self.policy = PromptPolicy(model, tokenizer, cfg.template, cfg.temperature, cfg.top_p,
+                                   cfg.self_edit_max_tokens, cfg.sample_batch_size, cfg.progress)
+        self.initial = self.weights()
+
+    def _adapters(self) -> list[tuple[str, LoRALinear]]:
+        return [(n, m) for n, m in self.learner.model.named_modules() if isinstance(m, LoRALinear)]
+
+    def weights(self) -> dict[str, mx.array]:
+        """The base weights under the LoRA (plain mlx-lm names): what updates change, and what checkpoints hold."""
+        return {f"{name}.weight": m.linear.weight for name, m in self._adapters()}
+
+    def fuse(self) -> None:
+        """Fold the trained LoRA into the weights (W + scale * B^T A^T) and zero it again."""
+        fused = {f"{name}.weight": m.linear.weight + (m.scale * m.lora_b.T) @ m.lora_a.T for name, m in self._adapters()}
+        self.load_weights(fused)
+
+    def load_weights(self, weights: dict[str, mx.array]) -> None:
+        self.learner.set_base_weights(weights)
+        self.learner.reset(0)
+
+
+def train_with_progress(learner: Learner, data: list[tuple[list[int], int]], seed: int, desc: str,
+                        progress: bool) -> dict[str, Any]:
+    """``learner.train`` with a progress bar over its optimiser steps."""
+    steps = math.ceil(len(data) / learner.cfg.batch_size) * learner.cfg.epochs
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
+    step = learner._loss_and_grad
+
+    def counted(*args: Any) -> Any:
+        out = step(*args)
+        bar.update(1)
+        return out
+
+    learner._loss_and_grad = counted
+    try:
+        return learner.train(data, seed=seed)
+    finally:
+        learner._loss_and_grad = step
+        bar.close()
+
+
+# ------------------------------------------------------------------------------------------------ the round loop
+
+
+def make_executor(cfg: RunConfig) -> Any:
+    """The reward executor: ``seal_env.executors.make_executor`` where it exists, else in-process."""
+    from seal_env import executors
+
+    settings = {**cfg.env.to_dict(), "split": "all"}  # the agent hands articles over itself
+    if hasattr(executors, "make_executor"):
+        address = {"address": cfg.ray_address} if cfg.executor == "ray" else {}
+        return executors.make_executor(cfg.executor, settings, cfg.workers, **address)
+    if cfg.executor != "inprocess":
+        raise ValueError(f"executor {cfg.executor!r} is not available in this seal_env (no make_executor)")
+    return InProcessExecutor(settings)
+
+
+class Rewards:
+    """An executor whose base-weight updates are held back until a reward is actually needed (cheap resumes)."""
+
+    def __init__(self, executor: Any):
+        self.executor, self.pending = executor, None
+
+    def set_base_weights(self, weights: dict[str, Any]) -> None:
+        self.pending = weights
+
+    def evaluate(self, requests: list[RewardRequest], on_result: Callable[[int, float, dict], None]) -> None:
+        if not requests:
+            return
+        if self.pending is not None:
+            self.executor.set_base_weights(self.pending)
+            self.pending = None
+        self.executor.evaluate(requests, on_result=on_result)
+
+
+def load_splits(cfg: RunConfig) -> tuple[list[Article], list[Article]]:
+    """The training and held-out articles of ``cfg.env.dataset``; errors say what to change."""
+    train = select_articles(dataclasses.replace(cfg.env, split="train"))
+    if cfg.articles_per_round > len(train):
+        raise ValueError(f"articles_per_round={cfg.articles_per_round} exceeds the {len(train)} training articles of "
+                         f"{cfg.env.dataset!r}: lower --articles-per-round or use a larger --data")
+    heldout: list[Article] = []
+    if cfg.heldout_articles:
+        heldout = select_articles(dataclasses.replace(cfg.env, split="heldout"))
+        if cfg.heldout_articles > 0:
+            heldout = heldout[: cfg.heldout_articles]
+    return train, heldout
+
+
+def round_articles(train: list[Article], round: int, cfg: RunConfig) -> list[Article]:
+    """Round ``round``'s articles: the next slice of a seeded permutation of the train split (wrapping around)."""
+    order = np.random.default_rng(derive_seed(cfg.seed, "article-order")).permutation(len(train))
+    start = (round - 1) * cfg.articles_per_round
+    return [train[order[(start + i) % len(train)]] for i in range(cfg.articles_per_round)]
+
+
+def reward_stats(batch: list[Experience]) -> dict[str, float]:
+    """Mean / max / min reward, fraction positive, and mean baseline and adapter accuracy of a batch."""
+    rewards = [e.reward for e in batch]
+    if not rewards:
+        return {}
+    mean = lambda key: statistics.fmean(e.info.get(key, math.nan) for e in batch)  # noqa: E731
+    return {"reward_mean": statistics.fmean(rewards), "reward_max": max(rewards), "reward_min": min(rewards),
+            "frac_positive": sum(r > 0 for r in rewards) / len(rewards), "n": float(len(rewards)),
+            "baseline_accuracy": mean("baseline_accuracy"), "adapter_accuracy": mean("adapter_accuracy")}
+
+
+def rollout(run: Run, policy: Policy, rewards: Rewards, articles: list[Article], k: int, round: int, phase: str,
+            cfg: RunConfig, logger: Logger) -> tuple[list[Experience], dict[str, float]]:
+    """Sample ``k`` self-edits per article and evaluate them, taking whatever the journal already holds."""
+    seconds = {"sample": 0.0, "rewards": 0.0}
+    record = run.get("samples", round, phase)
+    if record is None:
+        t0 = time.perf_counter()
+        proposed = policy.propose([observation(a) for a in articles], k, derive_seed(cfg.seed, round, phase))
+        if len(proposed) != len(articles) or any(len(p) != k or not all(isinstance(s, str) for s in p) for p in proposed):
+            raise ValueError(f"{type(policy).__name__}.propose must return {k} str self-edits for each observation")
+        record = {"event": "samples", "round": round, "phase": phase,
+                  "self_edits": {a.id: list(p) for a, p in zip(articles, proposed)}}
+        run.append(record)
+        seconds["sample"] = time.perf_counter() - t0
+    todo = [(a, j) for a in articles for j in range(k) if run.get("reward", round, phase, a.id, j) is None]
+    requests = [RewardRequest(a, record["self_edits"][a.id][j], derive_seed(cfg.seed, round, phase, a.id, j))
+                for a, j in todo]
+    bar = tqdm(total=len(requests), desc=f"round {round} {phase} rewards", unit="reward", disable=not cfg.progress,
+               leave=False)
+
+    def on_result(i: int, reward: float, info: dict[str, Any]) -> None:
+        article, j = todo[i]
+        run.append({"event": "reward", "round": round, "phase": phase, "article_id": article.id, "k": j,
+                    "title": article.title, "seed": requests[i].seed, "self_edit": requests[i].self_edit,
+                    "reward": reward, "info": info})
+        logger.log({"self_edit/index": len(run.index), "self_edit/round": round, "self_edit/reward": reward,
+                    "self_edit/heldout": int(phase == "heldout"),
+                    "self_edit/adapter_accuracy": info.get("adapter_accuracy", math.nan)})
+        bar.update(1)
+        bar.set_postfix(reward=f"{reward:+.3f}")
+
+    t0 = time.perf_counter()
+    try:
+        rewards.evaluate(requests, on_result)
+    finally:
+        bar.close()
+    seconds["rewards"] = time.perf_counter() - t0
+    batch = []
+    for a in articles:
+        for j in range(k):
+            rec = run.get("reward", round, phase, a.id, j)
+            batch.append(Experience(a, rec["self_edit"], rec["reward"], rec["info"], j))
+    return batch, seconds
+
+
+def train(cfg: RunConfig, agent: Agent, run: Run, executor: Any, logger: Logger,
+          splits: tuple[list[Article], list[Article]]) -> dict[str, Any]:
+    """Round 0 evaluates the initial policy on held-out articles; rounds 1..R sample, reward, learn, checkpoint and
+    evaluate on held-out articles again. Returns (and saves as results.json) the per-round summaries."""
+    train_articles, heldout = splits
+    rewards, t_start = Rewards(executor), time.perf_counter()
+    learned = [r for r in range(1, cfg.rounds + 1) if run.get("learn", r) and run.checkpoint(r).is_file()]
+    if learned:  # resume from the last policy update
+        agent.load_state(dict(mx.load(str(run.checkpoint(learned[-1])))))
+        if cfg.inner_loop_learner == "policy":
+            rewards.set_base_weights(agent.state())
+    summaries = []
+    for rnd in range(cfg.rounds + 1):
+        if done := run.get("round", rnd):
+            summaries.append(done["summary"])
+            continue
+        t0, summary, batch = time.perf_counter(), {"round": rnd}, []
+        seconds: dict[str, float] = {}
+        if rnd >= 1:
+            batch, seconds = rollout(run, agent.policy, rewards, round_articles(train_articles, rnd, cfg), cfg.k, rnd,
+                                     "train", cfg, logger)
+            summary["train"] = reward_stats(batch)
+            if record := run.get("learn", rnd):
+                stats = record["stats"]
+            else:
+                t1 = time.perf_counter()
+                stats = agent.learn(batch, derive_seed(cfg.seed, rnd, "learn"))
+                path = run.save_checkpoint(rnd, agent.state())
+                seconds["learn"] = time.perf_counter() - t1
+                run.append({"event": "learn", "round": rnd, "stats": stats, "checkpoint": str(path)})
+            summary["learn"] = stats
+            if cfg.inner_loop_learner == "policy":
+                rewards.set_base_weights(agent.state())
+        if heldout:
+            held, held_seconds = rollout(run, agent.policy, rewards, heldout, cfg.heldout_k, rnd, "heldout", cfg, logger)
+            summary["heldout"] = reward_stats(held)
+            seconds.update({f"heldout_{k}": v for k, v in held_seconds.items()})
+            batch += held
+        summary["seconds"] = {**seconds, "total": time.perf_counter() - t0}
+        run.append({"event": "round", "round": rnd, "summary": summary})
+        summaries.append(summary)
+        _log_round(logger, summary, batch, rnd)
+        print(_round_line(summary), flush=True)
+    last = max([r for r in range(1, cfg.rounds + 1) if run.checkpoint(r).is_file()], default=0)
+    results = {"algorithm": run.meta["algorithm"], "run_dir": str(run.path), "rounds": summaries,
+               "checkpoint": str(run.checkpoint(last)) if last else None,
+               "seconds": time.perf_counter() - t_start}
+    (run.path / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return results
+
+
+def _log_round(logger: Logger, summary: dict[str, Any], batch: list[Experience], rnd: int) -> None:
+    flat = {"round/index": rnd}
+    for part in ("train", "heldout", "learn", "seconds"):
+        flat.update({f"round/{part}_{k}": v for k, v in summary.get(part, {}).items()})
+    logger.log(flat)
+    rows = [[rnd, "heldout" if i >= summary.get("train", {}).get("n", 0) else "train", e.article.title, e.k, e.reward,
+             e.info.get("baseline_accuracy"), e.info.get("adapter_accuracy"), e.self_edit] for i, e in enumerate(batch)]
+    logger.table(f"self_edits/round_{rnd}", ["round", "phase", "title", "k", "reward", "baseline_accuracy",
+                                             "adapter_accuracy", "self_edit"], rows, {"round/index": rnd})
+
+
+def _fmt(stats: dict[str, Any] | None) -> str:
+    if not stats:
+        return "-"
+    return f"{stats['reward_mean']:+.3f} (max {stats['reward_max']:+.3f}, >0 {stats['frac_positive']:.0%})"
+
+
+def _round_line(summary: dict[str, Any]) -> str:
+    learn = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.get("learn", {}).items())
+    return (f"round {summary['round']}: train reward {_fmt(summary.get('train'))} | held-out {_fmt(summary.get('heldout'))}"
+            + (f" | {learn}" if learn else "") + f" | {summary['seconds']['total']:.0f} s")
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    print(f"\n{results['algorithm']} finished: {len(results['rounds']) - 1} rounds, {results['seconds']:.0f} s this session")
+    print(f"{'round':>5}  {'train reward (mean, max, >0)':34} {'held-out reward':34}")
+    for s in results["rounds"]:
+        print(f"{s['round']:>5}  {_fmt(s.get('train')):34} {_fmt(s.get('heldout')):34}")
+    print(f"run dir:    {results['run_dir']}\ncheckpoint: {results['checkpoint']}")
+
+
+def run_agent(algorithm: str, cfg: RunConfig, make_agent: Callable[[RunConfig], Agent], *, preset: str = "",
+              resume: Path | str | None = None, splits: tuple[list[Article], list[Article]] | None = None
+              ) -> dict[str, Any]:
+    """Create (or resume) a run directory and train ``make_agent(cfg)`` in it; returns the results."""
+    cfg.validate()
+    splits = splits or load_splits(cfg)  # fail on bad data before loading any model
+    if resume is not None:
+        run = Run(Path(resume))
+    else:
+        name = cfg.name or f"{algorithm}-{preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        meta = {"algorithm": algorithm, "preset": preset, "seal_env_version": seal_env.__version__,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "wandb_id": os.urandom(4).hex(),
+                "command": " ".join(sys.argv), "config": dataclasses.asdict(cfg)}
+        run = Run.create(Path(cfg.runs_dir) / name, meta)
+    print(f"{algorithm}: run dir {run.path}", flush=True)
+    logger = Logger(cfg.wandb_mode, cfg.wandb_project, run.path.name, run.path,
+                    {"algorithm": algorithm, "preset": preset, **dataclasses.asdict(cfg)}, run.meta["wandb_id"])
+    executor = None
+    try:
+        agent = make_agent(cfg)
+        executor = make_executor(cfg)
+        return train(cfg, agent, run, executor, logger, splits)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with  python -m agents.{algorithm} --resume {run.path}", file=sys.stderr)
+        raise
+    finally:
+        if executor is not None:
+            executor.close()
+        logger.finish()
+        run.close()
+
+
+def main(algorithm: str, cls: type, presets: dict[str, dict[str, Any]], make_agent: Callable[[RunConfig], Agent],
+         description: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """The command line of an agent: parse settings, run (or resume), print a summary."""
+    parser = build_parser(algorithm, cls, presets, description)
+    cfg, preset, resume = parse_args(parser, cls, presets, argv)
+    try:
+        splits = load_splits(cfg)
+        if resume is None and cfg.name and (Path(cfg.runs_dir) / cfg.name / "config.json").exists():
+            raise FileExistsError(f"{Path(cfg.runs_dir) / cfg.name} already holds a run: continue it with --resume, "
+                                  "or pick another --name")
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        parser.error(str(e))
+    try:
+        results = run_agent(algorithm, cfg, make_agent, preset=preset, resume=resume, splits=splits)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    print_summary(results)
+    return results

@@ -1,0 +1,150 @@
+"""The agent interface: ready policies, make_policy, the command line, the run journal."""
+
+import json
+
+import pytest
+
+import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from agents import grpo, restem
+from agents.base import Agent, Experience, Policy, derive_seed
+from agents.policies import EmptyPolicy, PassagePolicy, PromptPolicy, ReplayPolicy, make_policy
+from agents.run import Run
+from seal_env.articles import load_articles
+from seal_env.models import load_model
+
+OBS = [{"title": "Tervik Observatory", "context": "Tervik Observatory stands on Mount Hallegrim."},
+       {"title": "Kelmsund", "context": "Kelmsund is a town with a lens workshop."}]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return load_model("tiny-random")
+
+
+def test_fixed_policies_follow_the_protocol():
+    assert EmptyPolicy().propose(OBS, k=2) == [["", ""], ["", ""]]
+    assert PassagePolicy().propose(OBS, k=1) == [[OBS[0]["context"]], [OBS[1]["context"]]]
+    assert isinstance(EmptyPolicy(), Policy) and isinstance(make_policy("passage"), PassagePolicy)
+    assert isinstance(make_policy("none"), EmptyPolicy)
+    assert isinstance(restem.ReSTEM, type) and hasattr(restem.ReSTEM, "learn") and hasattr(grpo.GRPO, "state")
+    assert Agent is not None and Experience(None, "x", 1.0).k == 0
+
+
+def test_replay_policy_matches_articles_by_passage(tmp_path):
+    path = tmp_path / "edits.json"
+    path.write_text(json.dumps([{"title": "T", "context": "Tervik Observatory  stands on\nMount Hallegrim.",
+                                 "completions": ["a", "b", "c"]}]))
+    policy = make_policy(f"replay:{path}")
+    assert isinstance(policy, ReplayPolicy)
+    assert policy.propose(OBS[:1], k=2) == [["a", "b"]]  # whitespace-normalised match
+    with pytest.raises(KeyError, match="Kelmsund"):
+        policy.propose(OBS, k=1)
+    with pytest.raises(ValueError, match="has 3 self-edits"):
+        policy.propose(OBS[:1], k=4)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        make_policy(f"replay:{tmp_path / 'missing.json'}")
+    with pytest.raises(ValueError, match="unknown policy spec"):
+        make_policy("gpt5")
+
+
+def test_replay_policy_reads_the_shared_self_edit_files(shared_data):
+    articles = load_articles(shared_data / "squad_seal_eval_dev100.json", limit=3)
+    policy = ReplayPolicy(shared_data / "self_edits" / "gpt-4.1_dev100.json")
+    edits = policy.propose([{"title": a.title, "context": a.context} for a in articles], k=5)
+    assert [len(e) for e in edits] == [5, 5, 5] and all(s.strip() for e in edits for s in e)
+
+
+def test_prompt_policy_sampling_is_seeded_per_observation_and_sample(tiny_model):
+    policy = make_policy("prompt:implications", loaded=tiny_model, max_tokens=6)
+    assert isinstance(policy, PromptPolicy)
+    both = policy.propose(OBS, k=2, seed=3)
+    assert [len(x) for x in both] == [2, 2] and both[0][0] != both[0][1]
+    assert policy.propose(OBS, k=2, seed=3) == both
+    assert policy.propose(OBS[1:], k=2, seed=3) == both[1:]  # independent of the rest of the batch
+    assert policy.propose(OBS, k=2, seed=4) != both
+    greedy = make_policy("prompt:rewrite", loaded=tiny_model, max_tokens=4, temperature=0.0)
+    assert greedy.propose(OBS[:1], k=2) == [[greedy.propose(OBS[:1])[0][0]] * 2]
+    ids, start = policy.training_pair(OBS[0], " 1. A fact.")
+    assert ids[:start] == policy.prompt_ids(OBS[0]) and ids[-1] == tiny_model[1].eos_token_id
+    with pytest.raises(ValueError, match="unknown self-edit template"):
+        make_policy("prompt:nonsense", loaded=tiny_model)
+
+
+def test_derive_seed_is_deterministic_and_spread():
+    assert derive_seed(0, 1, "train", "abc", 2) == derive_seed(0, 1, "train", "abc", 2)
+    assert len({derive_seed(0, r, k) for r in range(5) for k in range(5)}) == 25
+    assert 0 <= derive_seed("x") < 2**31 - 2**16
+
+
+def test_journal_drops_a_record_cut_short_by_a_kill(tmp_path):
+    run = Run.create(tmp_path / "r", {"algorithm": "test", "config": {}})
+    run.append({"event": "reward", "round": 1, "phase": "train", "article_id": "a", "k": 0, "reward": 0.5})
+    run.close()
+    with open(tmp_path / "r" / "journal.jsonl", "a") as f:
+        f.write('{"event": "reward", "round": 1, "pha')
+    run = Run(tmp_path / "r")
+    assert run.get("reward", 1, "train", "a", 0)["reward"] == 0.5 and len(run.index) == 1
+    run.append({"event": "round", "round": 1, "summary": {}})
+    run.close()
+    lines = (tmp_path / "r" / "journal.jsonl").read_text().splitlines()
+    assert [json.loads(x)["event"] for x in lines] == ["reward", "round"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        Run.create(tmp_path / "r", {"algorithm": "test", "config": {}})
+
+
+def test_help_lists_every_setting_and_the_presets(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        restem.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    for text in ("--articles-per-round", "--k", "--threshold", "--epochs", "--lora-rank", "--data", "--resume",
+                 "--wandb-mode {online,offline,disabled}", "--executor {inprocess,ray}", "--workers", "paper", "tiny"):
+        assert text in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--articles-per-round", "0"], "articles_per_round must be a positive integer"),
+    (["--k", "0"], "k must be a positive integer"),
+    (["--data", "/nonexistent/articles.json"], "article file not found"),
+    (["--articles-per-round", "1000"], "exceeds the 30 training articles"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--template", "nonsense"], "unknown self-edit template"),
+    (["--preset", "huge"], "invalid choice"),
+    (["--workers", "2"], "need --executor ray"),
+    (["--resume", "/nonexistent/run"], "not a run directory"),
+])
+def test_bad_settings_exit_with_a_clear_message(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        restem.main(argv + ["--runs-dir", str(tmp_path), "--wandb-mode", "disabled"])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing was created
+
+
+def test_grpo_needs_groups(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        grpo.main(["--preset", "tiny", "--k", "1", "--runs-dir", str(tmp_path)])
+    assert "k must be >= 2" in capsys.readouterr().err
+
+
+def test_a_wandb_failure_never_stops_a_run(tmp_path, monkeypatch):
+    import wandb
+
+    from agents.run import Logger
+
+    class Broken:
+        def define_metric(self, *args, **kwargs):
+            pass
+
+        def log(self, data):
+            raise ConnectionError("wandb is down")
+
+        def finish(self):
+            raise ConnectionError("wandb is down")
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: Broken())
+    logger = Logger("offline", "p", "n", tmp_path, {}, "id")
+    with pytest.warns(UserWarning, match="wandb logging stopped"):
+        logger.log({"x": 1.0})
+    logger.log({"x": 2.0}), logger.table("t", ["a"], [[1]], {}), logger.finish()  # silent from now on
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: (_ for _ in ()).throw(OSError("no network")))
+    assert Logger("online", "p", "n", tmp_path, {}, "id").run is None
