@@ -1,0 +1,644 @@
+"""Compare self-edit policies through the environment: accuracy, F1 and log-likelihood gains with 95 % CIs.
+
+Conditions (as in SEAL's single-passage knowledge-incorporation table; every reward is ``env.evaluate`` through a
+``seal_env.executors`` executor, the environment's own evaluation path):
+
+  none                 no adaptation at all: the empty self-edit in an environment with include_passage=False.
+                       Nothing is trained, the reward is exactly 0 and the adapted accuracy is the baseline's.
+  passage              passage only: the empty self-edit with include_passage=True (the inner loop trains on the
+                       passage alone). This is NOT agents' make_policy("passage"), which gives the passage as the
+                       self-edit: with include_passage=True that trains on the passage twice; it is available here
+                       as "passage-as-edit".
+  prompt:TEMPLATE      passage + self-edits sampled from --policy-model with a SEAL template (implications, ...).
+  replay:PATH          passage + self-edits read from a file (e.g. ../shared/data/self_edits/gpt-4.1_dev100.json).
+  checkpoint:RUN[:R]   passage + self-edits sampled from a policy trained by agents (ReSTEM/GRPO), round R.
+
+"passage + self-edit" holds with the default include_passage=True; with --set include_passage=false the self-edit
+policies train on the self-edit alone and "passage" is then evaluated as the passage given as the self-edit.
+A policy can be given a display label: --policy gpt41=replay:PATH.
+
+Each of N articles gets K self-edits per policy (--self-edits), each trained with S inner-loop seeds (--seeds).
+The inner-loop seed depends on (--seed, article, k, s) only, not on the policy, so policies are compared with
+common random numbers. Articles are the unit of replication: per-article means (over K and S) give the 95 %
+Student-t CIs of the table, and the paired tests (paired bootstrap, sign test) between policies. "Gain" is over
+the un-adapted model, i.e. over `none` (whose gain is 0 by construction).
+
+Outputs in --out: journal.jsonl (one JSON line per evaluated (policy, article, k, seed), and the self-edits; an
+interrupted run started again with the same --out resumes: finished work is skipped), results.md (tables),
+results.json (settings, summaries, tests and every per-question result) and results.png (gains with 95 % CIs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+
+from agents.base import derive_seed, observation
+from benchmarks import stats
+from seal_env.articles import Article
+from seal_env.config import SealConfig
+from seal_env.env import select_articles
+
+METRICS = ("accuracy", "f1", "loglik")
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "loglik": "log-lik."}
+#: Inner-loop settings of the quick default (`--preset demo`): 3 epochs and short answers, so that a reward takes
+#: seconds on two CPU cores. `--preset paper` is SEAL's inner loop (the SealConfig defaults, 10 epochs).
+PRESETS: dict[str, dict[str, Any]] = {"demo": {"epochs": 3, "answer_max_tokens": 16}, "paper": {}}
+DEFAULT_POLICIES = ("none", "passage", "prompt:implications")
+JOURNAL = "journal.jsonl"
+#: Settings that do not change a reward (timings, the persistent reward cache): a journal is reused across them.
+NOT_COMPARED = ("timings", "cache", "cache_dir")
+
+
+# --------------------------------------------------------------------------------------------------- policies
+class PolicySpec:
+    """A parsed ``--policy`` argument: display ``label``, the ``spec`` and its condition."""
+
+    def __init__(self, arg: str):
+        label, sep, spec = arg.partition("=")
+        if not (sep and label and self._condition(spec.strip())):
+            label, spec = "", arg
+        spec = spec.strip()
+        kind, _, rest = spec.partition(":")
+        condition = self._condition(spec)
+        if condition is None:
+            raise ValueError(f"unknown policy {arg!r}: use none, passage, passage-as-edit, prompt:TEMPLATE, "
+                             "replay:PATH or checkpoint:RUN_DIR[:ROUND] (optionally LABEL=SPEC)")
+        self.condition = condition
+        if not label:
+            if kind == "replay":
+                label = "replay:" + Path(rest).stem
+            elif kind == "checkpoint":
+                label = "checkpoint:" + Path(rest.rstrip("/")).name
+            else:
+                label = spec
+        self.label, self.spec, self.kind = label, spec, kind
+
+    @staticmethod
+    def _condition(spec: str) -> str | None:
+        kind, _, rest = spec.partition(":")
+        if spec in ("none", "passage", "passage-as-edit"):
+            return spec
+        if kind in ("prompt", "replay", "checkpoint") and rest:
+            return "self-edit"
+        return None
+
+    def describe(self, include_passage: bool = True) -> str:
+        if self.condition == "none":
+            return "no adaptation"
+        if self.condition == "passage":
+            return "passage only"
+        if self.condition == "passage-as-edit":
+            return "passage as self-edit" + (" + passage" if include_passage else "")
+        return ("passage + " if include_passage else "") + "self-edit"
+
+    def __repr__(self) -> str:
+        return f"PolicySpec({self.label!r}={self.spec!r})"
+
+
+def build_policy(p: PolicySpec, args: argparse.Namespace, settings: dict[str, Any]) -> Any:
+    """The agents policy that proposes this condition's self-edits."""
+    from agents.policies import EmptyPolicy, PassagePolicy, make_policy
+
+    if p.condition == "none":
+        return EmptyPolicy()
+    if p.condition == "passage":
+        return EmptyPolicy() if settings["include_passage"] else PassagePolicy()
+    if p.condition == "passage-as-edit":
+        return PassagePolicy()
+    sampling: dict[str, Any] = {}
+    if p.kind in ("prompt", "checkpoint"):
+        sampling = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
+                    "progress": not args.quiet}
+        sampling = {k: v for k, v in sampling.items() if v is not None}
+    if p.kind == "prompt":
+        return make_policy(p.spec, model=args.policy_model or settings["model"], **sampling)
+    return make_policy(p.spec, **sampling)
+
+
+# --------------------------------------------------------------------------------------------------- journal
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """Records of a journal; a torn last line (interrupted write) is ignored."""
+    if not path.is_file():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"warning: {path}:{n}: unreadable journal line ignored (interrupted write?)", file=sys.stderr)
+    return out
+
+
+class Journal:
+    """Append-only JSON-lines file, flushed and fsync'ed per record."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+        self._fh = open(path, "a", encoding="utf-8")
+        if torn:  # an interrupted write: end its line so that the next record starts on a line of its own
+            self._fh.write("\n")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def result_key(policy: str, article_id: str, k: int, s: int) -> tuple[str, str, int, int]:
+    return policy, article_id, int(k), int(s)
+
+
+# --------------------------------------------------------------------------------------------------- settings
+def parse_value(text: str) -> Any:
+    """A --set value: JSON if it parses (numbers, true/false, null, lists), else the string itself."""
+    for candidate in (text, text.lower()):
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def build_settings(args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {"dataset": args.data, "split": args.split, **PRESETS[args.preset]}
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes NAME=VALUE, got {item!r}")
+        settings[name.strip()] = parse_value(value.strip())
+    if args.model:
+        settings["model"] = args.model
+    try:
+        return SealConfig.from_kwargs(**settings).to_dict()
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"bad environment setting: {err}") from None
+
+
+def comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that must match for journal records to be reused (everything that changes a reward)."""
+    return {k: v for k, v in settings.items() if k not in NOT_COMPARED}
+
+
+# --------------------------------------------------------------------------------------------------- run
+def select(settings: dict[str, Any], n: int) -> list[Article]:
+    articles = select_articles(SealConfig.from_kwargs(**settings))
+    return articles if n < 0 else articles[:n]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate what the journal in ``args.out`` does not hold yet, then write the report. Returns the report."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = build_settings(args)
+    journal_path = out / JOURNAL
+    old = read_journal(journal_path)
+    header = next((r for r in old if r.get("type") == "config"), None)
+    sampling = {"policy_model": args.policy_model or settings["model"], "temperature": args.temperature,
+                "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed}
+    if header is not None:
+        if comparable(header["settings"]) != comparable(settings) or header.get("sampling") != sampling:
+            diff = sorted(k for k in set(settings) | set(header["settings"])
+                          if k not in NOT_COMPARED and header["settings"].get(k) != settings.get(k))
+            diff += [f"sampling.{k}" for k in sampling if (header.get("sampling") or {}).get(k) != sampling[k]]
+            raise SystemExit(f"{journal_path} was written with other settings ({', '.join(diff)}); "
+                             "use another --out or the same settings")
+    policies = [PolicySpec(p) for p in (args.policy or DEFAULT_POLICIES)]
+    labels = [p.label for p in policies]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"duplicate policy labels {labels}; name them with LABEL=SPEC")
+    articles = select(settings, args.articles)
+    done = {result_key(r["policy"], r["article_id"], r["k"], r["seed_index"]): r
+            for r in old if r.get("type") == "result"}
+    edits: dict[tuple[str, str], list[str]] = {}
+    for r in old:
+        if r.get("type") == "self_edits":
+            edits[(r["policy"], r["article_id"])] = r["self_edits"]
+
+    K, S = args.self_edits, args.seeds
+    todo: dict[str, list[tuple[Article, int, int]]] = {}
+    for p in policies:
+        todo[p.label] = [(a, k, s) for a in articles for k in range(K) for s in range(S)
+                         if result_key(p.label, a.id, k, s) not in done]
+    n_todo = sum(map(len, todo.values()))
+    n_done = len(articles) * K * S * len(policies) - n_todo
+    print(f"{len(policies)} policies x {len(articles)} articles x {K} self-edits x {S} seeds: "
+          f"{n_done} rewards in the journal, {n_todo} to evaluate", file=sys.stderr)
+    journal = Journal(journal_path)
+    if header is None:
+        journal.write({"type": "config", "settings": settings, "sampling": sampling,
+                       "started": _dt.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:]})
+    evaluated = 0
+    try:
+        if n_todo:
+            evaluated = _evaluate(args, settings, policies, todo, edits, journal)
+    finally:
+        journal.close()
+    report = write_report(out, settings, policies, articles, K, S, args.bootstrap, plot=not args.no_plot)
+    report["run"] = {"evaluated": evaluated, "skipped": n_done}
+    return report
+
+
+def _evaluate(args: argparse.Namespace, settings: dict[str, Any], policies: list[PolicySpec],
+              todo: dict[str, list[tuple[Article, int, int]]], edits: dict[tuple[str, str], list[str]],
+              journal: Journal) -> int:
+    from tqdm.auto import tqdm
+
+    from seal_env.executors import InProcessExecutor, RewardRequest, executor_from_args
+
+    K = args.self_edits
+    # 1. self-edits (journaled, so a resumed run does not sample them again)
+    for p in policies:
+        need = sorted({a.id: a for a, _, _ in todo[p.label]
+                       if len(edits.get((p.label, a.id), [])) < K}.values(), key=lambda a: a.id)
+        if not need:
+            continue
+        if not args.quiet:
+            print(f"{p.label}: self-edits for {len(need)} article(s)", file=sys.stderr)
+        policy = build_policy(p, args, settings)
+        proposed = policy.propose([observation(a) for a in need], k=K, seed=args.seed)
+        for a, texts in zip(need, proposed):
+            edits[(p.label, a.id)] = list(texts)
+            journal.write({"type": "self_edits", "policy": p.label, "spec": p.spec, "article_id": a.id,
+                           "self_edits": list(texts)})
+        del policy
+    # 2. requests, article-major (a partial run holds complete pairs for its first articles), `none` first
+    index = {a.id: i for i, a in enumerate(select(settings, -1))}
+    order = {p.label: i for i, p in enumerate(policies)}
+    by_label = {p.label: p for p in policies}
+    jobs = sorted(((a, k, s, lab) for lab, items in todo.items() for a, k, s in items),
+                  key=lambda j: (index[j[0].id], j[1], j[2], order[j[3]]))
+    none_jobs = [j for j in jobs if by_label[j[3]].condition == "none"]
+    main_jobs = [j for j in jobs if by_label[j[3]].condition != "none"]
+    lock = threading.Lock()
+    bar = tqdm(total=len(jobs), desc="rewards", unit="reward", disable=args.quiet, dynamic_ncols=True)
+    count = 0
+
+    def run_batch(executor: Any, batch: list[tuple[Article, int, int, str]]) -> None:
+        requests = [RewardRequest(a, edits[(lab, a.id)][k], seed=derive_seed(args.seed, a.id, k, s))
+                    for a, k, s, lab in batch]
+
+        def on_result(i: int, reward: float, info: dict[str, Any]) -> None:
+            a, k, s, lab = batch[i]
+            with lock:
+                _record(i, a, k, s, lab, reward, info)
+
+        def _record(i: int, a: Article, k: int, s: int, lab: str, reward: float, info: dict[str, Any]) -> None:
+            nonlocal count
+            journal.write({"type": "result", "policy": lab, "spec": by_label[lab].spec,
+                           "condition": by_label[lab].condition, "article_id": a.id,
+                           "article_index": index[a.id], "title": a.title, "k": k, "seed_index": s,
+                           "seed": requests[i].seed, "self_edit": requests[i].self_edit, "reward": reward,
+                           "info": info})
+            count += 1
+            bar.set_postfix_str(f"{lab} r={reward:+.3f}", refresh=False)
+            bar.update(1)
+
+        executor.evaluate(requests, on_result=on_result)
+
+    none_ex = main_ex = None
+    try:
+        if main_jobs:
+            main_ex = executor_from_args(args, settings)
+        if none_jobs:
+            none_ex = InProcessExecutor({**settings, "include_passage": False})
+            _share_baselines(main_ex, none_ex)
+        if main_ex is None or isinstance(main_ex, InProcessExecutor):
+            # article by article, `none` first: a partial run holds complete pairs for its first articles
+            for a in dict.fromkeys(j[0] for j in jobs):
+                for ex, batch in ((none_ex, none_jobs), (main_ex, main_jobs)):
+                    if ex is not None:
+                        run_batch(ex, [j for j in batch if j[0].id == a.id])
+        else:  # a parallel executor gets all its requests at once; `none` runs meanwhile in this process
+            worker = None
+            if none_ex is not None:
+                worker = threading.Thread(target=run_batch, args=(none_ex, none_jobs), daemon=True)
+                worker.start()
+            run_batch(main_ex, main_jobs)
+            if worker is not None:
+                worker.join()
+    finally:
+        for ex in (none_ex, main_ex):
+            if ex is not None:
+                ex.close()
+        bar.close()
+    return count
+
+
+def _share_baselines(main_ex: Any, none_ex: Any) -> None:
+    """Let the in-process `none` environment reuse the main one's baseline quizzes (the un-adapted model's answers
+    depend only on the article and ``SealConfig.eval_key()``, which both share), so each article's baseline quiz
+    runs once. Without an in-process main executor nothing is shared (the baselines are recomputed, same result)."""
+    main_env, none_env = getattr(main_ex, "env", None), getattr(none_ex, "env", None)
+    if main_env is None or none_env is None or not isinstance(getattr(main_env, "_baselines", None), dict):
+        return
+    if main_env.cfg.eval_key() == none_env.cfg.eval_key():
+        none_env._baselines = main_env._baselines
+
+
+# --------------------------------------------------------------------------------------------------- analysis
+def seconds_of(info: dict[str, Any]) -> float:
+    """Seconds of one reward without the article's one-off baseline quiz (nan without timings, or for a reward
+    served by the persistent reward cache, which took no training)."""
+    if "seconds_total" not in info or info.get("cache_hit"):
+        return math.nan
+    return info["seconds_total"] - info.get("seconds_baseline", 0.0)
+
+
+def _mean(xs: Iterable[float]) -> float:
+    xs = [x for x in xs if not (isinstance(x, float) and math.isnan(x))]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def analyse(records: list[dict[str, Any]], labels: list[str], article_ids: list[str], n_boot: int = 10_000
+            ) -> dict[str, Any]:
+    """Per-policy summaries, paired tests, separation and noise, from journal result records."""
+    cells: dict[str, dict[str, list[dict]]] = {lab: defaultdict(list) for lab in labels}
+    wanted = set(article_ids)
+    for r in records:
+        if r["policy"] in cells and r["article_id"] in wanted:
+            cells[r["policy"]][r["article_id"]].append(r)
+    order = {a: i for i, a in enumerate(article_ids)}
+
+    def per_article(lab: str, field: str) -> dict[str, float]:
+        return {a: _mean(r["info"][field] for r in rs) for a, rs in cells[lab].items()}
+
+    summary = {}
+    for lab in labels:
+        rs = [r for rows in cells[lab].values() for r in rows]
+        row: dict[str, Any] = {"n_articles": len(cells[lab]), "n_rewards": len(rs),
+                               "train_steps": _mean(float(r["info"]["train_steps"]) for r in rs),
+                               "seconds_per_reward": _mean(seconds_of(r["info"]) for r in rs),
+                               "diverged": sum(bool(r["info"].get("diverged")) for r in rs)}
+        for m in METRICS:
+            after = per_article(lab, f"adapter_{m}")
+            gains = per_article(lab, f"{m}_gain")
+            row[f"{m}_after"] = _mean(after.values())
+            row[f"{m}_baseline"] = _mean(per_article(lab, f"baseline_{m}").values())
+            mean, lo, hi = stats.mean_ci(list(gains.values()))
+            row[f"{m}_gain"], row[f"{m}_gain_ci"] = mean, [lo, hi]
+        summary[lab] = row
+
+    pairs = []
+    for i, la in enumerate(labels):
+        for lb in labels[i + 1:]:
+            common = sorted(set(cells[la]) & set(cells[lb]), key=order.get)
+            if not common:
+                continue
+            for m in METRICS:
+                ga, gb = per_article(la, f"{m}_gain"), per_article(lb, f"{m}_gain")
+                a, b = [ga[x] for x in common], [gb[x] for x in common]
+                boot = stats.paired_bootstrap(a, b, n_boot=n_boot, seed=0)
+                sign = stats.sign_test(a, b)
+                dz = stats.effect_size_dz(a, b)
+                reps = _mean(len(cells[la][x]) + len(cells[lb][x]) for x in common)
+                sec = (summary[la]["seconds_per_reward"] + summary[lb]["seconds_per_reward"]) / 2 * reps
+                need = (2.0 / dz) ** 2 if dz and not math.isnan(dz) and not math.isinf(dz) else math.nan
+                pairs.append({"a": la, "b": lb, "metric": m, **boot, **{f"sign_{k}": v for k, v in sign.items()},
+                              "dz": dz, "articles_for_t2": need, "seconds_per_article": sec,
+                              "seconds_for_t2": need * sec if not math.isnan(need) else math.nan})
+
+    noise: dict[str, Any] = {}
+    for lab in labels:
+        entry: dict[str, Any] = {}
+        for m in METRICS:
+            seed_groups, edit_groups = [], []
+            for rows in cells[lab].values():
+                by_k: dict[int, list[float]] = defaultdict(list)
+                for r in rows:
+                    by_k[r["k"]].append(r["info"][f"{m}_gain"])
+                seed_groups += list(by_k.values())
+                edit_groups.append([_mean(v) for v in by_k.values()])
+            seed_sd, seed_dof = stats.pooled_sd(seed_groups)
+            edit_sd, edit_dof = stats.pooled_sd(edit_groups)
+            art = list(per_article(lab, f"{m}_gain").values())
+            art_sd = stats.pooled_sd([art])[0]
+            entry[m] = {"seed_sd": seed_sd, "seed_dof": seed_dof, "self_edit_sd": edit_sd,
+                        "self_edit_dof": edit_dof, "article_sd": art_sd}
+        noise[lab] = entry
+    return {"summary": summary, "pairs": pairs, "noise": noise}
+
+
+def _fmt(x: float, digits: int = 3, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return "n/a" if x is None or math.isnan(x) else ("+inf" if x > 0 else "-inf")
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _ci(row: dict[str, Any], m: str) -> str:
+    lo, hi = row[f"{m}_gain_ci"]
+    ci = "" if math.isnan(lo) else f" [{_fmt(lo, 3, True)}, {_fmt(hi, 3, True)}]"
+    return _fmt(row[f"{m}_gain"], 3, True) + ci
+
+
+def markdown(analysis: dict[str, Any], policies: list[PolicySpec], settings: dict[str, Any], n_articles: int,
+             K: int, S: int) -> str:
+    summary, lines = analysis["summary"], []
+    lines.append(f"Settings: model `{settings['model']}`, data `{settings['dataset']}` ({n_articles} articles), "
+                 f"{K} self-edit(s) x {S} seed(s) per article and policy; epochs {settings['epochs']}, "
+                 f"LoRA r={settings['lora_rank']} alpha={settings['lora_alpha']} on {settings['lora_modules']}, "
+                 f"lr {settings['learning_rate']}, batch {settings['batch_size']}, "
+                 f"include_passage={settings['include_passage']}, eval_times={settings['eval_times']}.")
+    lines.append("Gains are over the un-adapted model (= `none`); mean over articles with a 95 % Student-t CI "
+                 "(articles are the unit; each article's value is its mean over self-edits and seeds).")
+    lines.append("")
+    lines.append("| policy | condition | articles | rewards | accuracy after | accuracy gain [95% CI] | F1 after | "
+                 "F1 gain [95% CI] | log-lik. gain [95% CI] | train steps | s/reward |")
+    lines.append("| --- | --- | ---: | ---: | ---: | --- | ---: | --- | --- | ---: | ---: |")
+    for p in policies:
+        r = summary[p.label]
+        if not r["n_rewards"]:
+            lines.append(f"| {p.label} | {p.describe(settings['include_passage'])} | 0 | 0 | | | | | | | |")
+            continue
+        lines.append(f"| {p.label} | {p.describe(settings['include_passage'])} | {r['n_articles']} | "
+                     f"{r['n_rewards']} | {_fmt(r['accuracy_after'])} | {_ci(r, 'accuracy')} | "
+                     f"{_fmt(r['f1_after'])} | {_ci(r, 'f1')} | {_ci(r, 'loglik')} | "
+                     f"{_fmt(r['train_steps'], 1)} | {_fmt(r['seconds_per_reward'], 1)} |")
+    ranked = [p.label for p in policies if summary[p.label]["n_rewards"]]
+    if len(ranked) > 1:
+        lines.append("")
+        for m in METRICS:
+            order = sorted(ranked, key=lambda lab: summary[lab][f"{m}_gain"])
+            text = order[0]
+            for prev, lab in zip(order, order[1:]):
+                same = abs(summary[lab][f"{m}_gain"] - summary[prev][f"{m}_gain"]) <= 1e-12
+                text += (" = " if same else " < ") + lab
+            lines.append(f"Ranking by mean {METRIC_NAMES[m]} gain (low to high): {text}  ")
+    if analysis["pairs"]:
+        lines += ["", "Paired tests (B - A on the same articles): mean difference with paired-bootstrap 95 % CI and "
+                  "p-value; sign test (B wins / losses / ties, exact two-sided p); d_z = mean / sd of the "
+                  "differences; articles (and seconds) for |t| = 2 are (2 / d_z)^2 (times the seconds per article).",
+                  "", "| A | B | metric | mean B-A [95% CI] | p (bootstrap) | B wins/losses/ties | p (sign) | d_z "
+                  "| articles for t=2 | seconds for t=2 |", "| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: "
+                  "| ---: |"]
+        for q in analysis["pairs"]:
+            lines.append(f"| {q['a']} | {q['b']} | {METRIC_NAMES[q['metric']]} | {_fmt(q['mean_diff'], 3, True)} "
+                         f"[{_fmt(q['ci_low'], 3, True)}, {_fmt(q['ci_high'], 3, True)}] | {_fmt(q['p_value'], 4)} | "
+                         f"{q['sign_wins']}/{q['sign_losses']}/{q['sign_ties']} | {_fmt(q['sign_p_value'], 4)} | "
+                         f"{_fmt(q['dz'], 2)} | {_fmt(q['articles_for_t2'], 1)} | {_fmt(q['seconds_for_t2'], 0)} |")
+    if S > 1 or K > 1:
+        lines += ["", "Noise: standard deviations of the gain of one reward: between inner-loop seeds (same "
+                  "self-edit), between self-edits (seed-averaged, same article) and between articles "
+                  "(article means).", "", "| policy | metric | mean gain | seed sd | self-edit sd | article sd |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for p in policies:
+            if not summary[p.label]["n_rewards"] or p.condition == "none":
+                continue
+            for m in METRICS:
+                nz = analysis["noise"][p.label][m]
+                lines.append(f"| {p.label} | {METRIC_NAMES[m]} | {_fmt(summary[p.label][f'{m}_gain'], 3, True)} | "
+                             f"{_fmt(nz['seed_sd'])} | {_fmt(nz['self_edit_sd'])} | {_fmt(nz['article_sd'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_gains(analysis: dict[str, Any], labels: list[str], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = analysis["summary"]
+    labels = [lab for lab in labels if summary[lab]["n_rewards"]]
+    fig, axes = plt.subplots(1, 3, figsize=(4 + 1.4 * len(labels) * 1.5, 4.2), squeeze=False)
+    for ax, m in zip(axes[0], METRICS):
+        means = [summary[lab][f"{m}_gain"] for lab in labels]
+        err = [[0.0 if math.isnan(summary[lab][f"{m}_gain_ci"][0]) else summary[lab][f"{m}_gain"] -
+                summary[lab][f"{m}_gain_ci"][0] for lab in labels],
+               [0.0 if math.isnan(summary[lab][f"{m}_gain_ci"][1]) else summary[lab][f"{m}_gain_ci"][1] -
+                summary[lab][f"{m}_gain"] for lab in labels]]
+        ax.bar(range(len(labels)), means, yerr=err, capsize=4, color=[f"C{i}" for i in range(len(labels))])
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{METRIC_NAMES[m]} gain (95% CI)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path, settings: dict[str, Any], policies: list[PolicySpec], articles: list[Article], K: int,
+                 S: int, n_boot: int = 10_000, plot: bool = True) -> dict[str, Any]:
+    """results.md, results.json and results.png from the journal, for these policies, articles, K and S."""
+    records = [r for r in read_journal(out / JOURNAL) if r.get("type") == "result"
+               and r["k"] < K and r["seed_index"] < S]
+    labels = [p.label for p in policies]
+    ids = [a.id for a in articles]
+    analysis = analyse(records, labels, ids, n_boot)
+    text = markdown(analysis, policies, settings, len(articles), K, S)
+    (out / "results.md").write_text(text, encoding="utf-8")
+    report = {"settings": settings, "policies": [{"label": p.label, "spec": p.spec, "condition": p.condition}
+                                                 for p in policies],
+              "articles": [{"id": a.id, "title": a.title} for a in articles], "self_edits": K, "seeds": S,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+              **analysis,
+              "records": [r for r in records if r["policy"] in set(labels) and r["article_id"] in set(ids)]}
+    (out / "results.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=float),
+                                      encoding="utf-8")
+    if plot:
+        plot_gains(analysis, labels, out / "results.png",
+                          f"{settings['model']} on {Path(str(settings['dataset'])).name}: "
+                          f"{len(articles)} articles, {K} self-edit(s) x {S} seed(s), {settings['epochs']} epochs")
+    print(text)
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}" + (f", {out / 'results.png'}" if plot else ""),
+          file=sys.stderr)
+    return report
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    from seal_env.executors import add_executor_args
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_policies",
+                                     description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="bundled",
+                        help="articles: 'bundled', a SEAL/SQuAD JSON file (e.g. ../shared/data/"
+                             "squad_seal_eval_dev100.json) or 'squad[:split]' (default: bundled)")
+    parser.add_argument("--split", default="all", choices=("all", "train", "heldout"),
+                        help="which articles of the data set (default: all, in file order)")
+    parser.add_argument("--policy", action="append", metavar="[LABEL=]SPEC",
+                        help="a condition to compare (repeat): none, passage, passage-as-edit, prompt:TEMPLATE, "
+                             "replay:PATH, checkpoint:RUN_DIR[:ROUND] (default: none, passage, prompt:implications)")
+    parser.add_argument("--articles", type=int, default=4, help="the first N articles (-1: all; default 4)")
+    parser.add_argument("--self-edits", type=int, default=1, metavar="K",
+                        help="self-edits per article and policy (replay: the file's first K; default 1)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="S", help="inner-loop seeds per self-edit (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of sampling and of the inner loop (default 0)")
+    parser.add_argument("--out", default="results/compare_policies",
+                        help="output and journal folder (default: results/compare_policies)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                        help="inner-loop settings: demo (3 epochs, 16-token answers; default) or paper (SEAL's: "
+                             "10 epochs, LoRA r=32 alpha=64 on q_proj/v_proj, AdamW lr 1e-3, batch 1)")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        help="environment setting override, repeatable (e.g. --set epochs=3 --set reward=loglik "
+                             "--set 'lora_modules=[\"all\"]'); any SealConfig field")
+    parser.add_argument("--model", default=None, help="the learner model (shortcut for --set model=...)")
+    parser.add_argument("--policy-model", default=None, help="model sampled by prompt: policies (default: the learner)")
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (prompt/checkpoint)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (prompt/checkpoint)")
+    parser.add_argument("--max-tokens", type=int, default=512, help="self-edit length cap in tokens (default 512)")
+    parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="evaluate nothing: write the report from what the journal already holds (the "
+                             "articles among the first N on which every policy has all K x S rewards)")
+    parser.add_argument("--no-plot", action="store_true", help="do not write results.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_executor_args(parser)
+    return parser
+
+
+def report_only(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    records = read_journal(out / JOURNAL)
+    header = next((r for r in records if r.get("type") == "config"), None)
+    if header is None:
+        raise SystemExit(f"no journal in {out}")
+    settings = header["settings"]
+    results = [r for r in records if r.get("type") == "result"]
+    specs = args.policy or list(dict.fromkeys(f"{r['policy']}={r['spec']}" for r in results))
+    policies = [PolicySpec(p) for p in specs]
+    # the articles on which every requested policy has all its K x S rewards (complete pairs only)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for r in results:
+        if r["k"] < args.self_edits and r["seed_index"] < args.seeds:
+            counts[(r["policy"], r["article_id"])] += 1
+    full = args.self_edits * args.seeds
+    articles = [a for a in select(settings, args.articles) if all(counts[(p.label, a.id)] >= full for p in policies)]
+    return write_report(out, settings, policies, articles, args.self_edits, args.seeds, args.bootstrap,
+                        plot=not args.no_plot)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    if args.articles == 0 or args.self_edits < 1 or args.seeds < 1:
+        raise SystemExit("--articles must be non-zero, --self-edits and --seeds positive")
+    t0 = time.perf_counter()
+    report = report_only(args) if args.report_only else run(args)
+    print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()
