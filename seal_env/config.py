@@ -27,7 +27,7 @@ class SealConfig:
     quantize: int | None = None  #: 4 or 8 quantizes the frozen backbone (QLoRA); slow on CPU
 
     # Reward
-    reward: str = "accuracy"  #: "accuracy" (lenient match), "f1", or "loglik" (gold answer log-likelihood)
+    reward: str = "loglik"  #: "loglik" (gold answer log-likelihood), "accuracy" (lenient match) or "f1"
     eval_times: int = 1  #: repeats of the whole inner loop with seeds seed, seed+1, ...; reward is their mean
     answer_max_tokens: int = 32
     diverged_reward: float = 0.0  #: reward when the inner loop's loss is non-finite or above max_loss

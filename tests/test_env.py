@@ -44,7 +44,7 @@ def test_step_api_and_info(tiny_env):
     assert "questions" not in obs and info["n_questions"] >= 5
     obs2, reward, terminated, truncated, info = tiny_env.step(EDIT)
     assert terminated is True and truncated is False and obs2 == obs
-    assert math.isfinite(reward) and reward == pytest.approx(info["accuracy_gain"])
+    assert math.isfinite(reward) and reward == pytest.approx(info["loglik_gain"])  # the default reward kind
     for key in ("baseline_accuracy", "adapter_accuracy", "f1_gain", "loglik_gain", "train_losses", "questions",
                 "seconds_train", "seconds_eval", "seed", "train_tokens", "n_sequences"):
         assert key in info
@@ -60,6 +60,7 @@ def test_step_api_and_info(tiny_env):
     "action, flag",
     [("", "empty_action"), ("   \n\t ", "empty_action"), ("a\x00b\x1bc", "removed_control_chars"),
      ("lone \ud800 surrogate", "replaced_surrogates"), ("x" * 1_000_000, "action_truncated_chars")],
+    ids=["empty", "whitespace", "control-chars", "lone-surrogate", "1MB"],
 )
 def test_bad_actions_have_defined_outcomes(tiny_env, action, flag):
     tiny_env.reset(seed=1)
