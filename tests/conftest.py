@@ -1,8 +1,13 @@
 """Shared fixtures: a tiny-random-model environment with short inner-loop settings."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Every test trains for real: the persistent reward cache would turn repeated evaluations into lookups (and make
+# determinism tests vacuous). tests/test_cache.py switches it back on, with its own folder, where it is the subject.
+os.environ["SEAL_ENV_REWARD_CACHE"] = "off"
 
 import seal_env  # noqa: F401  (registers the env ids, loads OpenBLAS before mlx)
 
