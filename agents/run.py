@@ -251,18 +251,9 @@ def train_with_progress(learner: Learner, data: list[tuple[list[int], int]], see
     """``learner.train`` with a progress bar over its optimiser steps."""
     steps = math.ceil(len(data) / learner.cfg.batch_size) * learner.cfg.epochs
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
-    step = learner._loss_and_grad
-
-    def counted(*args: Any) -> Any:
-        out = step(*args)
-        bar.update(1)
-        return out
-
-    learner._loss_and_grad = counted
     try:
-        return learner.train(data, seed=seed)
+        return learner.train(data, seed=seed, on_step=lambda loss: bar.update(1))
     finally:
-        learner._loss_and_grad = step
         bar.close()
 
 

@@ -131,10 +131,10 @@ class KnowledgeIncorporationEnv(gym.Env):
         """
         cfg, t_start = self.cfg, time.perf_counter()
         text, flags = sanitize_action(self_edit, cfg.max_action_chars)
-        # The persistent reward cache (seal_env.cache): skipped with a custom grader (not hashable) or a replaced
-        # training step. With timings on, info says cache_hit and its seconds are this call's (a hit: ~0).
+        # The persistent reward cache (seal_env.cache): skipped with a custom grader (not hashable). With timings on,
+        # info says cache_hit and its seconds are this call's (a hit: ~0).
         store = key = None
-        if reward_cache.enabled(cfg.cache) and self.grader is None and self.learner.cacheable:
+        if reward_cache.enabled(cfg.cache) and self.grader is None:
             store = reward_cache.RewardCache(cfg.cache_dir)
             key = reward_cache.reward_key(self.learner.fingerprint(), article, self_edit, cfg.inner_loop_key(),
                                           seed)

@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -338,10 +338,11 @@ class Learner:
             return optim.Adam(learning_rate=lr)
         return optim.SGD(learning_rate=lr, weight_decay=cfg.weight_decay)
 
-    def train(self, data: list[tuple[list[int], int]], seed: int) -> dict[str, Any]:
+    def train(self, data: list[tuple[list[int], int]], seed: int,
+              on_step: Callable[[float], None] | None = None) -> dict[str, Any]:
         """Fine-tune the adapters on ``data`` (token ids, loss start) for ``cfg.epochs``; returns a train report.
 
-        Stops early, with ``diverged=True``, if a loss is not finite or exceeds ``cfg.max_loss``, or if the
+        ``on_step(loss)`` is called after every optimiser step (e.g. for a progress bar). Stops early, with ``diverged=True``, if a loss is not finite or exceeds ``cfg.max_loss``, or if the
         adapter weights end up non-finite.
         """
         cfg, model = self.cfg, self.model
@@ -368,6 +369,8 @@ class Learner:
                     mx.eval(model.trainable_parameters(), opt.state)
                     losses.append(value)
                     tokens += int(ntoks.item())
+                    if on_step is not None:
+                        on_step(value)
                 if diverged:
                     break
             if not diverged and losses:
@@ -462,8 +465,3 @@ class Learner:
             h.update(json.dumps(sorted(vocab.items()) if isinstance(vocab, dict) else [], ensure_ascii=True).encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
-
-    @property
-    def cacheable(self) -> bool:
-        """False when the training step has been replaced (e.g. a test injecting a NaN): don't cache its rewards."""
-        return getattr(self._loss_and_grad, "__func__", None) is Learner._step_loss_and_grad
