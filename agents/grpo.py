@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from agents.base import Experience
 from agents.config import TINY, RunConfig
 from agents.run import LoRAPolicy, main as run_main
+from seal_env.config import SEAL_PAPER_SETTINGS
 from seal_env.inner_loop import make_batch
 
 
@@ -58,7 +59,7 @@ class GRPOConfig(RunConfig):
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     "paper": {"rounds": 2, "articles_per_round": 50, "k": 5, "heldout_articles": -1, "self_edit_max_tokens": 1024,
-              "policy_epochs": 2, "policy_batch_size": 5, "env": {"eval_times": 3, "reward": "accuracy"}},
+              "policy_epochs": 2, "policy_batch_size": 5, "env": {**SEAL_PAPER_SETTINGS, "eval_times": 3, "reward": "accuracy"}},
     "tiny": {**TINY, "policy_learning_rate": 1e-3, "policy_batch_size": 2},
 }
 

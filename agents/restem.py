@@ -21,6 +21,7 @@ from typing import Any
 from agents.base import Experience
 from agents.config import TINY, RunConfig
 from agents.run import LoRAPolicy, main as run_main, train_with_progress
+from seal_env.config import SEAL_PAPER_SETTINGS
 
 
 @dataclass
@@ -37,7 +38,7 @@ class ReSTEMConfig(RunConfig):
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     "paper": {"rounds": 2, "articles_per_round": 50, "k": 5, "heldout_articles": -1, "self_edit_max_tokens": 1024,
-              "policy_epochs": 2, "policy_batch_size": 5, "env": {"eval_times": 3, "reward": "accuracy"}},
+              "policy_epochs": 2, "policy_batch_size": 5, "env": {**SEAL_PAPER_SETTINGS, "eval_times": 3, "reward": "accuracy"}},
     "tiny": TINY,
 }
 

@@ -13,6 +13,14 @@ from typing import Any
 
 REWARD_KINDS = ("accuracy", "f1", "loglik")
 
+#: Where SEAL's own code (knowledge-incorporation ``TTT_server.py`` and its launch scripts) differs from the
+#: defaults below: it puts the loss on every token of a training sequence (it passes no ``end_mask_substring``)
+#: and generates answers of up to 64 tokens. Every other default is already SEAL's. Not reproduced at all: SEAL
+#: pads each sequence with EOS to 2048 tokens and keeps the loss on the padding too (15x the compute here; with
+#: Adam the loss scale cancels, so it mostly adds "predict EOS after the end" terms). The ``paper`` presets of
+#: the agents and benchmarks use these settings.
+SEAL_PAPER_SETTINGS: dict[str, Any] = {"loss_on": "all", "answer_max_tokens": 64}
+
 
 @dataclass
 class SealConfig:
