@@ -37,7 +37,7 @@ class SealConfig:
     # Reward
     reward: str = "loglik"  #: "loglik" (gold answer log-likelihood), "accuracy" (lenient match) or "f1"
     eval_times: int = 1  #: repeats of the whole inner loop with seeds seed, seed+1, ...; reward is their mean
-    answer_max_tokens: int = 32
+    answer_max_tokens: int = 32  #: 0 = generate no answers (reward "loglik" only; accuracy, em and f1 read 0)
     diverged_reward: float = 0.0  #: reward when the inner loop's loss is non-finite or above max_loss
     timings: bool = True  #: put seconds per phase in info (off for exact info comparisons, e.g. check_env)
     cache: bool = True  #: reuse rewards from the persistent reward cache (seal_env.cache); off = always train
@@ -88,12 +88,18 @@ class SealConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        positive = ("eval_times", "answer_max_tokens", "max_sequences", "max_sequence_tokens", "max_total_tokens",
+        positive = ("eval_times", "max_sequences", "max_sequence_tokens", "max_total_tokens",
                     "max_action_chars", "lora_rank", "epochs", "batch_size")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        tokens = self.answer_max_tokens
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise ValueError(f"answer_max_tokens must be a non-negative integer, got {tokens!r}")
+        if tokens == 0 and self.reward != "loglik":
+            raise ValueError(f"answer_max_tokens=0 generates no answers, so it needs reward='loglik' "
+                             f"(got reward={self.reward!r})")
         for name in ("learning_rate", "lora_alpha", "max_loss"):
             if not (isinstance(getattr(self, name), (int, float)) and math.isfinite(getattr(self, name))
                     and getattr(self, name) > 0):
