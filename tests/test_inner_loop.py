@@ -1,6 +1,9 @@
 """The inner loop's speed levers give the same results as the plain mlx-lm path (tiny random model)."""
 
 import math
+import os
+import subprocess
+import sys
 
 import mlx.core as mx
 import numpy as np
@@ -115,3 +118,37 @@ def test_compiled_traces_are_bounded(learner, monkeypatch):
         ids = tok.encode("word " * n)
         learner.train([(ids, 1)], seed=0)
         assert len(learner._shapes) <= 2
+
+
+MALLINFO_PROBE = """
+import ctypes
+from seal_env.inner_loop import keep_freed_memory
+fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in fields]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype, libc.malloc.restype = MallInfo2, ctypes.c_void_p
+keep_freed_memory()
+block = libc.malloc(16 << 20)
+print("mmapped" if libc.mallinfo2().hblkhd >= 16 << 20 else "heap")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_keep_freed_memory_serves_large_blocks_from_the_heap():
+    import ctypes
+
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("glibc < 2.33 has no mallinfo2")
+
+    def where(switch: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "SEAL_ENV_MALLOC_TUNING"}
+        if switch:
+            env["SEAL_ENV_MALLOC_TUNING"] = switch
+        out = subprocess.run([sys.executable, "-c", MALLINFO_PROBE], env=env, capture_output=True, text=True, check=True)
+        return out.stdout.split()[-1]
+
+    # tuned: a 16 MB block comes from (and goes back to) the heap, so reusing it does not fault fresh pages in;
+    # glibc's default unmaps such a block on free
+    assert where(None) == "heap"
+    assert where("off") == "mmapped"
