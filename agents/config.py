@@ -21,7 +21,7 @@ from typing import Any, Callable
 from seal_env.config import SealConfig
 from seal_env.prompts import resolve_template
 
-#: Inner-loop settings of the ``demo`` preset (SEAL's are the SealConfig defaults): 2 epochs instead of 10 and short
+#: Inner-loop settings of the ``demo`` preset (on top of the SealConfig defaults): 2 epochs (SEAL: 10) and short
 #: answers, so that a SmolLM2 reward takes ~30 s on two CPU cores. So short an inner loop almost never makes a
 #: 135M model answer right (the accuracy gain is ~always 0), so the reward is the gold answers' log-likelihood gain.
 DEMO_ENV: dict[str, Any] = {"reward": "loglik", "epochs": 2, "answer_max_tokens": 16}
@@ -173,7 +173,7 @@ def _preset_table(algorithm: str, presets: dict[str, dict[str, Any]]) -> str:
     for name, values in presets.items():
         agent = ", ".join(f"{k}={v}" for k, v in values.items() if k != "env") or "the defaults above"
         env = ", ".join(f"{k}={v}" for k, v in values.get("env", DEMO_ENV).items())
-        lines.append(f"  {name:6} {agent}\n         inner loop: SEAL's (SealConfig defaults)" + (f" + {env}" if env else ""))
+        lines.append(f"  {name:6} {agent}\n         inner loop: SealConfig defaults" + (f" + {env}" if env else ""))
     lines += ["", "examples:", f"  python -m agents.{algorithm}                      # demo",
               f"  python -m agents.{algorithm} --preset tiny --wandb-mode disabled",
               f"  python -m agents.{algorithm} --preset paper --data ../shared/data/squad_train_pool300.json",

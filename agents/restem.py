@@ -34,7 +34,7 @@ class ReSTEMConfig(RunConfig):
 
 #: ``demo`` is the dataclass defaults; ``paper`` is SEAL's knowledge-incorporation ReSTEM (50 articles x 5
 #: self-edits x 3 inner loops, 2 rounds, SFT with LoRA r=64 on all linear layers, lr 3e-4, 2 epochs, batch 5,
-#: and SEAL's inner loop: the SealConfig defaults, with SEAL's accuracy reward); ``tiny`` is the tiny-random model, for tests.
+#: and SEAL's inner loop: the SealConfig defaults + SEAL_PAPER_SETTINGS, with SEAL's accuracy reward); ``tiny`` is the tiny-random model, for tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     "paper": {"rounds": 2, "articles_per_round": 50, "k": 5, "heldout_articles": -1, "self_edit_max_tokens": 1024,

@@ -33,7 +33,7 @@ from typing import Any
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from seal_env.articles import Article
-from seal_env.config import SealConfig
+from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig
 from seal_env.env import select_articles
 from seal_env.executors import RewardRequest, blas_threads, make_executor
 
@@ -102,7 +102,7 @@ def paper_probe(model: str, n_articles: int, threads: int = 1) -> dict[str, Any]
     ``threads`` BLAS threads. With 1 thread, CPU seconds are what the reward costs one otherwise idle core (wall
     seconds on a shared machine are longer; OpenBLAS's idle threads spin, so with more threads CPU time overstates
     the work)."""
-    settings = dict(model=model, cache=False)
+    settings = dict(model=model, cache=False, epochs=SEAL_PAPER_SETTINGS["epochs"])
     ex = make_executor("inprocess", settings)
     before = blas_threads()
     blas_threads(threads)
