@@ -55,7 +55,7 @@ METRICS = ("accuracy", "f1", "loglik")
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "loglik": "log-lik."}
 #: Inner-loop settings of the quick default (`--preset demo`): 3 epochs and short answers, so that a reward takes
 #: seconds on two CPU cores. `--preset paper` is SEAL's inner loop (SealConfig defaults + SEAL_PAPER_SETTINGS).
-PRESETS: dict[str, dict[str, Any]] = {"demo": {"epochs": 3, "answer_max_tokens": 16}, "paper": SEAL_PAPER_SETTINGS}
+PRESETS: dict[str, dict[str, Any]] = {"demo": {"epochs": 3, "answer_max_tokens": 16}, "paper": dict(SEAL_PAPER_SETTINGS)}
 DEFAULT_POLICIES = ("none", "passage", "prompt:implications")
 JOURNAL = "journal.jsonl"
 #: Settings that do not change a reward (timings, the persistent reward cache): a journal is reused across them.

@@ -251,10 +251,10 @@ def section_lora_layers(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def section_soak(env: Any, n: int) -> dict[str, Any]:
-    """RSS over n cheap rewards (1 epoch, 16 answer tokens, new sequence lengths every reward)."""
+def section_soak(env: Any, n: int, answer_tokens: int = 16) -> dict[str, Any]:
+    """RSS over n cheap rewards (1 epoch, ``answer_tokens`` answer tokens, new sequence lengths every reward)."""
     saved = env.cfg
-    cheap = dataclasses.replace(saved, epochs=1, answer_max_tokens=16)
+    cheap = dataclasses.replace(saved, epochs=1, answer_max_tokens=answer_tokens)
     env.cfg = env.learner.cfg = cheap
     rss, t0 = [], time.perf_counter()
     try:
@@ -446,6 +446,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--rewards", type=int, default=3, help="rewards timed at the standard setting (first = +baseline)")
     p.add_argument("--soak", type=int, default=0, help="also run N cheap rewards and report RSS slope (e.g. 500)")
+    p.add_argument("--soak-answer-tokens", type=int, default=16, help="answer tokens in the soak's quizzes")
     p.add_argument("--levers", action="store_true", help="also time the step with each speed lever on/off")
     p.add_argument("--lora-layers", action="store_true", help="also time the step with LoRA on fewer/more layers")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch + PEFT comparison")
@@ -507,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done("levers")
     if args.soak:
         print(f"(d) soak: {args.soak} cheap rewards ...", flush=True)
-        out["soak"] = section_soak(env, args.soak)
+        out["soak"] = section_soak(env, args.soak, args.soak_answer_tokens)
         out["peak_rss_mb_after_soak"] = peak_rss_mb()
         done("soak")
     if args.lora_layers:
