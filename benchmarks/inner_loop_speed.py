@@ -12,7 +12,7 @@ Figures, all measured in one process (timings on a shared machine are noisy: com
     ``2 * V * d`` per loss position + attention ``4 * T^2 * d`` per layer + LoRA; backward the same again (input
     gradients through the frozen weights) plus the LoRA weight gradients.
 (c) seconds per reward at the standard setting (SmolLM2-135M, env defaults = SEAL's LoRA r=32/alpha=64 on q,v,
-    10 epochs, batch 1, 5 training sequences of ~140 tokens, 5 questions, answers up to 32 tokens), split into
+    but SEAL's 10 epochs (the env default is 3), batch 1, 5 training sequences of ~140 tokens, 5 questions, answers up to 32 tokens), split into
     baseline (first reward of an article only), reset, train and eval.
 (d) peak RSS, and with ``--soak N`` the RSS after each of N cheaper rewards (1 epoch, new sequence lengths every
     reward) and its slope.

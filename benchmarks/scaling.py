@@ -13,7 +13,7 @@ What it measures (the reward cache is off throughout: every reward is really tra
    (Ray + model loads), batch wall seconds (baseline quizzes included, as in a real run), rewards per hour, and
    whether the rewards equal the in-process ones (bit-exact needs the same BLAS thread count: ``ray:1`` uses
    all cores like in-process, ``ray:2`` one thread per worker on two cores).
-2. ``--paper-probe``: one reward at the env defaults (= SEAL's: LoRA r=32 on q/v, 10 epochs, lr 1e-3, up to 30
+2. ``--paper-probe``: one reward at the env defaults with SEAL's 10 epochs (LoRA r=32 on q/v, lr 1e-3, up to 30
    sequences, answers up to 32 tokens), in-process; its baseline, train and eval seconds.
 3. A projection of SEAL's paper-scale run (``--rounds`` 2 x ``--paper-articles`` 50 x ``--self-edits`` 5 x
    ``--repeats`` 3 inner-loop runs) onto N workers, each as fast as this whole machine, from the probe's cost.
@@ -98,7 +98,7 @@ def run_config(name: str, settings: dict[str, Any], requests: list[RewardRequest
 
 
 def paper_probe(model: str, n_articles: int, threads: int = 1) -> dict[str, Any]:
-    """One reward at SEAL's settings (env defaults) on each of ``n_articles`` articles, in-process, with
+    """One reward at SEAL's settings (env defaults, 10 epochs) on each of ``n_articles`` articles, in-process, with
     ``threads`` BLAS threads. With 1 thread, CPU seconds are what the reward costs one otherwise idle core (wall
     seconds on a shared machine are longer; OpenBLAS's idle threads spin, so with more threads CPU time overstates
     the work)."""
@@ -168,7 +168,7 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{same} | {diff} |")
     p = report.get("paper_probe")
     if p:
-        lines += ["", f"One reward at SEAL's settings (env defaults), in-process with {p['threads']} BLAS thread(s): "
+        lines += ["", f"One reward at SEAL's settings (env defaults, 10 epochs), in-process with {p['threads']} BLAS thread(s): "
                   f"{p['run_seconds']:.0f} s wall per inner-loop run ({p['train_seconds']:.0f} s training "
                   f"{p['train_steps']:.0f} steps on {p['n_sequences']:.0f} sequences, {p['eval_seconds']:.1f} s "
                   f"quiz), plus {p['baseline_seconds']:.1f} s for an article's first (baseline) quiz; it got "
