@@ -28,7 +28,7 @@ from agents.base import Experience
 from agents.config import TINY, RunConfig
 from agents.run import LoRAPolicy, main as run_main
 from seal_env.config import SEAL_PAPER_SETTINGS
-from seal_env.inner_loop import make_batch
+from seal_env.learner import make_batch
 
 
 @dataclass
@@ -119,7 +119,7 @@ class GRPO:
             self.model.load_weights(self.model.initial)
             ref = self._logprobs(pairs)
             self.model.load_weights(current)
-        self.model.learner.reset(seed)
+        self.model.learner.reset([seed])
         opt = optim.AdamW(learning_rate=cfg.policy_learning_rate, weight_decay=0.0)
         rng = np.random.default_rng(seed)
         steps = cfg.policy_epochs * math.ceil(len(pairs) / cfg.policy_batch_size)
@@ -146,7 +146,7 @@ class GRPO:
         if all(math.isfinite(x) for x in losses):
             self.model.fuse()
         else:
-            self.model.learner.reset(0)  # drop a diverged update
+            self.model.learner.reset([])  # drop a diverged update
         return {**stats, "steps": float(len(losses)), "loss": statistics.fmean(losses),
                 "pg_loss": statistics.fmean(pgs), "kl": statistics.fmean(kls),
                 "diverged": float(not all(math.isfinite(x) for x in losses))}

@@ -67,10 +67,9 @@ class ReSTEM:
             return stats
         stats["kept_reward_mean"] = statistics.fmean(e.reward for e in keep)
         data = [self.policy.training_pair(e.observation, e.self_edit) for e in keep]
-        self.model.learner.reset(seed)
         report = train_with_progress(self.model.learner, data, seed, "policy SFT", self.cfg.progress)
         if report["diverged"]:
-            self.model.learner.reset(0)  # drop the update, keep the policy as it was
+            self.model.learner.reset([])  # drop the update, keep the policy as it was
         else:
             self.model.fuse()
         losses = report["train_losses"] or [float("nan")]

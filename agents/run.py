@@ -23,16 +23,14 @@ from typing import Any, Callable
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 import mlx.core as mx
 import numpy as np
-from mlx_lm.tuner.lora import LoRALinear
 from tqdm.auto import tqdm
 
 from agents.base import Agent, Experience, Policy, derive_seed, observation
 from agents.config import RunConfig, build_parser, parse_args, read_meta
 from agents.policies import PromptPolicy
-from seal_env.articles import Article
-from seal_env.env import select_articles
+from seal_env.articles import Article, select_articles
 from seal_env.executors import InProcessExecutor, RewardRequest
-from seal_env.inner_loop import Learner
+from seal_env.learner import Learner
 from seal_env.models import load_model
 
 # ------------------------------------------------------------------------------------------------ run directory
@@ -219,7 +217,7 @@ class Logger:
 class LoRAPolicy:
     """A PromptPolicy whose model carries seal_env's LoRA Learner; :meth:`fuse` folds an update into the weights.
 
-    Between updates the LoRA's B matrices are zero, so the policy samples exactly as its (fused) weights say.
+    Between updates the learner has no adapter slots, so the policy samples exactly as its (fused) weights say.
     """
 
     def __init__(self, cfg: RunConfig):
@@ -229,30 +227,27 @@ class LoRAPolicy:
                                    cfg.self_edit_max_tokens, cfg.sample_batch_size, cfg.progress)
         self.initial = self.weights()
 
-    def _adapters(self) -> list[tuple[str, LoRALinear]]:
-        return [(n, m) for n, m in self.learner.model.named_modules() if isinstance(m, LoRALinear)]
-
     def weights(self) -> dict[str, mx.array]:
         """The base weights under the LoRA (plain mlx-lm names): what updates change, and what checkpoints hold."""
-        return {f"{name}.weight": m.linear.weight for name, m in self._adapters()}
+        return self.learner.base_weights()
 
     def fuse(self) -> None:
-        """Fold the trained LoRA into the weights (W + scale * B^T A^T) and zero it again."""
-        fused = {f"{name}.weight": m.linear.weight + (m.scale * m.lora_b.T) @ m.lora_a.T for name, m in self._adapters()}
-        self.load_weights(fused)
+        """Fold the trained LoRA (slot 0) into the weights with mlx-lm's ``LoRALinear.fuse``; no adapter after."""
+        self.load_weights(self.learner.fused_weights(0))
 
     def load_weights(self, weights: dict[str, mx.array]) -> None:
         self.learner.set_base_weights(weights)
-        self.learner.reset(0)
+        self.learner.reset([])
 
 
 def train_with_progress(learner: Learner, data: list[tuple[list[int], int]], seed: int, desc: str,
                         progress: bool) -> dict[str, Any]:
-    """``learner.train`` with a progress bar over its optimiser steps."""
+    """Train a fresh adapter (one slot, seeded ``seed``) on ``data`` with a progress bar over its optimiser steps."""
     steps = math.ceil(len(data) / learner.cfg.batch_size) * learner.cfg.epochs
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
     try:
-        return learner.train(data, seed=seed, on_step=lambda loss: bar.update(1))
+        learner.reset([seed])
+        return learner.train([data], [seed], on_step=lambda losses: bar.update(1))[0]
     finally:
         bar.close()
 

@@ -3,8 +3,9 @@
 Conditions (as in SEAL's single-passage knowledge-incorporation table; every reward is ``env.evaluate`` through a
 ``seal_env.executors`` executor, the environment's own evaluation path):
 
-  none                 no adaptation at all: the empty self-edit in an environment with include_passage=False.
-                       Nothing is trained, the reward is exactly 0 and the adapted accuracy is the baseline's.
+  none                 no adaptation at all (requests with adapt=False: the article's baseline quiz, computed once
+                       where the other rewards of the article are). The reward is exactly 0 and the adapted
+                       accuracy is the baseline's.
   passage              passage only: the empty self-edit with include_passage=True (the inner loop trains on the
                        passage alone). This is NOT agents' make_policy("passage"), which gives the passage as the
                        self-edit: with include_passage=True that trains on the passage twice; it is available here
@@ -37,7 +38,6 @@ import math
 import os
 import platform
 import sys
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -47,9 +47,8 @@ import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 
 from agents.base import derive_seed, observation
 from benchmarks import stats
-from seal_env.articles import Article
+from seal_env.articles import Article, select_articles
 from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig
-from seal_env.env import select_articles
 
 METRICS = ("accuracy", "f1", "loglik")
 METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "loglik": "log-lik."}
@@ -281,29 +280,24 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], policies: list
             journal.write({"type": "self_edits", "policy": p.label, "spec": p.spec, "article_id": a.id,
                            "self_edits": list(texts)})
         del policy
-    # 2. requests, article-major (a partial run holds complete pairs for its first articles), `none` first
+    # 2. requests, article-major (a partial run holds complete pairs for its first articles), `none` first. `none`
+    # trains nothing: its requests (adapt=False) are answered from the article's baseline quiz, where it is computed.
     index = {a.id: i for i, a in enumerate(select(settings, -1))}
     order = {p.label: i for i, p in enumerate(policies)}
     by_label = {p.label: p for p in policies}
     jobs = sorted(((a, k, s, lab) for lab, items in todo.items() for a, k, s in items),
                   key=lambda j: (index[j[0].id], j[1], j[2], order[j[3]]))
-    none_jobs = [j for j in jobs if by_label[j[3]].condition == "none"]
-    main_jobs = [j for j in jobs if by_label[j[3]].condition != "none"]
-    lock = threading.Lock()
     bar = tqdm(total=len(jobs), desc="rewards", unit="reward", disable=args.quiet, dynamic_ncols=True)
     count = 0
 
     def run_batch(executor: Any, batch: list[tuple[Article, int, int, str]]) -> None:
-        requests = [RewardRequest(a, edits[(lab, a.id)][k], seed=derive_seed(args.seed, a.id, k, s))
+        requests = [RewardRequest(a, edits[(lab, a.id)][k], seed=derive_seed(args.seed, a.id, k, s),
+                                  adapt=by_label[lab].condition != "none")
                     for a, k, s, lab in batch]
 
         def on_result(i: int, reward: float, info: dict[str, Any]) -> None:
-            a, k, s, lab = batch[i]
-            with lock:
-                _record(i, a, k, s, lab, reward, info)
-
-        def _record(i: int, a: Article, k: int, s: int, lab: str, reward: float, info: dict[str, Any]) -> None:
             nonlocal count
+            a, k, s, lab = batch[i]
             journal.write({"type": "result", "policy": lab, "spec": by_label[lab].spec,
                            "condition": by_label[lab].condition, "article_id": a.id,
                            "article_index": index[a.id], "title": a.title, "k": k, "seed_index": s,
@@ -315,44 +309,19 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], policies: list
 
         executor.evaluate(requests, on_result=on_result)
 
-    none_ex = main_ex = None
+    executor = None
     try:
-        if main_jobs:
-            main_ex = executor_from_args(args, settings)
-        if none_jobs:
-            none_ex = InProcessExecutor({**settings, "include_passage": False})
-            _share_baselines(main_ex, none_ex)
-        if main_ex is None or isinstance(main_ex, InProcessExecutor):
-            # article by article, `none` first: a partial run holds complete pairs for its first articles
-            for a in dict.fromkeys(j[0] for j in jobs):
-                for ex, batch in ((none_ex, none_jobs), (main_ex, main_jobs)):
-                    if ex is not None:
-                        run_batch(ex, [j for j in batch if j[0].id == a.id])
-        else:  # a parallel executor gets all its requests at once; `none` runs meanwhile in this process
-            worker = None
-            if none_ex is not None:
-                worker = threading.Thread(target=run_batch, args=(none_ex, none_jobs), daemon=True)
-                worker.start()
-            run_batch(main_ex, main_jobs)
-            if worker is not None:
-                worker.join()
+        executor = executor_from_args(args, settings)
+        if isinstance(executor, InProcessExecutor):
+            for a in dict.fromkeys(j[0] for j in jobs):  # article by article: a partial run holds whole articles
+                run_batch(executor, [j for j in jobs if j[0].id == a.id])
+        else:  # a parallel executor gets all its requests at once
+            run_batch(executor, jobs)
     finally:
-        for ex in (none_ex, main_ex):
-            if ex is not None:
-                ex.close()
+        if executor is not None:
+            executor.close()
         bar.close()
     return count
-
-
-def _share_baselines(main_ex: Any, none_ex: Any) -> None:
-    """Let the in-process `none` environment reuse the main one's baseline quizzes (the un-adapted model's answers
-    depend only on the article and ``SealConfig.eval_key()``, which both share), so each article's baseline quiz
-    runs once. Without an in-process main executor nothing is shared (the baselines are recomputed, same result)."""
-    main_env, none_env = getattr(main_ex, "env", None), getattr(none_ex, "env", None)
-    if main_env is None or none_env is None or not isinstance(getattr(main_env, "_baselines", None), dict):
-        return
-    if main_env.cfg.eval_key() == none_env.cfg.eval_key():
-        none_env._baselines = main_env._baselines
 
 
 # --------------------------------------------------------------------------------------------------- analysis

@@ -34,7 +34,7 @@ from typing import Any
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from seal_env.articles import Article
 from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig
-from seal_env.env import select_articles
+from seal_env.articles import select_articles
 from seal_env.executors import RewardRequest, blas_threads, make_executor
 
 CHEAP = dict(epochs=2, max_sequences=5, answer_max_tokens=16)

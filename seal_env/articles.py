@@ -208,3 +208,17 @@ def split_articles(
     held = set(perm[:k].tolist())
     train = [a for i, a in enumerate(articles) if i not in held]
     return train, [a for i, a in enumerate(articles) if i in held]
+
+
+def select_articles(cfg: Any) -> list[Article]:
+    """The articles of ``cfg.dataset`` in ``cfg.split`` (a :class:`seal_env.config.SealConfig`; the train/held-out
+    split is deterministic: ``cfg.heldout``, ``cfg.split_seed``)."""
+    articles = load_articles(cfg.dataset)
+    if cfg.split == "all":
+        return articles
+    heldout = int(cfg.heldout) if cfg.heldout >= 1 else cfg.heldout
+    train, held = split_articles(articles, heldout=heldout, seed=cfg.split_seed)
+    chosen = train if cfg.split == "train" else held
+    if not chosen:
+        raise ValueError(f"split {cfg.split!r} of {cfg.dataset!r} is empty (heldout={cfg.heldout})")
+    return chosen

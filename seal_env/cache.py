@@ -1,7 +1,7 @@
 """A persistent, content-addressed reward cache: the same inner loop is never trained twice.
 
 A reward is a pure function of (base model, article, self-edit, settings, seed): :func:`reward_key` hashes all of
-them (the model as a SHA-256 of its weights and vocabulary, see :meth:`seal_env.inner_loop.Learner.fingerprint`,
+them (the model as a SHA-256 of its weights and vocabulary, see :meth:`seal_env.learner.Learner.fingerprint`,
 so ``set_base_weights`` starts a new namespace) together with the seal-env and mlx versions and
 :data:`CACHE_VERSION`. :class:`RewardCache` keeps one small JSON file per key under ``<dir>/<key[:2]>/<key>.json``.
 

@@ -43,6 +43,7 @@ class SealConfig:
     timings: bool = True  #: put seconds per phase in info (off for exact info comparisons, e.g. check_env)
     cache: bool = True  #: reuse rewards from the persistent reward cache (seal_env.cache); off = always train
     cache_dir: str | None = None  #: reward cache folder; None = seal_env.models.cache_dir() / "rewards"
+    max_batch_adapters: int = 8  #: inner loops (self-edits x eval_times) of one article trained and quizzed together
 
     # Self-edit -> training sequences
     split_mode: str = "lines"  #: "lines", "segments" (---) or "none"
@@ -70,6 +71,7 @@ class SealConfig:
     lr_schedule: str = "linear"  #: "linear" (decay to 0) or "constant", after warmup_steps
     warmup_steps: int = 0
     weight_decay: float = 0.0
+    adam_bias_correction: bool = False  #: Adam(W) bias correction (PyTorch/HF always apply it; mlx's default: off)
     epochs: int = 3
     batch_size: int = 1
     max_loss: float = 50.0  #: training stops (diverged) when the loss exceeds this or is not finite
@@ -92,7 +94,7 @@ class SealConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         positive = ("eval_times", "max_sequences", "max_sequence_tokens", "max_total_tokens",
-                    "max_action_chars", "lora_rank", "epochs", "batch_size")
+                    "max_action_chars", "lora_rank", "epochs", "batch_size", "max_batch_adapters")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -138,5 +140,5 @@ class SealConfig:
 
     def inner_loop_key(self) -> dict[str, Any]:
         """The settings that decide a reward (for caching), everything but where the articles come from."""
-        skip = {"dataset", "split", "heldout", "split_seed", "timings", "cache", "cache_dir"}
+        skip = {"dataset", "split", "heldout", "split_seed", "timings", "cache", "cache_dir", "max_batch_adapters"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}

@@ -21,12 +21,15 @@ import time
 from typing import Any
 
 import gymnasium as gym
+from gymnasium import spaces
 
-from seal_env.articles import Article
-from seal_env.env import KnowledgeIncorporationEnv
+from seal_env.articles import Article, select_articles
+from seal_env.config import SealConfig
 from seal_env.grading import Grader
+from seal_env.learner import TrainRow
+from seal_env.pipeline import RewardPipeline, prepare
 from seal_env.reward import gain, mean_std, quiz, summarize
-from seal_env.sequences import build_sequences, sanitize_action, tokenize_sequences
+from seal_env.spaces import UnicodeText
 
 TRAIN_MODES = ("pooled", "online")
 
@@ -53,15 +56,18 @@ class ContinualPretrainingEnv(gym.Env):
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        # The single-passage env owns the model, the learner, the article split and the cached baselines.
-        self._ki = KnowledgeIncorporationEnv(grader=grader, **settings)
-        self.cfg, self.learner, self.articles = self._ki.cfg, self._ki.learner, self._ki.articles
+        self.cfg = SealConfig.from_kwargs(**settings)
+        self.articles = select_articles(self.cfg)
         if n_articles > len(self.articles):
             raise ValueError(f"n_articles={n_articles} but split {self.cfg.split!r} of {self.cfg.dataset!r} has "
                              f"only {len(self.articles)} articles")
-        self.n_articles, self.train_mode, self.render_mode = n_articles, train_mode, render_mode
-        self.observation_space = self._ki.observation_space
-        self.action_space = self._ki.action_space
+        self.n_articles, self.train_mode, self.render_mode, self.grader = n_articles, train_mode, render_mode, grader
+        self.pipeline = RewardPipeline.build(self.cfg, grader)  # the learner and the cached baselines
+        self.learner = self.pipeline.learner
+        self.observation_space = spaces.Dict(
+            {"title": UnicodeText(max_length=1_000), "context": UnicodeText(max_length=1_000_000)}
+        )
+        self.action_space = UnicodeText(max_length=self.cfg.max_action_chars)
         self.episode: list[Article] = []
         self._indices: list[int] = []
         self._pos = 0
@@ -89,33 +95,26 @@ class ContinualPretrainingEnv(gym.Env):
         self.episode, self._indices = episode, indices
         self._seed = int(self.np_random.integers(2**31 - 1))
         self._pos, self._done, self._last = 0, False, None
-        self._chunks: list[list[tuple[list[int], int]]] = []  # training data of each step
+        self._chunks: list[list[TrainRow]] = []  # training data of each step
         self._online: list[dict[str, Any]] = []  # train reports of the steps trained so far (online mode)
         self._bases: list[dict[str, Any]] | None = None
         self._t = {"baseline": 0.0, "train": 0.0, "eval": 0.0}
         if self.train_mode == "online":
             # baselines first: computing one resets the learner, which must then keep its adapter all episode
             self._bases = self._baselines()
-            self.learner.reset(self._seed)
+            self.learner.reset([self._seed])
         return self._observation(), self._step_info_head()
 
     def step(self, action: str):
         if self._done:
             raise RuntimeError("the episode is over (or was never started): call reset()")
         cfg = self.cfg
-        text, flags = sanitize_action(action, cfg.max_action_chars)  # raises TypeError before any state change
         article = self.episode[self._pos]
-        seqs, seq_info = build_sequences(text, article.title, article.context, split=cfg.split_mode,
-                                         title_prefix=cfg.title_prefix, include_passage=cfg.include_passage,
-                                         drop_preamble=cfg.drop_preamble, max_sequences=cfg.max_sequences)
-        data, tok_info = tokenize_sequences(seqs, self.learner.tokenizer, loss_on=cfg.loss_on,
-                                            max_sequence_tokens=cfg.max_sequence_tokens,
-                                            max_total_tokens=cfg.max_total_tokens)
-        info = {**self._step_info_head(), "title": article.title, "n_sequences": len(data),
-                "empty_action": seq_info["self_edit_pieces"] == 0, **seq_info, **tok_info, **flags}
-        self._chunks.append(data)
+        prep = prepare(cfg, self.learner.tokenizer, article, action)  # raises TypeError before any state change
+        info = {**self._step_info_head(), "title": article.title, **prep.info}
+        self._chunks.append(prep.data)
         if self.train_mode == "online":
-            report = self._train_chunk(len(self._chunks) - 1, self._seed, self._online)
+            report = self._train_chunk(len(self._chunks) - 1, [self._seed], [self._online])[0]
             info["step_train"] = None if report is None else {k: v for k, v in report.items()
                                                               if k != "train_seconds" or cfg.timings}
         self._pos += 1
@@ -143,11 +142,8 @@ class ContinualPretrainingEnv(gym.Env):
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
         """Swap the learner's base weights (cached baselines are dropped); an episode in progress is ended."""
-        self._ki.set_base_weights(weights)
+        self.pipeline.set_base_weights(weights)
         self._done = True
-
-    def close(self) -> None:
-        self._ki.close()
 
     # ----------------------------------------------------------------- internals
     def _observation(self) -> dict[str, str]:
@@ -161,36 +157,49 @@ class ContinualPretrainingEnv(gym.Env):
 
     def _baselines(self) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
-        bases = [self._ki.baseline(a) for a in self.episode]  # cached per article by the single-passage env
+        bases = [self.pipeline.baselines.get(a) for a in self.episode]  # cached per article
         self._t["baseline"] += time.perf_counter() - t0
         return bases
 
-    def _train_chunk(self, i: int, run_seed: int, reports: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """Online mode: train the shared adapter on step ``i``'s data (seed ``run_seed + i``); None if skipped."""
+    def _train_chunk(self, i: int, run_seeds: list[int], reports: list[list[dict[str, Any]]]
+                     ) -> list[dict[str, Any] | None]:
+        """Online mode: train each adapter slot (run ``r``) on step ``i``'s data with seed ``run_seeds[r] + i``,
+        in one batched pass; a run with nothing to learn, or already diverged, is skipped (None)."""
         data = self._chunks[i]
-        if not data or any(r["diverged"] for r in reports):  # nothing to learn, or the adapter is already broken
-            return None
-        report = self.learner.train(data, seed=run_seed + i)
-        self._t["train"] += report["train_seconds"]
-        reports.append(report)
-        return report
+        train = [bool(data) and not any(rep["diverged"] for rep in run) for run in reports]
+        if not any(train):
+            return [None] * len(run_seeds)
+        out = self.learner.train([data if t else [] for t in train], [s + i for s in run_seeds])
+        self._t["train"] += sum(rep["train_seconds"] for rep in out)
+        for run, rep, t in zip(reports, out, train):
+            if t:
+                run.append(rep)
+        return [rep if t else None for rep, t in zip(out, train)]
 
-    def _run(self, r: int) -> list[dict[str, Any]]:
-        """Train run ``r`` of the episode (seed ``seed + r``) from a fresh adapter; the train reports."""
-        run_seed = self._seed + r
-        if self.train_mode == "online":
-            if r == 0:
-                return self._online  # trained step by step already
-            self.learner.reset(run_seed)
-            reports: list[dict[str, Any]] = []
+    def _runs(self) -> list[dict[str, Any]]:
+        """Train every run ``r`` of ``eval_times`` (seed ``seed + r``, a fresh adapter each) and quiz it."""
+        seeds = [self._seed + r for r in range(self.cfg.eval_times)]
+        if self.train_mode == "pooled":  # one batched pass: every run trains on the pool of all steps' sequences
+            self.learner.reset(seeds)
+            pooled = [row for chunk in self._chunks for row in chunk]
+            out = self.learner.train([pooled] * len(seeds), seeds)
+            self._t["train"] += sum(rep["train_seconds"] for rep in out)
+            return self._quiz([[rep] for rep in out])
+        runs = self._quiz([self._online])  # run 0: the adapter trained step by step during the episode
+        if len(seeds) > 1:  # runs 1..R-1 replay the steps from fresh adapters, batched
+            self.learner.reset(seeds[1:])
+            reports: list[list[dict[str, Any]]] = [[] for _ in seeds[1:]]
             for i in range(len(self._chunks)):
-                self._train_chunk(i, run_seed, reports)
-            return reports
-        self.learner.reset(run_seed)
-        pooled = [row for chunk in self._chunks for row in chunk]
-        report = self.learner.train(pooled, seed=run_seed)
-        self._t["train"] += report["train_seconds"]
-        return [report]
+                self._train_chunk(i, seeds[1:], reports)
+            runs += self._quiz(reports)
+        return runs
+
+    def _quiz(self, reports: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Quiz the learner's adapter slots (one per run) on every article of the episode."""
+        t0 = time.perf_counter()
+        per_article = [quiz(self.learner, a, self.cfg.answer_max_tokens, self.grader) for a in self.episode]
+        self._t["eval"] += time.perf_counter() - t0
+        return [{"reports": reports[r], "results": [q[r] for q in per_article]} for r in range(len(reports))]
 
     def _finish(self) -> tuple[float, dict[str, Any]]:
         cfg, t_start = self.cfg, time.perf_counter()
@@ -199,21 +208,12 @@ class ContinualPretrainingEnv(gym.Env):
         bases = self._bases
         base_all = summarize([q for b in bases for q in b["results"]])
         empty = not any(self._chunks)
-        rewards: list[float] = []
-        runs: list[dict[str, Any]] = []
-        for r in range(cfg.eval_times):
-            if empty:  # nothing to train on: the adapted model is the base model
-                runs.append({"reports": [], "results": [b["results"] for b in bases]})
-                rewards.append(0.0)
-                continue
-            reports = self._run(r)
-            t0 = time.perf_counter()
-            results = [quiz(self.learner, a, cfg.answer_max_tokens, self._ki.grader) for a in self.episode]
-            self._t["eval"] += time.perf_counter() - t0
-            diverged = any(rep["diverged"] for rep in reports)
-            runs.append({"reports": reports, "results": results})
-            rewards.append(cfg.diverged_reward if diverged else
-                           gain(cfg.reward, base_all, summarize([q for res in results for q in res])))
+        if empty:  # nothing to train on: the adapted model is the base model
+            runs = [{"reports": [], "results": [b["results"] for b in bases]} for _ in range(cfg.eval_times)]
+        else:
+            runs = self._runs()
+        rewards = [cfg.diverged_reward if any(rep["diverged"] for rep in run["reports"]) else
+                   gain(cfg.reward, base_all, summarize([q for res in run["results"] for q in res])) for run in runs]
         reward, reward_std = mean_std(rewards)
         adapted = [summarize([q for res in run["results"] for q in res]) for run in runs]
         articles = []

@@ -3,14 +3,17 @@
 ``executor.evaluate(requests)`` *is* the batched evaluation path: it returns ``(reward, info)`` for every request,
 in the order of ``requests``, and calls ``on_result(i, reward, info)`` once per request as soon as it is known.
 
-* :class:`InProcessExecutor` (default) evaluates in this process with one environment, one request at a time.
+Both group the requests by article (:func:`group_requests`): one group is one batched
+``env.evaluate_many`` call, which trains and quizzes its self-edits together (seal_env.pipeline).
+
+* :class:`InProcessExecutor` (default) evaluates in this process with one environment, one group at a time.
 * :class:`RayExecutor` keeps a pool of Ray actors, each holding one environment (one model copy, loaded once), and
-  evaluates requests in parallel on this machine or on a Ray cluster. ``pip install "seal-env[ray]"``; ray is only
+  evaluates groups in parallel on this machine or on a Ray cluster. ``pip install "seal-env[ray]"``; ray is only
   imported when this executor is built.
 
 Both return the same rewards and infos for the same requests: a reward depends only on (article, self-edit, seed)
 and the settings (the inner loop is deterministic on CPU), never on which worker computed it. Bit for bit, that
-holds for the same BLAS thread count: OpenBLAS splits matrix products differently with another thread count, which
+holds for the same groups and the same BLAS thread count: OpenBLAS splits matrix products differently with another thread count, which
 moves losses and log-likelihoods in about the 7th significant digit (accuracy rewards practically never change).
 A Ray worker uses ``cpus_per_worker`` threads; :func:`blas_threads` sets this process's count.
 :func:`make_executor` picks one by name (``--executor ray --workers N`` on the command line, see
@@ -24,7 +27,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from seal_env.articles import Article
 
@@ -35,11 +38,37 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 
 @dataclass(frozen=True)
 class RewardRequest:
-    """One reward to compute: a self-edit for an article, trained with ``seed``."""
+    """One reward to compute: a self-edit for an article, trained with ``seed``.
+
+    ``adapt=False`` asks for SEAL's no-adaptation condition instead: nothing is trained, the reward is 0 and the
+    info holds the un-adapted model's quiz (computed once per article where the article's baseline is).
+    """
 
     article: Article
     self_edit: str
     seed: int = 0
+    adapt: bool = True
+
+
+def group_requests(requests: Sequence[RewardRequest], size: int) -> list[list[int]]:
+    """Request indices grouped by (article, adapt), in order of first appearance, cut into groups of ``size``:
+    each group is one :meth:`~seal_env.env.KnowledgeIncorporationEnv.evaluate_many` call."""
+    by_key: dict[tuple[str, bool], list[int]] = {}
+    for i, req in enumerate(requests):
+        by_key.setdefault((req.article.id, req.adapt), []).append(i)
+    return [idx[s : s + size] for idx in by_key.values() for s in range(0, len(idx), size)]
+
+
+def group_size(cfg: Any) -> int:
+    """Requests per batched call for settings ``cfg`` (a SealConfig): ``max_batch_adapters // eval_times``, >= 1."""
+    return max(1, cfg.max_batch_adapters // cfg.eval_times)
+
+
+def check_requests(requests: Sequence[RewardRequest]) -> None:
+    """Fail before anything runs if a self-edit is not a str (as the environment would at that request)."""
+    for req in requests:
+        if not isinstance(req.self_edit, str):
+            raise TypeError(f"a self-edit must be a str, got {type(req.self_edit).__name__}")
 
 
 class Executor(Protocol):
@@ -54,7 +83,8 @@ class Executor(Protocol):
 
 
 class InProcessExecutor:
-    """Evaluates requests one after another with a single environment built from ``settings``."""
+    """Evaluates requests with a single environment built from ``settings``, an article's requests batched
+    (``evaluate_many`` calls of up to ``max_batch_adapters`` inner loops)."""
 
     def __init__(self, settings: dict[str, Any] | None = None, env: Any = None):
         if env is None:
@@ -65,13 +95,18 @@ class InProcessExecutor:
 
     def evaluate(self, requests: Iterable[RewardRequest],
                  on_result: Callable[[int, float, dict], None] | None = None) -> list[tuple[float, dict[str, Any]]]:
-        out = []
-        for i, req in enumerate(requests):
-            reward, info = self.env.evaluate(req.article, req.self_edit, seed=req.seed)
-            if on_result is not None:
-                on_result(i, reward, info)
-            out.append((reward, info))
-        return out
+        requests = list(requests)
+        check_requests(requests)
+        out: list[tuple[float, dict[str, Any]] | None] = [None] * len(requests)
+        for group in group_requests(requests, group_size(self.env.unwrapped.cfg)):
+            first = requests[group[0]]
+            results = self.env.unwrapped.evaluate_many(first.article, [requests[i].self_edit for i in group],
+                                                       [requests[i].seed for i in group], adapt=first.adapt)
+            for i, result in zip(group, results):
+                out[i] = result
+                if on_result is not None:
+                    on_result(i, *result)
+        return out  # type: ignore[return-value]
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
         self.env.set_base_weights(weights)
@@ -134,6 +169,10 @@ class RewardWorker:
 
     def evaluate(self, article: Article, self_edit: str, seed: int) -> tuple[float, dict[str, Any]]:
         return self.env.evaluate(article, self_edit, seed=seed)
+
+    def evaluate_many(self, article: Article, self_edits: list[str], seeds: list[int], adapt: bool = True
+                      ) -> list[tuple[float, dict[str, Any]]]:
+        return self.env.evaluate_many(article, self_edits, seeds, adapt=adapt)
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
         import mlx.core as mx
@@ -199,7 +238,8 @@ class RayExecutor:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         from seal_env.config import SealConfig
 
-        self.settings = SealConfig.from_kwargs(**(settings or {})).to_dict()  # validate here, not in each actor
+        self.cfg = SealConfig.from_kwargs(**(settings or {}))  # validate here, not in each actor
+        self.settings = self.cfg.to_dict()
         self.workers, self.max_retries = workers, max_retries
         ncpu = os.cpu_count() or 1
         if cpus_per_worker is None:
@@ -258,13 +298,14 @@ class RayExecutor:
                  on_result: Callable[[int, float, dict], None] | None = None) -> list[tuple[float, dict[str, Any]]]:
         ray = self._ray
         requests = list(requests)
-        for req in requests:  # fail before anything runs, as the in-process executor would at that request
-            if not isinstance(req.self_edit, str):
-                raise TypeError(f"a self-edit must be a str, got {type(req.self_edit).__name__}")
+        check_requests(requests)  # fail before anything runs, as the in-process executor would
         results: list[tuple[float, dict[str, Any]] | None] = [None] * len(requests)
-        pending: deque[int] = deque(range(len(requests)))
-        failures = [0] * len(requests)
-        inflight: dict[Any, tuple[str, int, int]] = {}  # ref -> (kind "task"|"ready", slot, request index)
+        # one actor call each; smaller groups when there are too few requests to keep every worker busy
+        size = min(group_size(self.cfg), max(1, -(-len(requests) // max(1, len(self._actors)))))
+        groups = group_requests(requests, size)
+        pending: deque[int] = deque(range(len(groups)))
+        failures = [0] * len(groups)
+        inflight: dict[Any, tuple[str, int, int]] = {}  # ref -> (kind "task"|"ready", slot, group index)
         live = [s for s, actor in enumerate(self._actors) if actor is not None]
         idle = [s for s in live if self._pids[s] is not None]
         for s in live:
@@ -275,29 +316,32 @@ class RayExecutor:
             while idle and pending:
                 slot = idle.pop(0)
                 seen = self._seen[slot]
-                pick = next((i for i in pending if requests[i].article.id in seen), pending[0])
+                pick = next((g for g in pending if requests[groups[g][0]].article.id in seen), pending[0])
                 pending.remove(pick)
-                req = requests[pick]
-                seen.add(req.article.id)
-                ref = self._actors[slot].evaluate.remote(req.article, req.self_edit, req.seed)
+                first = requests[groups[pick][0]]
+                seen.add(first.article.id)
+                ref = self._actors[slot].evaluate_many.remote(
+                    first.article, [requests[i].self_edit for i in groups[pick]],
+                    [requests[i].seed for i in groups[pick]], first.adapt)
                 inflight[ref] = ("task", slot, pick)
 
         assign()
         while pending or any(kind == "task" for kind, _, _ in inflight.values()):
             if not inflight:
-                raise RuntimeError(f"no live Ray workers left; {len(pending)} request(s) not evaluated")
+                n_left = sum(len(groups[g]) for g in pending)
+                raise RuntimeError(f"no live Ray workers left; {n_left} request(s) not evaluated")
             done, _ = ray.wait(list(inflight), num_returns=1)
             for ref in done:
-                kind, slot, i = inflight.pop(ref)
+                kind, slot, g = inflight.pop(ref)
                 try:
                     value = ray.get(ref)
                 except self._death as err:
                     if kind == "task":
-                        failures[i] += 1
+                        failures[g] += 1
                         self.stats["retried"] += 1
-                        if failures[i] > self.max_retries:
-                            raise RuntimeError(f"request {i}: its worker died {failures[i]} times") from err
-                        pending.appendleft(i)
+                        if failures[g] > self.max_retries:
+                            raise RuntimeError(f"requests {groups[g]}: their worker died {failures[g]} times") from err
+                        pending.appendleft(g)
                     else:
                         self._start_failures[slot] += 1
                     if self._replace(slot):
@@ -307,12 +351,12 @@ class RayExecutor:
                     self._pids[slot], self._start_failures[slot] = value, 0
                     idle.append(slot)
                     continue
-                reward, info = value
-                results[i] = (reward, info)
-                self.stats["completed"] += 1
                 idle.append(slot)
-                if on_result is not None:
-                    on_result(i, reward, info)
+                for i, (reward, info) in zip(groups[g], value):
+                    results[i] = (reward, info)
+                    self.stats["completed"] += 1
+                    if on_result is not None:
+                        on_result(i, reward, info)
             assign()
         return results  # type: ignore[return-value]
 

@@ -7,26 +7,29 @@ from typing import Any
 
 from seal_env.articles import Article
 from seal_env.grading import Grader, grade
-from seal_env.inner_loop import Learner
+from seal_env.learner import Learner
 from seal_env.prompts import answer_prompt
 
 #: Which per-question score each reward kind averages.
 REWARD_SCORE = {"accuracy": "correct", "f1": "f1", "loglik": "loglik"}
 
 
-def quiz(learner: Learner, article: Article, max_tokens: int, grader: Grader | None = None) -> list[dict[str, Any]]:
-    """Ask every question without the passage; per question: the answer, correct/em/f1 and the gold log-likelihood.
+def quiz(learner: Learner, article: Article, max_tokens: int, grader: Grader | None = None
+         ) -> list[list[dict[str, Any]]]:
+    """Ask every question without the passage, in one batch for every adapter slot of ``learner`` (one group for
+    the base model when it has none); per slot and question: the answer, correct/em/f1 and the gold log-likelihood.
 
     ``max_tokens=0`` generates no answers (the log-likelihood needs none): answers are empty and score 0.
     """
     prompts = [answer_prompt(article.title, q.question, learner.tokenizer) for q in article.questions]
-    answers = learner.answers(prompts, max_tokens) if max_tokens > 0 else [""] * len(prompts)
     logliks = learner.answer_logliks(prompts, [q.answer for q in article.questions])
+    answers = learner.answers(prompts, max_tokens) if max_tokens > 0 else [[""] * len(prompts) for _ in logliks]
     unanswered = {"correct": 0.0, "em": 0.0, "f1": 0.0}
     return [
-        {"question": q.question, "gold": q.answer, "answer": a,
-         **(grade(q.question, q.answer, a, grader) if max_tokens > 0 else unanswered), "loglik": ll}
-        for q, a, ll in zip(article.questions, answers, logliks)
+        [{"question": q.question, "gold": q.answer, "answer": a,
+          **(grade(q.question, q.answer, a, grader) if max_tokens > 0 else unanswered), "loglik": ll}
+         for q, a, ll in zip(article.questions, slot_answers, slot_logliks)]
+        for slot_answers, slot_logliks in zip(answers, logliks)
     ]
 
 

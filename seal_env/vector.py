@@ -26,7 +26,7 @@ from gymnasium.vector.utils import batch_space
 
 from seal_env.articles import Article
 from seal_env.config import SealConfig
-from seal_env.env import select_articles
+from seal_env.articles import select_articles
 from seal_env.executors import Executor, RewardRequest, make_executor
 from seal_env.spaces import UnicodeText
 
@@ -100,10 +100,11 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
             raise ValueError(f"{len(actions)} actions for {self.num_envs} envs")
         if not self._current:
             raise RuntimeError("call reset() before step()")
-        requests = []
-        for i, action in enumerate(actions):
+        for i, action in enumerate(actions):  # before any seed is drawn: a failed step changes nothing
             if not isinstance(action, str):
                 raise TypeError(f"a self-edit must be a str, got {type(action).__name__} (env {i})")
+        requests = []
+        for i, action in enumerate(actions):
             seed = int(self._rngs[i].integers(2**31 - 1))  # as KnowledgeIncorporationEnv.step
             requests.append(RewardRequest(self._current[i][0], action, seed))
         results = self.executor.evaluate(requests)

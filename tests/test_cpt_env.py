@@ -105,13 +105,15 @@ def test_pooled_and_online_train_differently():
 
 
 def test_repeats_start_with_the_single_run(cpt_env):
-    # eval_times=2: run 0 is the episode's own (in online mode: trained step by step), run 1 a replay, seed + 1
+    # eval_times=2: run 0 is the episode's own (in online mode: trained step by step), run 1 a replay, seed + 1;
+    # the pooled runs train together in one batched pass, which changes float rounding only
     _, one = run_episode(cpt_env, [EDIT, EDIT], seed=1)
     env = make(train_mode=cpt_env.train_mode, reward="loglik", eval_times=2)
     _, two = run_episode(env, [EDIT, EDIT], seed=1)
     env.close()
     info = two[-1][4]
-    assert info["rewards"][0] == one[-1][1] and info["rewards"][1] != info["rewards"][0]
+    assert info["rewards"][0] == pytest.approx(one[-1][1], rel=1e-4, abs=1e-6)
+    assert info["rewards"][1] != pytest.approx(info["rewards"][0], rel=1e-4, abs=1e-6)
     assert two[-1][1] == pytest.approx(sum(info["rewards"]) / 2)
 
 

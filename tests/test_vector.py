@@ -66,10 +66,14 @@ def test_batched_vector_env_equals_sync_vector_env(sync_env, batched_env):
 def test_batched_vector_env_options_and_errors(batched_env):
     obs, info = batched_env.reset(seed=0, options={"article_indices": [3, 5]})
     assert list(info["article_index"]) == [3, 5] and obs["title"][1] == batched_env.articles[5].title
-    with pytest.raises(TypeError, match="must be a str"):
-        batched_env.step(("fine", 42))
     with pytest.raises(ValueError, match="actions"):
         batched_env.step(("only one",))
+    _, _, _, _, clean = batched_env.step(ACTIONS)
+    batched_env.reset(seed=0, options={"article_indices": [3, 5]})
+    with pytest.raises(TypeError, match="must be a str"):
+        batched_env.step(("fine", 42))  # env 0 must not have drawn its seed before env 1 failed
+    _, _, _, _, after = batched_env.step(ACTIONS)
+    assert list(after["final_info"]["seed"]) == list(clean["final_info"]["seed"])
 
 
 def test_make_vec_with_vector_entry_point():

@@ -1,4 +1,4 @@
-"""The inner loop's speed levers give the same results as the plain mlx-lm path (tiny random model)."""
+"""The learner's speed levers give the same results as the plain mlx-lm path (tiny random model)."""
 
 import math
 import os
@@ -12,7 +12,8 @@ from mlx.utils import tree_flatten
 
 from conftest import TINY
 from seal_env.config import SealConfig
-from seal_env.inner_loop import Learner, fast_exp, loss_positions, make_batch
+from seal_env.kernels import fast_exp
+from seal_env.learner import Learner, loss_positions, make_batch
 from seal_env.models import load_model
 
 PLAIN = dict(fast_kernels=False, head_on_positions=False, compile=False)
@@ -43,7 +44,7 @@ def test_fast_exp_matches_exp_and_its_gradient():
 
 
 def test_loss_and_grads_agree_with_plain_path(learner):
-    learner.reset(1)
+    learner.reset([1])
     for m in learner.adapters:  # non-zero B so every LoRA gradient is non-trivial
         m.lora_b = mx.random.normal(m.lora_b.shape, key=mx.random.key(2)) * 0.05
     inputs, targets, mask = make_batch(_data(learner.tokenizer, 1))
@@ -53,7 +54,9 @@ def test_loss_and_grads_agree_with_plain_path(learner):
         for name, levers in (("plain", PLAIN), ("fast", FAST)):
             learner.set_levers(**levers)
             positions, weights = loss_positions(mask, levers["head_on_positions"])
-            (loss, ntoks), grads = learner._loss_and_grad(learner.model, inputs, targets, positions, weights)
+            groups = mx.ones((1, positions.shape[0]))
+            (loss, _, ntoks), grads = learner.loss_and_grad(mx.array([0]), inputs, targets, positions, weights,
+                                                            groups)
             results[name] = (loss.item(), ntoks.item(), {k: np.asarray(v) for k, v in tree_flatten(grads)})
     finally:
         learner.model.eval()
@@ -72,9 +75,9 @@ def test_training_agrees_with_plain_path_and_is_deterministic(learner):
     reports = {}
     for name, levers in (("plain", PLAIN), ("fast", FAST), ("fast again", FAST)):
         learner.set_levers(**levers)
-        learner.reset(7)
-        reports[name] = learner.train(data, seed=7)
-        reports[name]["logliks"] = learner.answer_logliks(["Where is the observatory?\nAnswer:"], ["Mount Tervik"])
+        learner.reset([7])
+        reports[name] = learner.train([data], [7])[0]
+        reports[name]["logliks"] = learner.answer_logliks(["Where is the observatory?\nAnswer:"], ["Mount Tervik"])[0]
     assert reports["fast"]["train_losses"] == reports["fast again"]["train_losses"]  # deterministic
     assert reports["fast"]["logliks"] == reports["fast again"]["logliks"]
     p, f = reports["plain"], reports["fast"]
@@ -85,13 +88,13 @@ def test_training_agrees_with_plain_path_and_is_deterministic(learner):
 
 
 def test_answer_logliks_on_positions_match_full_logits(learner):
-    learner.reset(3)
+    learner.reset([3])
     prompts = ["Question: Where is it?\nAnswer:", "Question: When was it founded?\nAnswer:"]
     answers = ["On Mount Tervik", "1911"]
     learner.set_levers(**PLAIN)
-    plain = learner.answer_logliks(prompts, answers)
+    plain = learner.answer_logliks(prompts, answers)[0]
     learner.set_levers(**FAST)
-    fast = learner.answer_logliks(prompts, answers)
+    fast = learner.answer_logliks(prompts, answers)[0]
     assert np.allclose(fast, plain, rtol=1e-5) and all(math.isfinite(x) for x in fast)
 
 
@@ -113,16 +116,16 @@ def test_compiled_traces_are_bounded(learner, monkeypatch):
     monkeypatch.setattr(Learner, "MAX_TRACES", 2)
     learner.set_levers(**FAST)
     tok = learner.tokenizer
-    learner.reset(0)
+    learner.reset([0])
     for n in (5, 6, 7, 8):
         ids = tok.encode("word " * n)
-        learner.train([(ids, 1)], seed=0)
+        learner.train([[(ids, 1)]], [0])
         assert len(learner._shapes) <= 2
 
 
 MALLINFO_PROBE = """
 import ctypes
-from seal_env.inner_loop import keep_freed_memory
+from seal_env.memory import keep_freed_memory
 fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in fields]

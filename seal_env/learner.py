@@ -1,0 +1,407 @@
+"""The SEAL inner loop's learner: one frozen model with ``n`` LoRA adapters, trained and quizzed together.
+
+:class:`Learner` wraps the model once with :class:`seal_env.lora.MultiLoRALinear`. Each pass calls
+:meth:`Learner.reset` with one seed per adapter slot (fresh LoRA weights, base weights untouched), then
+:meth:`Learner.train` (every slot on its own data, in one batched step loop) and the two quiz methods (greedy
+answers, gold answers' log-likelihood), which return one result per slot. With no slots (``reset([])``) the model
+is the frozen base model: that is the baseline.
+
+Training: every step takes the next batch of every slot that still has steps (each slot keeps its own data order
+from its own seed, its own epochs and learning-rate schedule over its own step count, and its own AdamW state);
+the rows of all those batches are padded to one width and trained in one forward and backward pass. The loss is
+the sum of the slots' mean losses, so each slot's gradient is what it would be alone. A slot whose loss is not
+finite or exceeds ``max_loss`` stops (diverged) without that update; the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from seal_env.adapter_optim import AdapterOptimizer
+from seal_env.config import SealConfig
+from seal_env.decode import greedy_generate
+from seal_env.kernels import cross_entropy, position_logits, use_fast_kernels
+from seal_env.lora import MultiLoRALinear, add_multi_lora, init_adapters, resolve_lora_keys
+from seal_env.memory import keep_freed_memory, release_memory
+from seal_env.prompts import uses_chat
+
+#: A training sequence: token ids and the index of the first token the loss is on.
+TrainRow = tuple[list[int], int]
+
+
+def make_batch(rows: Sequence[TrainRow | None]) -> tuple[mx.array, mx.array, mx.array]:
+    """Right-padded ``inputs``, ``targets`` and loss ``mask`` for next-token prediction (``None``: an empty row)."""
+    width = max([len(r[0]) for r in rows if r is not None] + [2]) - 1
+    inputs = np.zeros((len(rows), width), np.int32)
+    targets = np.zeros((len(rows), width), np.int32)
+    mask = np.zeros((len(rows), width), np.float32)
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        ids, start = row
+        n = len(ids) - 1
+        inputs[i, :n], targets[i, :n] = ids[:-1], ids[1:]
+        mask[i, max(start - 1, 0) : n] = 1.0  # target j predicts token j + 1
+    return mx.array(inputs), mx.array(targets), mx.array(mask)
+
+
+def loss_positions(mask: mx.array, only_loss: bool = True) -> tuple[mx.array, mx.array]:
+    """Flat positions and weights: where ``mask`` is set, or all positions with the mask as weights."""
+    flat = np.asarray(mask).reshape(-1)
+    if only_loss:
+        idx = np.nonzero(flat > 0)[0].astype(np.int32)
+        return mx.array(idx), mx.array(flat[idx])
+    return mx.arange(flat.size, dtype=mx.int32), mx.array(flat)
+
+
+def make_loss(head_on_positions: bool = True, fast: bool = True) -> Callable[..., tuple[mx.array, ...]]:
+    """``loss(model, inputs, targets, positions, weights, groups) -> (total, per-group mean losses, tokens)``.
+
+    Next-token cross-entropy at flat ``positions`` (of rows * width) with 0/1 ``weights``; ``groups`` (one-hot,
+    groups x positions) says which adapter slot each position belongs to. ``total`` is the sum of the groups' mean
+    losses. ``head_on_positions`` applies the output projection only at the positions; ``fast`` computes the
+    log-sum-exp with :func:`seal_env.kernels.fast_exp`. Both off = the plain mlx-lm path.
+    """
+
+    def loss(model: nn.Module, inputs: mx.array, targets: mx.array, positions: mx.array, weights: mx.array,
+             groups: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        if head_on_positions:
+            logits = position_logits(model, inputs, positions)
+        else:
+            logits = model(inputs)
+            logits = logits.reshape(-1, logits.shape[-1])[positions].astype(mx.float32)
+        ce = cross_entropy(logits, targets.reshape(-1)[positions], fast) * weights
+        ntoks = groups @ weights
+        # a where, not a product with the one-hot: a non-finite loss of one slot must not reach the others
+        per_group = mx.where(groups > 0, ce[None, :], 0.0).sum(axis=1) / mx.maximum(ntoks, 1)
+        return per_group.sum(), per_group, ntoks
+
+    return loss
+
+
+def length_buckets(batches: dict[int, list[TrainRow]], overhead_tokens: int, max_tokens: int = 2**31
+                   ) -> list[list[int]]:
+    """Group the slots of one step into padded passes: slots sorted by their batch's longest row, cut into
+    contiguous groups that minimise the total of ``overhead_tokens + rows x width`` (an exact dynamic programme),
+    each group at most ``max_tokens`` padded tokens (unless it is a single slot).
+
+    Long rows (e.g. the passage) then do not pad every short self-edit piece to their length, and the memory of one
+    pass stays bounded whatever the number of slots.
+    """
+    order = sorted(batches, key=lambda k: (max(len(r[0]) for r in batches[k]), k))
+    width = [max(len(r[0]) for r in batches[k]) - 1 for k in order]
+    count = [len(batches[k]) for k in order]
+    best = [0.0] + [math.inf] * len(order)
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(end):
+            tokens = (end - start) * max(count[start:end]) * width[end - 1]
+            if tokens > max_tokens and end - start > 1:
+                continue
+            cost = best[start] + overhead_tokens + tokens
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end > 0:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
+class Learner:
+    """A model with ``n`` LoRA adapter slots that can be reset, fine-tuned and quizzed, many times over."""
+
+    #: Distinct batch shapes whose compiled traces are kept; past this the compiled function is rebuilt (memory).
+    MAX_TRACES = 16
+    #: The fixed cost of one forward and backward pass, in padded tokens, and the most padded tokens of one pass
+    #: (memory): they decide how a step's batches are grouped (see :func:`length_buckets`).
+    BUCKET_OVERHEAD_TOKENS = 32
+    PASS_MAX_TOKENS = 256
+
+    def __init__(self, model: nn.Module, tokenizer: Any, cfg: SealConfig, *, fast_kernels: bool = True,
+                 head_on_positions: bool = True, compile: bool = True):
+        """``fast_kernels``, ``head_on_positions`` and ``compile`` are the speed levers (all on by default; off =
+        the plain mlx-lm path, kept for tests and benchmarks: results agree to float rounding)."""
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        model.freeze()
+        keys = resolve_lora_keys(model, cfg.lora_modules)
+        n_layers = len(model.layers) if cfg.lora_layers == -1 else min(cfg.lora_layers, len(model.layers))
+        self.slots, self.adapters = add_multi_lora(model, keys, n_layers, cfg.lora_rank,
+                                                   cfg.lora_alpha / cfg.lora_rank, cfg.lora_dropout)
+        #: Trainable parameters of one adapter slot.
+        self.n_trainable = sum(m.in_dims * m.rank + m.rank * m.out_dims for m in self.adapters)
+        self.n_slots = 0
+        self.set_levers(fast_kernels=fast_kernels, head_on_positions=head_on_positions, compile=compile)
+        keep_freed_memory()
+        self.reset([])
+
+    def set_levers(self, *, fast_kernels: bool, head_on_positions: bool, compile: bool) -> None:
+        """Switch the speed levers (see :meth:`__init__`); results stay equal up to float rounding."""
+        self.fast_kernels, self.head_on_positions, self.compile = fast_kernels, head_on_positions, compile
+        use_fast_kernels(self.model, fast_kernels)
+        loss = make_loss(head_on_positions, fast_kernels)
+        slots = self.slots
+
+        def routed(model: nn.Module, index: mx.array, *batch: mx.array) -> tuple[mx.array, ...]:
+            slots.index = index  # read by every MultiLoRALinear during this forward (and its trace)
+            return loss(model, *batch)
+
+        self._value_and_grad = nn.value_and_grad(self.model, routed)
+        self._compiled: Any = None
+        self._shapes: set[tuple[int, ...]] = set()
+
+    def loss_and_grad(self, index: mx.array, *batch: mx.array) -> tuple[tuple[mx.array, ...], Any]:
+        """One training step's forward and backward for the slots ``index`` (compiled per batch shape when
+        ``compile``): ``((total, per-slot losses, per-slot tokens), grads)``."""
+        with self._routed(index):
+            if not self.compile:
+                return self._value_and_grad(self.model, index, *batch)
+            shape = (index.shape[0],) + tuple(x.shape[0] for x in batch[2:4]) + batch[0].shape
+            if self._compiled is None or (shape not in self._shapes and len(self._shapes) >= self.MAX_TRACES):
+                model = self.model
+                state = [model.state, mx.random.state]
+                self._compiled = mx.compile(lambda *b: self._value_and_grad(model, *b), inputs=state, outputs=state)
+                self._shapes.clear()
+            self._shapes.add(shape)
+            return self._compiled(index, *batch)
+
+    @contextmanager
+    def _routed(self, index: mx.array | None) -> Iterator[None]:
+        previous, self.slots.index = self.slots.index, index
+        try:
+            yield
+        finally:
+            self.slots.index = previous
+
+    def reset(self, seeds: Sequence[int]) -> None:
+        """``len(seeds)`` fresh adapter slots; slot ``j`` is initialised from ``seeds[j]`` exactly as a single
+        adapter would be (A uniform(+-1/sqrt(in)), B = 0). ``reset([])``: no adapters, the base model."""
+        init_adapters(self.adapters, list(seeds))
+        self.n_slots = len(seeds)
+        self.slots.index = mx.arange(self.n_slots, dtype=mx.int32) if self.n_slots else None
+
+    # ----------------------------------------------------------------------------------------------- training
+    def _optimizer(self, total_steps: list[int]) -> AdapterOptimizer:
+        cfg = self.cfg
+        return AdapterOptimizer(cfg.optimizer, total_steps, cfg.learning_rate, schedule=cfg.lr_schedule,
+                                warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                                bias_correction=cfg.adam_bias_correction)
+
+    def _update_fn(self, opt: AdapterOptimizer) -> Callable[..., None]:
+        """``apply(grads, mask, lr, c1, c2)``: one optimizer update of every adapter slot (compiled when
+        ``self.compile``; the shapes are fixed for a whole :meth:`train`)."""
+        model = self.model
+        opt.init(model.trainable_parameters())
+
+        def apply(grads: Any, *step: mx.array) -> None:
+            model.update(opt.apply(grads, model.trainable_parameters(), *step))
+
+        if not self.compile:
+            return apply
+        state = [model.state, opt.state]
+        compiled = mx.compile(apply, inputs=state, outputs=state)
+
+        def run(grads: Any, *step: mx.array) -> None:
+            compiled(grads, *step)
+
+        return run
+
+    def train(self, datas: Sequence[Sequence[TrainRow]], seeds: Sequence[int],
+              on_step: Callable[[list[float]], None] | None = None) -> list[dict[str, Any]]:
+        """Fine-tune slot ``j`` on ``datas[j]`` (token ids, loss start) for ``cfg.epochs``, shuffled with
+        ``seeds[j]``; returns one train report per slot.
+
+        ``on_step(losses)`` is called after every batched step with the losses of the slots that stepped. A slot
+        stops early, with ``diverged=True``, if its loss is not finite or exceeds ``cfg.max_loss``, or if its
+        adapter weights end up non-finite. ``train_seconds`` is the pass's wall time shared by optimizer steps.
+        """
+        cfg, model, n = self.cfg, self.model, self.n_slots
+        if len(datas) != n or len(seeds) != n:
+            raise ValueError(f"train: {len(datas)} data sets and {len(seeds)} seeds for {n} adapter slots")
+        bs = cfg.batch_size
+        plans: list[list[np.ndarray]] = []  # every slot's batches, epoch after epoch, in its own seeded order
+        for data, seed in zip(datas, seeds):
+            rng = np.random.default_rng(seed)
+            plan = []
+            for _ in range(cfg.epochs if data else 0):
+                order = rng.permutation(len(data))
+                plan += [order[i : i + bs] for i in range(0, len(data), bs)]
+            plans.append(plan)
+        if seeds:
+            mx.random.seed(int(seeds[0]))  # LoRA dropout (one stream for the whole pass)
+        losses: list[list[float]] = [[] for _ in range(n)]
+        tokens, diverged = [0] * n, [False] * n
+        t0 = time.perf_counter()
+        opt = self._optimizer([len(p) for p in plans])
+        apply = self._update_fn(opt) if any(plans) else None
+        model.train()
+        try:
+            for step in range(max((len(p) for p in plans), default=0)):
+                active = [k for k in range(n) if not diverged[k] and step < len(plans[k])]
+                if not active:
+                    break
+                batches = {k: [datas[k][j] for j in plans[k][step]] for k in active}
+                values: dict[int, float] = {}
+                counts: dict[int, int] = {}
+                grads = None
+                for bucket in length_buckets(batches, self.BUCKET_OVERHEAD_TOKENS, self.PASS_MAX_TOKENS):
+                    (_, per_slot, ntoks), g = self._bucket_loss_and_grad(bucket, batches)
+                    grads = g if grads is None else tree_map(mx.add, grads, g)
+                    mx.eval(grads, per_slot, ntoks)  # one pass's activations at a time in memory
+                    values.update(zip(bucket, per_slot.tolist()))
+                    counts.update(zip(bucket, (int(c) for c in ntoks.tolist())))
+                stepping = []
+                for k in active:
+                    if math.isfinite(values[k]) and values[k] <= cfg.max_loss:
+                        stepping.append(k)
+                    else:
+                        diverged[k] = True
+                if stepping:
+                    mask_slots = [k in stepping for k in range(n)]
+                    apply(grads, *opt.step_inputs(mask_slots))
+                    mx.eval(model.trainable_parameters(), opt.state)
+                for k in stepping:
+                    losses[k].append(values[k])
+                    tokens[k] += counts[k]
+                if on_step is not None and stepping:
+                    on_step([values[k] for k in stepping])
+            finite = self._finite_slots()
+            for k in range(n):
+                if losses[k] and not finite[k]:
+                    diverged[k] = True
+        finally:
+            model.eval()
+            release_memory()
+        seconds = time.perf_counter() - t0
+        total_steps = max(sum(len(x) for x in losses), 1)
+        return [{"train_losses": losses[k], "train_steps": len(losses[k]), "trained_tokens": tokens[k],
+                 "diverged": diverged[k], "train_seconds": seconds * (len(losses[k]) / total_steps if n > 1 else 1)}
+                for k in range(n)]
+
+    def _bucket_loss_and_grad(self, bucket: list[int], batches: dict[int, list[TrainRow]]
+                              ) -> tuple[tuple[mx.array, ...], Any]:
+        """Loss and gradients of the slots in ``bucket`` (each with its step's batch), as one padded batch."""
+        rows_each = max(len(batches[k]) for k in bucket)
+        rows: list[TrainRow | None] = []
+        for k in bucket:  # slot-major: the rows of bucket[j] form group j
+            rows += batches[k] + [None] * (rows_each - len(batches[k]))
+        inputs, targets, mask = make_batch(rows)
+        positions, weights = loss_positions(mask, self.head_on_positions)
+        group_of = np.asarray(positions) // (rows_each * inputs.shape[1])
+        groups = mx.array((group_of[None, :] == np.arange(len(bucket))[:, None]).astype(np.float32))
+        return self.loss_and_grad(mx.array(bucket, dtype=mx.int32), inputs, targets, positions, weights, groups)
+
+    def _finite_slots(self) -> list[bool]:
+        """Per slot: are all of its adapter weights finite?"""
+        if not self.n_slots:
+            return []
+        ok = mx.ones((self.n_slots,), dtype=mx.bool_)
+        for m in self.adapters:
+            for p in (m.lora_a, m.lora_b):
+                ok = ok & mx.isfinite(p).reshape(self.n_slots, -1).all(axis=1)
+        return [bool(x) for x in ok.tolist()]
+
+    # ----------------------------------------------------------------------------------------------- the quiz
+    def _encode_prompt(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt, add_special_tokens=not uses_chat(self.tokenizer))
+
+    @property
+    def _groups(self) -> int:
+        """Row groups of a quiz: one per slot, or one for the base model."""
+        return max(self.n_slots, 1)
+
+    def answers(self, prompts: Sequence[str], max_tokens: int) -> list[list[str]]:
+        """Greedy answers to the prompts for every slot (``[slot][prompt]``), decoded as one batch."""
+        if not prompts:
+            return [[] for _ in range(self._groups)]
+        ids = [self._encode_prompt(p) for p in prompts] * self._groups  # slot-major rows
+        tokens = greedy_generate(self.model, ids, max_tokens, self.tokenizer.eos_token_ids)
+        texts = [self.tokenizer.decode(t).split("\nQuestion:")[0].strip() for t in tokens]
+        q = len(prompts)
+        return [texts[g * q : (g + 1) * q] for g in range(self._groups)]
+
+    def answer_logliks(self, prompts: Sequence[str], answers: Sequence[str]) -> list[list[float]]:
+        """Mean log-probability per token of each gold ``answer`` after its ``prompt``, for every slot
+        (``[slot][prompt]``), in one batched forward."""
+        if not prompts:
+            return [[] for _ in range(self._groups)]
+        rows = []
+        for p, a in zip(prompts, answers):
+            head = self._encode_prompt(p)
+            rows.append((head + self.tokenizer.encode(a.strip(), add_special_tokens=False), len(head)))
+        inputs, targets, mask = make_batch(rows * self._groups)
+        if self.head_on_positions:  # the output projection only where the answers are
+            positions, _ = loss_positions(mask)
+            picked = -cross_entropy(position_logits(self.model, inputs, positions),
+                                    targets.reshape(-1)[positions], fast=False)
+            rows_of = np.asarray(positions) // inputs.shape[1]
+            sums = np.bincount(rows_of, weights=np.asarray(picked, dtype=np.float64), minlength=inputs.shape[0])
+            per_row = sums / np.maximum(np.asarray(mask).sum(axis=1), 1)
+        else:
+            logprobs = nn.log_softmax(self.model(inputs).astype(mx.float32), axis=-1)
+            picked = mx.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0] * mask
+            per_row = np.asarray(picked.sum(axis=1) / mx.maximum(mask.sum(axis=1), 1))
+        values = [float(x) for x in per_row]
+        q = len(prompts)
+        return [values[g * q : (g + 1) * q] for g in range(self._groups)]
+
+    # ----------------------------------------------------------------------------------------------- weights
+    def fused_weights(self, slot: int = 0) -> dict[str, mx.array]:
+        """Base weights with slot ``slot``'s adapter folded in (mlx-lm's ``LoRALinear.fuse``), plain mlx-lm names."""
+        out = {}
+        for name, module in self.model.named_modules():
+            if isinstance(module, MultiLoRALinear):
+                out[f"{name}.weight"] = module.to_lora(slot).fuse().weight
+        return out
+
+    def base_weights(self) -> dict[str, mx.array]:
+        """The frozen weights under the adapters (plain mlx-lm names)."""
+        return {f"{name}.weight": m.linear.weight for name, m in self.model.named_modules()
+                if isinstance(m, MultiLoRALinear)}
+
+    def set_base_weights(self, weights: dict[str, mx.array]) -> None:
+        """Replace frozen base weights (plain mlx-lm names, e.g. from a fused policy) under the LoRA wrappers.
+
+        Lets the inner-loop learner be an updated policy (SEAL's "the model adapts itself"). Names that the LoRA
+        wrapping moved (``...q_proj.weight`` -> ``...q_proj.linear.weight``) are mapped; unknown names raise.
+        """
+        current = dict(tree_flatten(self.model.parameters()))
+        mapped = []
+        for name, value in weights.items():
+            head, _, leaf = name.rpartition(".")
+            target = name if name in current else f"{head}.linear.{leaf}"
+            if target not in current or "lora_" in target:
+                raise KeyError(f"{name!r} is not a base weight of this model")
+            if current[target].shape != value.shape:
+                raise ValueError(f"{name!r}: shape {value.shape} != {current[target].shape}")
+            mapped.append((target, value.astype(current[target].dtype)))
+        self.model.update(tree_unflatten(mapped))
+        mx.eval(self.model.parameters())
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the base weights (names, shapes, dtypes, bytes) and the vocabulary: the model's identity
+        for the reward cache. Computed once (~0.6 s for SmolLM2-135M) and again after :meth:`set_base_weights`."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256()
+            for name, value in sorted(tree_flatten(self.model.parameters())):
+                if "lora_" in name:
+                    continue
+                array = np.ascontiguousarray(np.array(value, copy=False))
+                h.update(f"{name}:{array.dtype}:{array.shape};".encode())
+                h.update(memoryview(array).cast("B"))
+            vocab = getattr(self.tokenizer, "vocab", None) or {}
+            h.update(json.dumps(sorted(vocab.items()) if isinstance(vocab, dict) else [], ensure_ascii=True).encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint  # type: ignore[return-value]

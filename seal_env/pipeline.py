@@ -1,0 +1,243 @@
+"""The reward pipeline: self-edits of one article -> training data -> batched LoRA fine-tunes -> quiz -> rewards.
+
+:class:`RewardPipeline` is what both environments and every executor compute rewards with:
+
+1. :func:`prepare` cleans a self-edit and turns it into training sequences (seal_env.sequences);
+2. :class:`Baselines` quizzes the un-adapted model once per article;
+3. :meth:`RewardPipeline.evaluate_many` trains one adapter slot per (self-edit, repeat) -- up to
+   ``max_batch_adapters`` of them in one batched pass (seal_env.learner) -- quizzes all of them in one batch, and
+   builds each request's reward and info (:func:`reward_info`), looking each request up in the reward cache first.
+
+A reward depends only on (article, self-edit, seed) and the settings: evaluated alone or together with other
+self-edits, it is the same up to float rounding (the batch shapes change how the matrix products round).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from seal_env import cache as reward_cache
+from seal_env.articles import Article
+from seal_env.config import SealConfig
+from seal_env.grading import Grader
+from seal_env.learner import Learner, TrainRow
+from seal_env.reward import gain, mean_std, quiz, summarize
+from seal_env.sequences import build_sequences, sanitize_action, tokenize_sequences
+
+PHASES = ("reset", "train", "eval")
+
+
+@dataclass
+class Prepared:
+    """A self-edit's training data and what building it did (info fields: pieces, cuts, input flags)."""
+
+    data: list[TrainRow]
+    info: dict[str, Any]
+
+
+def prepare(cfg: SealConfig, tokenizer: Any, article: Article, self_edit: str) -> Prepared:
+    """Clean ``self_edit`` and build its training sequences for ``article`` (a non-str raises ``TypeError``)."""
+    text, flags = sanitize_action(self_edit, cfg.max_action_chars)
+    seqs, seq_info = build_sequences(text, article.title, article.context, split=cfg.split_mode,
+                                     title_prefix=cfg.title_prefix, include_passage=cfg.include_passage,
+                                     drop_preamble=cfg.drop_preamble, max_sequences=cfg.max_sequences)
+    data, tok_info = tokenize_sequences(seqs, tokenizer, loss_on=cfg.loss_on,
+                                        max_sequence_tokens=cfg.max_sequence_tokens,
+                                        max_total_tokens=cfg.max_total_tokens)
+    info = {"n_sequences": len(data), "empty_action": seq_info["self_edit_pieces"] == 0, **seq_info, **tok_info,
+            **flags}
+    return Prepared(data, info)
+
+
+class Baselines:
+    """The un-adapted model's quiz of each article, computed once (per article and ``cfg.eval_key()``).
+
+    ``get(article)`` -> ``{"results": [per question], "summary": {accuracy, em, f1, loglik}}``; :meth:`clear`
+    after the base weights change. ``computed`` counts the quizzes actually run.
+    """
+
+    def __init__(self, learner: Learner, cfg: SealConfig, grader: Grader | None = None):
+        self.learner, self.cfg, self.grader = learner, cfg, grader
+        self._store: dict[str, dict[str, Any]] = {}
+        self.computed = 0
+
+    def key(self, article: Article) -> str:
+        return article.id + json.dumps(self.cfg.eval_key(), sort_keys=True)
+
+    def __contains__(self, article: Article) -> bool:
+        return self.key(article) in self._store
+
+    def get(self, article: Article) -> dict[str, Any]:
+        key = self.key(article)
+        if key not in self._store:
+            self.learner.reset([])  # no adapters: the base model
+            results = quiz(self.learner, article, self.cfg.answer_max_tokens, self.grader)[0]
+            self._store[key] = {"results": results, "summary": summarize(results)}
+            self.computed += 1
+        return self._store[key]
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
+def reward_info(cfg: SealConfig, article: Article, seed: int, base: dict[str, Any], runs: list[dict[str, Any]],
+                prep: Prepared) -> tuple[float, dict[str, Any]]:
+    """A request's reward and info from its runs (``eval_times`` of them: train report + quiz results each)."""
+    rewards = [cfg.diverged_reward if run["diverged"] else gain(cfg.reward, base["summary"], summarize(run["results"]))
+               for run in runs]
+    reward, reward_std = mean_std(rewards)
+    last = runs[-1]
+    b = base["summary"]
+    adapted = [summarize(run["results"]) for run in runs]
+
+    def mean(key: str, minus: float = 0.0) -> float:
+        return mean_std([a[key] - minus for a in adapted])[0]
+
+    info: dict[str, Any] = {
+        "article_id": article.id, "title": article.title, "seed": seed, "reward_kind": cfg.reward,
+        "reward": reward, "reward_std": reward_std, "rewards": rewards,
+        "baseline_accuracy": b["accuracy"], "baseline_f1": b["f1"], "baseline_loglik": b["loglik"],
+        "adapter_accuracy": mean("accuracy"), "adapter_accuracy_std": mean_std([a["accuracy"] for a in adapted])[1],
+        "adapter_f1": mean("f1"), "adapter_loglik": mean("loglik"),
+        "accuracy_gain": mean("accuracy", b["accuracy"]), "f1_gain": mean("f1", b["f1"]),
+        "loglik_gain": mean("loglik", b["loglik"]),
+        "questions": [{**q, "baseline_answer": bq["answer"], "baseline_correct": bq["correct"],
+                       "baseline_f1": bq["f1"], "baseline_loglik": bq["loglik"]}
+                      for q, bq in zip(last["results"], base["results"])],
+        "train_losses": last["train_losses"], "train_steps": last["train_steps"],
+        "diverged": any(run["diverged"] for run in runs), **prep.info,
+    }
+    return reward, info
+
+
+@dataclass
+class _Request:
+    """One request's bookkeeping inside :meth:`RewardPipeline.evaluate_many`."""
+
+    self_edit: str
+    seed: int
+    key: str | None = None
+    prep: Prepared | None = None
+    runs: list[dict[str, Any] | None] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("baseline", *PHASES), 0.0))
+    batch_adapters: int = 0
+
+
+class RewardPipeline:
+    """Rewards for (article, self-edit, seed) requests on one learner, batched over the self-edits of an article."""
+
+    def __init__(self, learner: Learner, cfg: SealConfig, grader: Grader | None = None):
+        self.learner, self.cfg, self.grader = learner, cfg, grader
+        self.baselines = Baselines(learner, cfg, grader)
+
+    @classmethod
+    def build(cls, cfg: SealConfig, grader: Grader | None = None) -> RewardPipeline:
+        """Load ``cfg.model`` (seal_env.models.load_model) and wrap it in a :class:`Learner`."""
+        from seal_env.models import load_model
+
+        model, tokenizer = load_model(cfg.model, quantize=cfg.quantize)
+        return cls(Learner(model, tokenizer, cfg), cfg, grader)
+
+    def set_config(self, cfg: SealConfig) -> None:
+        """Use other settings from now on (the model stays; LoRA shape settings must not change)."""
+        self.cfg = self.learner.cfg = self.baselines.cfg = cfg
+
+    def set_base_weights(self, weights: dict[str, Any]) -> None:
+        """Swap the learner's base weights (e.g. a fused, updated policy); cached baselines are dropped."""
+        self.learner.set_base_weights(weights)
+        self.baselines.clear()
+
+    def evaluate(self, article: Article, self_edit: str, seed: int = 0) -> tuple[float, dict[str, Any]]:
+        """One request: ``evaluate_many(article, [self_edit], [seed])[0]``."""
+        return self.evaluate_many(article, [self_edit], [seed])[0]
+
+    def evaluate_many(self, article: Article, self_edits: Sequence[str], seeds: Sequence[int], *,
+                      adapt: bool = True) -> list[tuple[float, dict[str, Any]]]:
+        """Reward and info for each (self-edit, seed) on ``article``, in order; ``eval_times`` repeats use seeds
+        ``seed, seed + 1, ...`` and the reward is their mean.
+
+        Every request is looked up in the reward cache first; the rest are trained and quizzed together, up to
+        ``max_batch_adapters`` inner loops per pass. A non-str self-edit raises ``TypeError`` before anything runs.
+        ``adapt=False`` trains nothing (SEAL's "no adaptation" condition: the self-edits are ignored, the reward is
+        0 and the adapted model is the base model), without the cache.
+        """
+        cfg, t_call = self.cfg, time.perf_counter()
+        if len(self_edits) != len(seeds):
+            raise ValueError(f"evaluate_many: {len(self_edits)} self-edits and {len(seeds)} seeds")
+        for edit in self_edits:
+            if not isinstance(edit, str):
+                raise TypeError(f"a self-edit must be a str, got {type(edit).__name__}")
+        requests = [_Request(edit, int(seed)) for edit, seed in zip(self_edits, seeds)]
+        results: list[tuple[float, dict[str, Any]] | None] = [None] * len(requests)
+        store = None
+        if adapt and reward_cache.enabled(cfg.cache) and self.grader is None:
+            store = reward_cache.RewardCache(cfg.cache_dir)
+        for i, req in enumerate(requests):  # 1. the persistent cache
+            if store is None:
+                continue
+            t0 = time.perf_counter()
+            req.key = reward_cache.reward_key(self.learner.fingerprint(), article, req.self_edit,
+                                              cfg.inner_loop_key(), req.seed)
+            hit = store.get(req.key)
+            if hit is not None:
+                reward, info = hit
+                if cfg.timings:
+                    info.update({f"seconds_{p}": 0.0 for p in ("baseline", *PHASES)},
+                                seconds_total=time.perf_counter() - t0, cache_hit=True)
+                results[i] = (reward, info)
+        todo = [i for i, r in enumerate(results) if r is None]
+        if not todo:
+            return results  # type: ignore[return-value]
+        t0 = time.perf_counter()  # 2. the baseline (its seconds go to the first request that needed it)
+        base = self.baselines.get(article)
+        requests[todo[0]].seconds["baseline"] = time.perf_counter() - t0
+        prep_cfg = cfg if adapt else dataclasses.replace(cfg, include_passage=False)
+        jobs = []  # 3. one inner loop per (request, repeat) that has something to train on
+        for i in todo:
+            req = requests[i]
+            req.prep = prepare(prep_cfg, self.learner.tokenizer, article, req.self_edit if adapt else "")
+            req.runs = [None] * cfg.eval_times
+            for r in range(cfg.eval_times):
+                if req.prep.data:
+                    jobs.append((i, r))
+                else:  # nothing to train on: the adapted model is the base model
+                    req.runs[r] = {"train_losses": [], "train_steps": 0, "diverged": False, "results": base["results"]}
+        for start in range(0, len(jobs), cfg.max_batch_adapters):
+            self._pass(article, requests, jobs[start : start + cfg.max_batch_adapters])
+        # the call's time not attributed to a phase (preparing, grading, bookkeeping) is shared equally
+        extra = max(time.perf_counter() - t_call - sum(sum(requests[i].seconds.values()) for i in todo), 0.0)
+        for i in todo:  # 4. rewards and infos
+            req = requests[i]
+            reward, info = reward_info(cfg, article, req.seed, base, req.runs, req.prep)  # type: ignore[arg-type]
+            if store is not None and req.key is not None:
+                store.put(req.key, reward, info)  # without timings: they belong to this call
+            if cfg.timings:
+                info.update({f"seconds_{p}": v for p, v in req.seconds.items()},
+                            seconds_total=sum(req.seconds.values()) + extra / len(todo), cache_hit=False,
+                            batch_adapters=req.batch_adapters)
+            results[i] = (reward, info)
+        return results  # type: ignore[return-value]
+
+    def _pass(self, article: Article, requests: list[_Request], jobs: list[tuple[int, int]]) -> None:
+        """Train and quiz one batch of inner loops (request, repeat) together; fills their runs and seconds."""
+        learner, n = self.learner, len(jobs)
+        seeds = [requests[i].seed + r for i, r in jobs]
+        t0 = time.perf_counter()
+        learner.reset(seeds)
+        t_reset = time.perf_counter() - t0
+        reports = learner.train([requests[i].prep.data for i, _ in jobs], seeds)  # type: ignore[union-attr]
+        t0 = time.perf_counter()
+        quizzes = quiz(learner, article, self.cfg.answer_max_tokens, self.grader)
+        t_eval = time.perf_counter() - t0
+        for (i, r), report, results in zip(jobs, reports, quizzes):
+            req = requests[i]
+            req.runs[r] = {**report, "results": results}
+            req.seconds["reset"] += t_reset / n
+            req.seconds["train"] += report["train_seconds"]
+            req.seconds["eval"] += t_eval / n
+            req.batch_adapters = max(req.batch_adapters, n)
