@@ -16,9 +16,8 @@ Figures, all measured in one process (timings on a shared machine are noisy: com
     baseline (first reward of an article only), reset, train and eval.
 (d) peak RSS, and with ``--soak N`` the RSS after each of N cheaper rewards (1 epoch, new sequence lengths every
     reward) and its slope.
-(e) the same inner loop with PyTorch + PEFT on CPU (same weights, read from the mlx folder; same LoRA, optimizer,
-    schedule, data and questions), timed in the same run (in a child process, so that torch uses its own MKL
-    rather than the OpenBLAS that seal_env preloads): the speed ratio.
+(e) the same inner loop with PyTorch + PEFT on CPU (benchmarks.torch_baseline: same weights, LoRA, optimizer,
+    schedule, data and questions), timed in the same run in a child process: the speed ratio.
 """
 
 from __future__ import annotations
@@ -167,13 +166,13 @@ def _step_throughput(learner: Any, data: list, reps: int = 2, epochs: int = 2) -
     saved = learner.cfg
     learner.cfg = dataclasses.replace(cfg, epochs=epochs)
     try:
-        learner.reset(0)
-        learner.train(data, seed=0)  # traces
+        learner.reset([0])
+        learner.train([data], [0])  # traces
         best = best_cpu = math.inf
         for _ in range(reps):
-            learner.reset(0)
+            learner.reset([0])
             cpu = time.process_time()
-            best = min(best, learner.train(data, seed=0)["train_seconds"] / (epochs * len(data)))
+            best = min(best, learner.train([data], [0])[0]["train_seconds"] / (epochs * len(data)))
             best_cpu = min(best_cpu, (time.process_time() - cpu) / (epochs * len(data)))
     finally:
         learner.cfg = saved
@@ -231,7 +230,7 @@ def section_levers(env: Any, rewards: bool = True) -> dict[str, Any]:
 
 def section_lora_layers(args: argparse.Namespace) -> dict[str, Any]:
     """Step time with LoRA on fewer / more layers (needs a fresh model per setting)."""
-    from seal_env.inner_loop import Learner
+    from seal_env.learner import Learner
     from seal_env.models import load_model
     from seal_env.sequences import build_sequences, tokenize_sequences
 
@@ -253,9 +252,8 @@ def section_lora_layers(args: argparse.Namespace) -> dict[str, Any]:
 
 def section_soak(env: Any, n: int, answer_tokens: int = 16) -> dict[str, Any]:
     """RSS over n cheap rewards (1 epoch, ``answer_tokens`` answer tokens, new sequence lengths every reward)."""
-    saved = env.cfg
-    cheap = dataclasses.replace(saved, epochs=1, answer_max_tokens=answer_tokens)
-    env.cfg = env.learner.cfg = cheap
+    saved = env.pipeline.cfg
+    env.pipeline.set_config(dataclasses.replace(saved, epochs=1, answer_max_tokens=answer_tokens))
     rss, t0 = [], time.perf_counter()
     try:
         rng = np.random.default_rng(0)
@@ -267,7 +265,7 @@ def section_soak(env: Any, n: int, answer_tokens: int = 16) -> dict[str, Any]:
             if (i + 1) % max(n // 10, 1) == 0:
                 print(f"  soak {i + 1}/{n}: RSS {rss[-1]:.0f} MB", flush=True)
     finally:
-        env.cfg = env.learner.cfg = saved
+        env.pipeline.set_config(saved)
     half = rss[len(rss) // 2:]
     slope = float(np.polyfit(np.arange(len(half)), half, 1)[0]) if len(half) > 2 else float("nan")
     return {"rewards": n, "seconds": time.perf_counter() - t0, "rss_first_mb": rss[0], "rss_last_mb": rss[-1],
@@ -275,169 +273,43 @@ def section_soak(env: Any, n: int, answer_tokens: int = 16) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch + PEFT
-def torch_peft_model(cfg: SealConfig) -> Any:
-    """transformers' LlamaForCausalLM with the mlx folder's fp32 weights, wrapped by PEFT with the env's LoRA."""
-    from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from seal_env.models import resolve_model_path
-
-    folder = resolve_model_path(cfg.model)
-    model = LlamaForCausalLM(LlamaConfig.from_dict(json.loads((folder / "config.json").read_text())))
-    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-    assert not unexpected and all("lm_head" in k or "rotary" in k for k in missing), (missing, unexpected)
-    model.tie_weights()
-    model.float()
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_modules), bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
-
-
-def section_torch_steps(env: Any, threads: int, epochs: int = 1, reps: int = 2) -> dict[str, Any]:
-    """PyTorch + PEFT training-step time (wall and CPU) on the standard data, like :func:`_step_throughput`."""
-    import torch
-
+def _standard_sequences(tok: Any, cfg: SealConfig, seed: int) -> tuple[Article, list[tuple[list[int], int]]]:
     from seal_env.sequences import build_sequences, tokenize_sequences
 
-    torch.set_num_threads(threads)
-    cfg, tok = env.cfg, env.learner.tokenizer
-    model = torch_peft_model(cfg)
-    article, lines = benchmark_data(tok, SEQ_TOKENS, N_SEQUENCES, seed=1)
-    seqs, _ = build_sequences("\n".join(lines), article.title, article.context)
-    data, _ = tokenize_sequences(seqs, tok)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    model.train()
-
-    def epoch() -> None:
-        for ids, start in data:
-            x = torch.tensor([ids])
-            labels = x.clone()
-            labels[0, : max(start, 1)] = -100
-            model(input_ids=x, labels=labels).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-    epoch()  # warm-up
-    best = best_cpu = math.inf
-    for _ in range(reps):
-        t, cpu = time.perf_counter(), time.process_time()
-        for _ in range(epochs):
-            epoch()
-        best = min(best, (time.perf_counter() - t) / (epochs * len(data)))
-        best_cpu = min(best_cpu, (time.process_time() - cpu) / (epochs * len(data)))
-    return {"seconds_per_step": best, "cpu_seconds_per_step": best_cpu}
+    article, lines = benchmark_data(tok, SEQ_TOKENS, N_SEQUENCES, seed=seed)
+    seqs, _ = build_sequences("\n".join(lines), article.title, article.context, split=cfg.split_mode)
+    data, _ = tokenize_sequences(seqs, tok, loss_on=cfg.loss_on, max_sequence_tokens=cfg.max_sequence_tokens)
+    return article, data
 
 
 def section_torch(env: Any, rewards: int, threads: int) -> dict[str, Any]:
-    """The same inner loop written with transformers + PEFT (CPU, fp32), on the same weights and data."""
-    import torch
-
-    from seal_env.prompts import answer_prompt, uses_chat
-    from seal_env.sequences import build_sequences, tokenize_sequences
-
-    torch.set_num_threads(threads)
-    cfg, tok = env.cfg, env.learner.tokenizer
-    model = torch_peft_model(cfg)
-    pad = tok.eos_token_id
-
-    article, _ = benchmark_data(tok, SEQ_TOKENS, N_SEQUENCES)
-    runs = []
-    for r in range(rewards):
-        _, lines = benchmark_data(tok, SEQ_TOKENS, N_SEQUENCES, seed=r + 1)
-        seqs, _ = build_sequences("\n".join(lines), article.title, article.context, split=cfg.split_mode)
-        data, _ = tokenize_sequences(seqs, tok, loss_on=cfg.loss_on, max_sequence_tokens=cfg.max_sequence_tokens)
-        torch.manual_seed(r)
-        t0 = time.perf_counter()
-        for name, p in model.named_parameters():  # reset: fresh A, B = 0
-            if "lora_A" in name:
-                torch.nn.init.kaiming_uniform_(p, a=math.sqrt(5))
-            elif "lora_B" in name:
-                torch.nn.init.zeros_(p)
-        t_reset = time.perf_counter() - t0
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        total = cfg.epochs * len(data)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / total))
-        model.train()
-        rng = np.random.default_rng(r)
-        t0 = time.perf_counter()
-        for _ in range(cfg.epochs):
-            for j in rng.permutation(len(data)):
-                ids, start = data[j]
-                x = torch.tensor([ids])
-                labels = x.clone()
-                labels[0, : max(start, 1)] = -100
-                loss = model(input_ids=x, labels=labels).loss
-                loss.backward()
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-        t_train = time.perf_counter() - t0
-        model.eval()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            prompts = [answer_prompt(article.title, q.question, tok) for q in article.questions]
-            enc = [tok.encode(p, add_special_tokens=not uses_chat(tok)) for p in prompts]
-            width = max(map(len, enc))
-            x = torch.tensor([[pad] * (width - len(e)) + e for e in enc])
-            attn = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
-            model.generate(input_ids=x, attention_mask=attn, max_new_tokens=cfg.answer_max_tokens,
-                           do_sample=False, pad_token_id=pad)
-            rows = [e + tok.encode(q.answer, add_special_tokens=False) for e, q in zip(enc, article.questions)]
-            width = max(map(len, rows))
-            x = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
-            torch.log_softmax(model(input_ids=x).logits.float(), -1)
-        t_eval = time.perf_counter() - t0
-        runs.append({"seconds_reset": t_reset, "seconds_train": t_train, "seconds_eval": t_eval,
-                     "seconds_total": t_reset + t_train + t_eval, "train_steps": total})
-    steady = runs[1:] or runs
-    return {"torch": torch.__version__, "threads": threads, "runs": runs,
-            "steady": {k: float(np.mean([r[k] for r in steady])) for k in runs[0] if k.startswith("seconds")}}
-
-
-def run_torch_worker(args: argparse.Namespace, steps: bool) -> dict[str, Any]:
-    """Time PyTorch + PEFT in a fresh process without seal_env's OpenBLAS preload (``SEAL_ENV_BLAS=none``).
-
-    In this process the preloaded OpenBLAS (RTLD_GLOBAL) would take over torch's BLAS calls and fight torch's
-    OpenMP threads; a fresh process lets torch use its own MKL, as a user of PyTorch + PEFT would.
-    """
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        result = os.path.join(tmp, "torch.json")
-        cmd = [sys.executable, "-m", "benchmarks.inner_loop_speed", "--torch-worker", result, "--model", args.model,
-               "--torch-rewards", str(args.torch_rewards), "--threads", str(args.threads)]
-        if steps:
-            cmd.append("--steps-only")
-        env = {**os.environ, "SEAL_ENV_BLAS": "none"}
-        if args.threads:
-            env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-        subprocess.run(cmd, check=True, env=env)
-        with open(result) as f:
-            return json.load(f)
-
-
-def torch_worker(args: argparse.Namespace) -> None:
-    """``--torch-worker PATH``: the PyTorch side only (no mlx work), results as JSON in PATH."""
-    import types
-
-    from mlx_lm.tokenizer_utils import load as load_tokenizer
-
+    """The same rewards with PyTorch + PEFT (benchmarks.torch_baseline, in a child process)."""
+    from benchmarks import torch_baseline
     from seal_env.models import resolve_model_path
 
-    cfg = SealConfig(model=args.model, epochs=STANDARD_EPOCHS)
-    tok = load_tokenizer(resolve_model_path(args.model))
-    env = types.SimpleNamespace(cfg=cfg, learner=types.SimpleNamespace(tokenizer=tok))
-    threads = args.threads or os.cpu_count() or 1
-    if args.steps_only:
-        out = {"steps": [section_torch_steps(env, threads=threads) for _ in range(2)]}
-    else:
-        out = section_torch(env, args.torch_rewards, threads=threads)
-    with open(args.torch_worker, "w") as f:
-        json.dump(out, f)
+    cfg, tok = env.cfg, env.learner.tokenizer
+    article, _ = benchmark_data(tok, SEQ_TOKENS, N_SEQUENCES)
+    datas = []
+    for r in range(rewards):
+        datas.append(_standard_sequences(tok, cfg, r + 1)[1])
+    job = {"kind": "rewards", "folder": str(resolve_model_path(cfg.model)), "settings": cfg.to_dict(),
+           "threads": threads, "datas": datas, "seeds": list(range(rewards)),
+           "quiz": torch_baseline.quiz_job(tok, article)}
+    out = torch_baseline.run(job, threads)
+    steady = out["runs"][1:] or out["runs"]
+    out["steady"] = {k: float(np.mean([r[k] for r in steady])) for k in out["runs"][0] if k.startswith("seconds")}
+    return out
+
+
+def section_torch_steps(env: Any, threads: int) -> dict[str, Any]:
+    """PyTorch + PEFT training-step time (wall and CPU) on the standard data, like :func:`_step_throughput`."""
+    from benchmarks import torch_baseline
+    from seal_env.models import resolve_model_path
+
+    cfg = env.cfg
+    job = {"kind": "steps", "folder": str(resolve_model_path(cfg.model)), "settings": cfg.to_dict(),
+           "threads": threads, "data": _standard_sequences(env.learner.tokenizer, cfg, 1)[1], "repeats": 2}
+    return torch_baseline.run(job, threads)
 
 
 # ------------------------------------------------------------------------------------------------------- main
@@ -459,11 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="BLAS (OpenBLAS) and torch threads; 0 = their defaults (all cores). 1 is steadier on a busy "
                         "machine: OpenBLAS threads spin in sched_yield when the cores are oversubscribed")
     p.add_argument("--json", help="write the figures to this file")
-    p.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.torch_worker:
-        torch_worker(args)
-        return {}
 
     if args.threads:
         set_blas_threads(args.threads)
@@ -518,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_torch:
         print("(e) PyTorch + PEFT ...", flush=True)
         try:
-            out["torch"] = run_torch_worker(args, steps=False)
+            out["torch"] = section_torch(env, args.torch_rewards, args.threads or os.cpu_count() or 1)
             mine = out["reward"]["steady"]
             out["torch_ratio"] = {k: out["torch"]["steady"][k] / mine[k]
                                   for k in ("seconds_train", "seconds_eval", "seconds_total")}
@@ -542,7 +410,8 @@ def steps_only(args: argparse.Namespace, env: Any, out: dict[str, Any], done: An
         for name, v in section_levers(env, rewards=False).items():
             results.setdefault(name, []).append(v)
         if not args.no_torch:
-            results.setdefault("PyTorch + PEFT (own process, MKL)", []).extend(run_torch_worker(args, True)["steps"])
+            torch_steps = section_torch_steps(env, args.threads or os.cpu_count() or 1)["steps"]
+            results.setdefault("PyTorch + PEFT (own process, MKL)", []).extend(torch_steps)
             print(f"  PyTorch + PEFT: {results['PyTorch + PEFT (own process, MKL)'][-1]['seconds_per_step']:.3f} "
                   "s/step", flush=True)
     out["steps"] = {name: {k: min(r[k] for r in runs) for k in ("seconds_per_step", "cpu_seconds_per_step")}
