@@ -48,10 +48,11 @@ import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from agents.base import derive_seed, observation
 from benchmarks import stats
 from seal_env.articles import Article, select_articles
-from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig
+from seal_env.config import REWARD_KINDS, SEAL_PAPER_SETTINGS, SealConfig
 
-METRICS = ("accuracy", "f1", "loglik")
-METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "loglik": "log-lik."}
+METRICS = REWARD_KINDS  # every reward kind is in every info (journals of older versions read nan for new kinds)
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "loglik": "log-lik.", "choice": "choice", "margin": "margin",
+                "pmi": "PMI"}
 #: Inner-loop settings of the quick default (`--preset demo`): 3 epochs and short answers, so that a reward takes
 #: seconds on two CPU cores. `--preset paper` is SEAL's inner loop (SealConfig defaults + SEAL_PAPER_SETTINGS).
 PRESETS: dict[str, dict[str, Any]] = {"demo": {"epochs": 3, "answer_max_tokens": 16}, "paper": dict(SEAL_PAPER_SETTINGS)}
@@ -349,7 +350,7 @@ def analyse(records: list[dict[str, Any]], labels: list[str], article_ids: list[
     order = {a: i for i, a in enumerate(article_ids)}
 
     def per_article(lab: str, field: str) -> dict[str, float]:
-        return {a: _mean(r["info"][field] for r in rs) for a, rs in cells[lab].items()}
+        return {a: _mean(r["info"].get(field, math.nan) for r in rs) for a, rs in cells[lab].items()}
 
     summary = {}
     for lab in labels:
@@ -394,7 +395,7 @@ def analyse(records: list[dict[str, Any]], labels: list[str], article_ids: list[
             for rows in cells[lab].values():
                 by_k: dict[int, list[float]] = defaultdict(list)
                 for r in rows:
-                    by_k[r["k"]].append(r["info"][f"{m}_gain"])
+                    by_k[r["k"]].append(r["info"].get(f"{m}_gain", math.nan))
                 seed_groups += list(by_k.values())
                 edit_groups.append([_mean(v) for v in by_k.values()])
             seed_sd, seed_dof = stats.pooled_sd(seed_groups)
@@ -487,8 +488,10 @@ def plot_gains(analysis: dict[str, Any], labels: list[str], path: Path, title: s
 
     summary = analysis["summary"]
     labels = [lab for lab in labels if summary[lab]["n_rewards"]]
-    fig, axes = plt.subplots(1, 3, figsize=(4 + 1.4 * len(labels) * 1.5, 4.2), squeeze=False)
-    for ax, m in zip(axes[0], METRICS):
+    cols = 3
+    rows = math.ceil(len(METRICS) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 + 1.4 * len(labels) * 1.5, 4.2 * rows), squeeze=False)
+    for ax, m in zip(axes.flat, METRICS):
         means = [summary[lab][f"{m}_gain"] for lab in labels]
         err = [[0.0 if math.isnan(summary[lab][f"{m}_gain_ci"][0]) else summary[lab][f"{m}_gain"] -
                 summary[lab][f"{m}_gain_ci"][0] for lab in labels],

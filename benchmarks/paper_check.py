@@ -53,7 +53,7 @@ def ranking(tab: dict[str, dict[str, Any]], order: list[str], ties: set[frozense
     rng = np.random.default_rng(seed)
     out = {}
     for m in METRICS:
-        x = {p: np.array([tab[a][p][GAIN[m]] for a in ids]) for p in order}
+        x = {p: np.array([tab[a][p].get(GAIN[m], math.nan) for a in ids]) for p in order}
         means = {p: float(v.mean()) for p, v in x.items()}
         held = sum(means[a] < means[b] for a, b in relations)
         all_hold = 0

@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-REWARD_KINDS = ("accuracy", "f1", "loglik")
+REWARD_KINDS = ("accuracy", "f1", "loglik", "choice", "margin", "pmi")
+#: Reward kinds computed from log-likelihoods only (no generated answers needed).
+LOGLIK_KINDS = ("loglik", "choice", "margin", "pmi")
 
 #: Where SEAL's own code (knowledge-incorporation ``TTT_server.py`` and its launch scripts) differs from the
 #: defaults below: 10 epochs (our default is 3, chosen by benchmarks/PAPER_CHECK.md: with the SmolLM2 learner, 10
@@ -36,7 +38,7 @@ class SealConfig:
     quantize: int | None = None  #: 4 or 8 quantizes the frozen backbone (QLoRA); slow on CPU
 
     # Reward
-    reward: str = "loglik"  #: "loglik" (gold answer log-likelihood), "accuracy" (lenient match) or "f1"
+    reward: str = "loglik"  #: "loglik", "choice", "margin", "pmi" (log-likelihood kinds), "accuracy" or "f1"
     eval_times: int = 1  #: repeats of the whole inner loop with seeds seed, seed+1, ...; reward is their mean
     answer_max_tokens: int = 32  #: 0 = generate no answers (reward "loglik" only; accuracy, em and f1 read 0)
     diverged_reward: float = 0.0  #: reward when the inner loop's loss is non-finite or above max_loss
@@ -102,9 +104,9 @@ class SealConfig:
         tokens = self.answer_max_tokens
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
             raise ValueError(f"answer_max_tokens must be a non-negative integer, got {tokens!r}")
-        if tokens == 0 and self.reward != "loglik":
-            raise ValueError(f"answer_max_tokens=0 generates no answers, so it needs reward='loglik' "
-                             f"(got reward={self.reward!r})")
+        if tokens == 0 and self.reward not in LOGLIK_KINDS:
+            raise ValueError(f"answer_max_tokens=0 generates no answers, so it needs a log-likelihood reward "
+                             f"{LOGLIK_KINDS} (got reward={self.reward!r})")
         for name in ("learning_rate", "lora_alpha", "max_loss"):
             if not (isinstance(getattr(self, name), (int, float)) and math.isfinite(getattr(self, name))
                     and getattr(self, name) > 0):

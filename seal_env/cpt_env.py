@@ -27,7 +27,7 @@ from seal_env.articles import Article, select_articles
 from seal_env.config import SealConfig
 from seal_env.grading import Grader
 from seal_env.learner import TrainRow
-from seal_env.pipeline import RewardPipeline, prepare
+from seal_env.pipeline import KINDS, QUESTION_SCORES, RewardPipeline, prepare
 from seal_env.reward import gain, mean_std, quiz, summarize
 from seal_env.spaces import UnicodeText
 
@@ -224,11 +224,9 @@ class ContinualPretrainingEnv(gym.Env):
                 "article_id": article.id, "article_index": self._indices[j], "title": article.title,
                 "n_questions": len(article.questions),
                 "baseline_accuracy": b["accuracy"], "adapter_accuracy": mean_std([a["accuracy"] for a in per_run])[0],
-                "accuracy_gain": mean_std([a["accuracy"] - b["accuracy"] for a in per_run])[0],
-                "f1_gain": mean_std([a["f1"] - b["f1"] for a in per_run])[0],
-                "loglik_gain": mean_std([a["loglik"] - b["loglik"] for a in per_run])[0],
+                **{f"{k}_gain": mean_std([a[k] - b[k] for a in per_run])[0] for k in KINDS},
                 "questions": [{**q, "baseline_answer": bq["answer"], "baseline_correct": bq["correct"],
-                               "baseline_f1": bq["f1"], "baseline_loglik": bq["loglik"]}
+                               **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES}}
                               for q, bq in zip(runs[-1]["results"][j], base["results"])],
             })
         last = runs[-1]["reports"]
@@ -236,15 +234,10 @@ class ContinualPretrainingEnv(gym.Env):
             "train_mode": self.train_mode, "seed": self._seed, "reward_kind": cfg.reward,
             "reward": reward, "reward_std": reward_std, "rewards": rewards,
             "total_questions": sum(len(a.questions) for a in self.episode),
-            "baseline_accuracy": base_all["accuracy"], "baseline_f1": base_all["f1"],
-            "baseline_loglik": base_all["loglik"],
-            "adapter_accuracy": mean_std([a["accuracy"] for a in adapted])[0],
+            **{f"baseline_{k}": base_all[k] for k in KINDS},
+            **{f"adapter_{k}": mean_std([a[k] for a in adapted])[0] for k in KINDS},
             "adapter_accuracy_std": mean_std([a["accuracy"] for a in adapted])[1],
-            "adapter_f1": mean_std([a["f1"] for a in adapted])[0],
-            "adapter_loglik": mean_std([a["loglik"] for a in adapted])[0],
-            "accuracy_gain": mean_std([a["accuracy"] - base_all["accuracy"] for a in adapted])[0],
-            "f1_gain": mean_std([a["f1"] - base_all["f1"] for a in adapted])[0],
-            "loglik_gain": mean_std([a["loglik"] - base_all["loglik"] for a in adapted])[0],
+            **{f"{k}_gain": mean_std([a[k] - base_all[k] for a in adapted])[0] for k in KINDS},
             "articles": articles,
             "train_losses": [x for rep in last for x in rep["train_losses"]],
             "train_steps": sum(rep["train_steps"] for rep in last),

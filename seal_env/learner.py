@@ -30,7 +30,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from seal_env.adapter_optim import AdapterOptimizer
 from seal_env.config import SealConfig
-from seal_env.decode import greedy_generate
+from seal_env.decode import greedy_continue, prefill, score, select_rows
 from seal_env.kernels import cross_entropy, position_logits, use_fast_kernels
 from seal_env.lora import MultiLoRALinear, add_multi_lora, init_adapters, resolve_lora_keys
 from seal_env.memory import keep_freed_memory, release_memory
@@ -321,40 +321,48 @@ class Learner:
         """Row groups of a quiz: one per slot, or one for the base model."""
         return max(self.n_slots, 1)
 
+    def ask(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]], max_tokens: int,
+            answer: Sequence[bool] | None = None) -> tuple[list[list[str]], list[list[list[float]]]]:
+        """Quiz every slot: greedy answers (up to ``max_tokens``; none if 0) to the prompts marked in ``answer``
+        (default: all) and the mean log-probability per token of each candidate continuation of every prompt.
+
+        Returns ``answers[slot][prompt]`` ("" where not asked) and ``scores[slot][prompt][candidate]``. All prompts
+        of all slots are prefilled once (slot-major rows); the candidates are scored from copies of that cache, one
+        slot at a time (memory), and the answers decoded from it. Every prompt needs the same number of candidates.
+        """
+        groups, q = self._groups, len(prompts)
+        if not prompts:
+            return [[] for _ in range(groups)], [[] for _ in range(groups)]
+        answer = [True] * q if answer is None else list(answer)
+        ids = [self._encode_prompt(p) for p in prompts] * groups  # slot-major rows
+        cand = [[self.tokenizer.encode(c.strip(), add_special_tokens=False) or [self.tokenizer.eos_token_id]
+                 for c in row] for row in candidates]
+        room = max(max_tokens, max(len(t) for row in cand for t in row))
+        cache, last = prefill(self.model, ids, room)
+        scores = []
+        for g in range(groups):
+            rows = mx.arange(g * q, (g + 1) * q)
+            with self._routed(None if self.n_slots == 0 else mx.array([g], dtype=mx.int32)):
+                scores.append(score(self.model, select_rows(cache, rows), last[rows], cand))
+        answers = [[""] * q for _ in range(groups)]
+        asked = [g * q + i for g in range(groups) for i in range(q) if answer[i]]
+        if max_tokens > 0 and asked:
+            keep = mx.array(asked)
+            tokens = greedy_continue(self.model, select_rows(cache, keep), last[keep], max_tokens,
+                                     self.tokenizer.eos_token_ids)
+            for row, t in zip(asked, tokens):
+                answers[row // q][row % q] = self.tokenizer.decode(t).split("\nQuestion:")[0].strip()
+        return answers, scores
+
     def answers(self, prompts: Sequence[str], max_tokens: int) -> list[list[str]]:
         """Greedy answers to the prompts for every slot (``[slot][prompt]``), decoded as one batch."""
-        if not prompts:
-            return [[] for _ in range(self._groups)]
-        ids = [self._encode_prompt(p) for p in prompts] * self._groups  # slot-major rows
-        tokens = greedy_generate(self.model, ids, max_tokens, self.tokenizer.eos_token_ids)
-        texts = [self.tokenizer.decode(t).split("\nQuestion:")[0].strip() for t in tokens]
-        q = len(prompts)
-        return [texts[g * q : (g + 1) * q] for g in range(self._groups)]
+        return self.ask(prompts, [[""] for _ in prompts], max_tokens)[0]
 
     def answer_logliks(self, prompts: Sequence[str], answers: Sequence[str]) -> list[list[float]]:
         """Mean log-probability per token of each gold ``answer`` after its ``prompt``, for every slot
-        (``[slot][prompt]``), in one batched forward."""
-        if not prompts:
-            return [[] for _ in range(self._groups)]
-        rows = []
-        for p, a in zip(prompts, answers):
-            head = self._encode_prompt(p)
-            rows.append((head + self.tokenizer.encode(a.strip(), add_special_tokens=False), len(head)))
-        inputs, targets, mask = make_batch(rows * self._groups)
-        if self.head_on_positions:  # the output projection only where the answers are
-            positions, _ = loss_positions(mask)
-            picked = -cross_entropy(position_logits(self.model, inputs, positions),
-                                    targets.reshape(-1)[positions], fast=False)
-            rows_of = np.asarray(positions) // inputs.shape[1]
-            sums = np.bincount(rows_of, weights=np.asarray(picked, dtype=np.float64), minlength=inputs.shape[0])
-            per_row = sums / np.maximum(np.asarray(mask).sum(axis=1), 1)
-        else:
-            logprobs = nn.log_softmax(self.model(inputs).astype(mx.float32), axis=-1)
-            picked = mx.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0] * mask
-            per_row = np.asarray(picked.sum(axis=1) / mx.maximum(mask.sum(axis=1), 1))
-        values = [float(x) for x in per_row]
-        q = len(prompts)
-        return [values[g * q : (g + 1) * q] for g in range(self._groups)]
+        (``[slot][prompt]``)."""
+        scores = self.ask(prompts, [[a] for a in answers], 0)[1]
+        return [[row[0] for row in slot] for slot in scores]
 
     # ----------------------------------------------------------------------------------------------- weights
     def fused_weights(self, slot: int = 0) -> dict[str, mx.array]:

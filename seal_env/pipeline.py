@@ -23,13 +23,17 @@ from typing import Any
 
 from seal_env import cache as reward_cache
 from seal_env.articles import Article
-from seal_env.config import SealConfig
+from seal_env.config import REWARD_KINDS, SealConfig
 from seal_env.grading import Grader
 from seal_env.learner import Learner, TrainRow
 from seal_env.reward import gain, mean_std, quiz, summarize
 from seal_env.sequences import build_sequences, sanitize_action, tokenize_sequences
 
 PHASES = ("reset", "train", "eval")
+#: The scores whose baseline, adapted value and gain every info carries (REWARD_KINDS).
+KINDS = REWARD_KINDS
+#: Per-question scores besides ``correct`` that the info's questions carry for the base model too.
+QUESTION_SCORES = ("f1", "loglik", "choice", "margin", "pmi")
 
 
 @dataclass
@@ -101,13 +105,11 @@ def reward_info(cfg: SealConfig, article: Article, seed: int, base: dict[str, An
     info: dict[str, Any] = {
         "article_id": article.id, "title": article.title, "seed": seed, "reward_kind": cfg.reward,
         "reward": reward, "reward_std": reward_std, "rewards": rewards,
-        "baseline_accuracy": b["accuracy"], "baseline_f1": b["f1"], "baseline_loglik": b["loglik"],
-        "adapter_accuracy": mean("accuracy"), "adapter_accuracy_std": mean_std([a["accuracy"] for a in adapted])[1],
-        "adapter_f1": mean("f1"), "adapter_loglik": mean("loglik"),
-        "accuracy_gain": mean("accuracy", b["accuracy"]), "f1_gain": mean("f1", b["f1"]),
-        "loglik_gain": mean("loglik", b["loglik"]),
+        **{f"baseline_{k}": b[k] for k in KINDS},
+        **{f"adapter_{k}": mean(k) for k in KINDS}, "adapter_accuracy_std": mean_std([a["accuracy"] for a in adapted])[1],
+        **{f"{k}_gain": mean(k, b[k]) for k in KINDS},
         "questions": [{**q, "baseline_answer": bq["answer"], "baseline_correct": bq["correct"],
-                       "baseline_f1": bq["f1"], "baseline_loglik": bq["loglik"]}
+                       **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES}}
                       for q, bq in zip(last["results"], base["results"])],
         "train_losses": last["train_losses"], "train_steps": last["train_steps"],
         "diverged": any(run["diverged"] for run in runs), **prep.info,

@@ -81,3 +81,11 @@ def answer_prompt(title: str, question: str, tokenizer: Any = None) -> str:
     if tokenizer is not None and uses_chat(tokenizer):
         return _chat(tokenizer, f"Topic: {title}\n{question}", system=ANSWER_SYSTEM)
     return ANSWER_TEMPLATE.format(title=title, question=question)
+
+
+def topic_prompt(title: str, tokenizer: Any = None) -> str:
+    """:func:`answer_prompt` without a question: what the model expects after the topic alone (the PMI reward's
+    reference)."""
+    if tokenizer is not None and uses_chat(tokenizer):
+        return _chat(tokenizer, f"Topic: {title}", system=ANSWER_SYSTEM)
+    return ANSWER_TEMPLATE.format(title=title, question="").replace("\n\nAnswer:", "\nAnswer:")

@@ -10,6 +10,7 @@ import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from benchmarks import stats
 from benchmarks.compare_policies import JOURNAL, PolicySpec, main, parse_value, read_journal, seconds_of
 from seal_env.articles import load_articles
+from seal_env.config import REWARD_KINDS
 
 # ------------------------------------------------------------------------------------------- statistics
 
@@ -145,7 +146,7 @@ def test_outputs_table_json_png(tiny_run):
     rec = data["records"][0]
     assert rec["info"]["questions"] and {"answer", "gold", "correct", "f1", "loglik"} <= set(rec["info"]["questions"][0])
     # 4 policies -> 6 pairs x 3 metrics
-    assert len(data["pairs"]) == 18
+    assert len(data["pairs"]) == 6 * len(REWARD_KINDS)  # 4 policies: 6 pairs, per reward kind
 
 
 def test_conditions_semantics(tiny_run):
@@ -226,7 +227,7 @@ def test_paper_check_analysis_on_a_journal(tiny_run, capsys):
     q = paper_check.questions(tab, order)
     assert q["none"]["newly_right"] == q["none"]["newly_wrong"] == 0
     nz = paper_check.noise(records, tab, ["passage", "facts"], n_noise=2)
-    assert nz["articles"] == 2 and len(nz["pairs"]) == 3 and nz["seed_sd"]["passage"]["loglik"] >= 0
+    assert nz["articles"] == 2 and len(nz["pairs"]) == len(REWARD_KINDS) and nz["seed_sd"]["passage"]["loglik"] >= 0
     assert paper_check.spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
     assert paper_check.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)  # scipy, with ties
     rho, n = paper_check.steps_vs_gain(tab, ["passage", "facts"])["loglik"]

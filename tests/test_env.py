@@ -177,12 +177,12 @@ def test_answer_max_tokens_zero_skips_generation_with_the_same_loglik_reward(tin
     edit = f"{article.title} is described here.\nIt matters."
     reward, info = tiny_env.evaluate(article, edit, seed=3)
     quick = KnowledgeIncorporationEnv(**{**TINY, "answer_max_tokens": 0})
-    monkeypatch.setattr(quick.learner, "answers", lambda *a, **k: pytest.fail("no answer may be generated"))
+    monkeypatch.setattr("seal_env.learner.greedy_continue", lambda *a, **k: pytest.fail("no answer may be generated"))
     quick_reward, quick_info = quick.evaluate(article, edit, seed=3)
     assert quick_reward == pytest.approx(reward, abs=1e-5)
     assert quick_info["adapter_accuracy"] == quick_info["baseline_accuracy"] == 0.0
     quick.close()
-    with pytest.raises(ValueError, match="needs reward='loglik'"):
+    with pytest.raises(ValueError, match="needs a log-likelihood reward"):
         gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, "answer_max_tokens": 0, "reward": "accuracy"})
     with pytest.raises(ValueError, match="non-negative"):
         gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, "answer_max_tokens": -1})

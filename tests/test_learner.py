@@ -87,15 +87,23 @@ def test_training_agrees_with_plain_path_and_is_deterministic(learner):
     assert f["logliks"][0] == pytest.approx(p["logliks"][0], rel=1e-4)
 
 
-def test_answer_logliks_on_positions_match_full_logits(learner):
+def test_answer_logliks_from_the_prefilled_cache_match_full_logits(learner):
+    import mlx.nn as nn
+
     learner.reset([3])
+    for m in learner.adapters:  # a non-zero adapter, so the slot's LoRA matters
+        m.lora_b = mx.random.normal(m.lora_b.shape, key=mx.random.key(4)) * 0.05
     prompts = ["Question: Where is it?\nAnswer:", "Question: When was it founded?\nAnswer:"]
     answers = ["On Mount Tervik", "1911"]
-    learner.set_levers(**PLAIN)
-    plain = learner.answer_logliks(prompts, answers)[0]
-    learner.set_levers(**FAST)
-    fast = learner.answer_logliks(prompts, answers)[0]
-    assert np.allclose(fast, plain, rtol=1e-5) and all(math.isfinite(x) for x in fast)
+    cached = learner.answer_logliks(prompts, answers)[0]
+    tok = learner.tokenizer
+    reference = []
+    for p, a in zip(prompts, answers):  # one full forward of prompt + answer, log-softmax over every position
+        head = learner._encode_prompt(p)
+        ids = head + tok.encode(a, add_special_tokens=False)
+        logp = nn.log_softmax(learner.model(mx.array([ids[:-1]])).astype(mx.float32), axis=-1)[0]
+        reference.append(float(np.mean([logp[j - 1, ids[j]].item() for j in range(len(head), len(ids))])))
+    assert np.allclose(cached, reference, rtol=1e-5) and all(math.isfinite(x) for x in cached)
 
 
 def test_fast_attention_and_mlp_match_stock_modules(learner):

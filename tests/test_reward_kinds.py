@@ -1,0 +1,82 @@
+"""The log-likelihood reward kinds (loglik, margin, choice, pmi): a hand computation, and a sanity check of each."""
+
+import math
+
+import gymnasium as gym
+import pytest
+
+from conftest import TINY
+from seal_env.articles import Article, Question
+from seal_env.config import LOGLIK_KINDS, SealConfig
+from seal_env.reward import quiz, summarize
+
+ART = Article("Tervik", "Tervik Observatory sits on Mount Tervik; Ada Varn founded it in 1911.",
+              (Question("Where is it?", "Mount Tervik"), Question("Who founded it?", "Ada Varn"),
+               Question("When?", "1911"), Question("On which mountain?", "Mount Tervik")))
+
+
+class FakeLearner:
+    """Scores per (prompt, candidate) chosen by hand; candidates are the article's distinct gold answers."""
+
+    tokenizer = None
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def ask(self, prompts, candidates, max_tokens, answer=None):
+        assert len(prompts) == len(ART.questions) + 1  # + the topic-only prompt
+        assert all(c == ["Mount Tervik", "Ada Varn", "1911"] for c in candidates)
+        assert answer == [True] * 4 + [False]
+        return [["ans"] * len(prompts)], [self.scores]
+
+
+def test_kinds_agree_with_a_hand_computation():
+    scores = [[-1.0, -3.0, -2.0],   # "Where is it?": gold Mount Tervik is the most likely
+              [-1.0, -1.5, -4.0],   # "Who founded it?": gold Ada Varn is not
+              [-2.0, -2.0, -2.0],   # "When?": a tie is not a choice
+              [-0.5, -2.5, -0.5],   # "On which mountain?": gold Mount Tervik (index 0), tie with 1911
+              [-2.0, -1.0, -3.0]]   # topic alone
+    rows = quiz(FakeLearner(scores), ART, max_tokens=0)[0]
+    assert [r["loglik"] for r in rows] == [-1.0, -1.5, -2.0, -0.5]
+    assert [r["margin"] for r in rows] == [-1.0 - (-3.0 - 2.0) / 2, -1.5 - (-1.0 - 4.0) / 2, 0.0,
+                                           -0.5 - (-2.5 - 0.5) / 2]
+    assert [r["choice"] for r in rows] == [1.0, 0.0, 0.0, 0.0]
+    assert [r["pmi"] for r in rows] == [-1.0 + 2.0, -1.5 + 1.0, -2.0 + 3.0, -0.5 + 2.0]
+    summary = summarize(rows)
+    assert summary["choice"] == 0.25 and summary["pmi"] == pytest.approx((1.0 - 0.5 + 1.0 + 1.5) / 4)
+    assert all(r["correct"] == 0.0 and r["answer"] == "ans" for r in rows)  # max_tokens=0: not graded
+
+
+@pytest.fixture(scope="module")
+def learning_env():
+    # enough steps that the tiny random model measurably learns stated facts
+    env = gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, "timings": False, "include_passage": False,
+                                                         "learning_rate": 3e-3, "epochs": 6}).unwrapped
+    yield env
+    env.close()
+
+
+@pytest.mark.parametrize("kind", LOGLIK_KINDS)
+def test_a_self_edit_stating_the_answers_beats_unrelated_text(learning_env, kind):
+    article = learning_env.articles[0]
+    stating = "\n".join(f"{q.question} {q.answer}." for q in article.questions)
+    unrelated = "The weather in the mountains changes quickly.\nBread is made from flour, water and yeast."
+    _, with_facts = learning_env.evaluate(article, stating, 0)
+    _, without = learning_env.evaluate(article, unrelated, 0)
+    assert with_facts[f"{kind}_gain"] > without[f"{kind}_gain"]
+
+
+@pytest.mark.parametrize("kind", ["margin", "choice", "pmi"])
+def test_the_reward_setting_picks_the_kind(kind):
+    env = gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, "reward": kind, "answer_max_tokens": 0}).unwrapped
+    reward, info = env.evaluate(env.articles[1], "1. A fact about it.\n2. Another.", seed=1)
+    assert reward == info[f"{kind}_gain"] and info["reward_kind"] == kind and math.isfinite(reward)
+    assert all(q["answer"] == "" for q in info["questions"])  # no answers generated
+    env.close()
+
+
+def test_answer_free_rewards_need_a_log_likelihood_kind():
+    for kind in LOGLIK_KINDS:
+        SealConfig(reward=kind, answer_max_tokens=0)
+    with pytest.raises(ValueError, match="log-likelihood reward"):
+        SealConfig(reward="accuracy", answer_max_tokens=0)
