@@ -27,16 +27,43 @@ from seal_env.prompts import resolve_template
 DEMO_ENV: dict[str, Any] = {"reward": "loglik", "epochs": 2, "answer_max_tokens": 16}
 #: Inner-loop settings of the ``tiny`` preset (tiny-random model; tests). Its answers are never right, so the
 #: reward is the gold answers' log-likelihood gain, which varies between self-edits.
-TINY_ENV: dict[str, Any] = {"model": "tiny-random", "reward": "loglik", "epochs": 1, "lora_rank": 4, "lora_alpha": 8.0,
-                            "answer_max_tokens": 4, "max_sequences": 3, "max_sequence_tokens": 64}
+TINY_ENV: dict[str, Any] = {
+    "model": "tiny-random",
+    "reward": "loglik",
+    "epochs": 1,
+    "lora_rank": 4,
+    "lora_alpha": 8.0,
+    "answer_max_tokens": 4,
+    "max_sequences": 3,
+    "max_sequence_tokens": 64,
+}
 #: Settings of the ``tiny`` preset common to all algorithms.
-TINY: dict[str, Any] = {"rounds": 2, "articles_per_round": 2, "k": 2, "heldout_articles": 1, "self_edit_max_tokens": 8,
-                        "policy_lora_rank": 4, "policy_lora_alpha": 8.0, "policy_lora_modules": ["q_proj", "v_proj"],
-                        "policy_epochs": 1, "progress": False, "env": TINY_ENV}
-CHOICES = {"wandb_mode": ("online", "offline", "disabled"), "executor": ("inprocess", "ray"),
-           "inner_loop_learner": ("policy", "base")}
+TINY: dict[str, Any] = {
+    "rounds": 2,
+    "articles_per_round": 2,
+    "k": 2,
+    "heldout_articles": 1,
+    "self_edit_max_tokens": 8,
+    "policy_lora_rank": 4,
+    "policy_lora_alpha": 8.0,
+    "policy_lora_modules": ["q_proj", "v_proj"],
+    "policy_epochs": 1,
+    "progress": False,
+    "env": TINY_ENV,
+}
+CHOICES = {
+    "wandb_mode": ("online", "offline", "disabled"),
+    "executor": ("inprocess", "ray"),
+    "inner_loop_learner": ("policy", "base"),
+}
 ENV_CLI_SKIP = ("split",)  # the round loop picks the split itself
-RESUME_OVERRIDES = ("executor", "workers", "ray_address", "wandb_mode", "progress")  # settings that do not change results
+RESUME_OVERRIDES = (
+    "executor",
+    "workers",
+    "ray_address",
+    "wandb_mode",
+    "progress",
+)  # settings that do not change results
 
 
 @dataclass
@@ -60,12 +87,16 @@ class RunConfig:
     k: int = 3  #: self-edits sampled per article
     heldout_articles: int = 2  #: held-out articles evaluated before training and after each round (-1 all, 0 none)
     heldout_k: int = 1  #: self-edits sampled per held-out article
-    template: str = "implications"  #: self-edit prompt: a name in seal_env.prompts.SELF_EDIT_TEMPLATES or a text with {context}
+    template: str = (
+        "implications"  #: self-edit prompt: a name in seal_env.prompts.SELF_EDIT_TEMPLATES or a text with {context}
+    )
     temperature: float = 1.0  #: sampling temperature of self-edits (0 = greedy)
     top_p: float = 1.0  #: nucleus sampling of self-edits
     self_edit_max_tokens: int = 64  #: token budget of a self-edit
     sample_batch_size: int = 32  #: self-edits generated together
-    inner_loop_learner: str = "policy"  #: policy: the updated policy is also the inner loop's model (SEAL); base: the original model
+    inner_loop_learner: str = (
+        "policy"  #: policy: the updated policy is also the inner loop's model (SEAL); base: the original model
+    )
 
     # Policy update: a LoRA on the policy, folded into its weights after each round
     policy_lora_rank: int = 64  #: LoRA rank of the policy update
@@ -82,8 +113,18 @@ class RunConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("workers", "rounds", "articles_per_round", "k", "heldout_k", "self_edit_max_tokens",
-                     "sample_batch_size", "policy_lora_rank", "policy_epochs", "policy_batch_size"):
+        for name in (
+            "workers",
+            "rounds",
+            "articles_per_round",
+            "k",
+            "heldout_k",
+            "self_edit_max_tokens",
+            "sample_batch_size",
+            "policy_lora_rank",
+            "policy_epochs",
+            "policy_batch_size",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.executor == "inprocess" and (self.workers != 1 or self.ray_address):
@@ -101,9 +142,15 @@ class RunConfig:
 
     def update_config(self) -> SealConfig:
         """The policy update's LoRA and optimiser settings, as the SealConfig that seal_env's Learner takes."""
-        return SealConfig(model=self.env.model, lora_rank=self.policy_lora_rank, lora_alpha=self.policy_lora_alpha,
-                          lora_modules=self.policy_lora_modules, learning_rate=self.policy_learning_rate,
-                          epochs=self.policy_epochs, batch_size=self.policy_batch_size)
+        return SealConfig(
+            model=self.env.model,
+            lora_rank=self.policy_lora_rank,
+            lora_alpha=self.policy_lora_alpha,
+            lora_modules=self.policy_lora_modules,
+            learning_rate=self.policy_learning_rate,
+            epochs=self.policy_epochs,
+            batch_size=self.policy_batch_size,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -145,8 +192,9 @@ def _converter(hint: Any) -> tuple[Callable[[str], Any], dict[str, Any]]:
     return hint, {}
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls: type, defaults: Any, skip: tuple[str, ...] = (),
-                prefix: str = "") -> None:
+def _add_fields(
+    parser: argparse.ArgumentParser, cls: type, defaults: Any, skip: tuple[str, ...] = (), prefix: str = ""
+) -> None:
     hints = typing.get_type_hints(cls)
     for title, fields in _sections(cls):
         group = parser.add_argument_group(prefix + title)
@@ -158,14 +206,14 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, defaults: Any, skip:
             shown = " ".join(map(str, default)) if isinstance(default, list) else default
             text = (doc if "default" in doc else f"{doc} (default: {shown})").replace("%", "%%")
             if hints[name] is bool:
-                group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                   help=text)
+                group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
             elif name in CHOICES:
                 group.add_argument(*flags, choices=CHOICES[name], default=argparse.SUPPRESS, help=text)
             else:
                 convert, extra = _converter(hints[name])
-                group.add_argument(*flags, type=convert, default=argparse.SUPPRESS, help=text,
-                                   metavar=name.upper(), **extra)
+                group.add_argument(
+                    *flags, type=convert, default=argparse.SUPPRESS, help=text, metavar=name.upper(), **extra
+                )
 
 
 def _preset_table(algorithm: str, presets: dict[str, dict[str, Any]]) -> str:
@@ -174,10 +222,14 @@ def _preset_table(algorithm: str, presets: dict[str, dict[str, Any]]) -> str:
         agent = ", ".join(f"{k}={v}" for k, v in values.items() if k != "env") or "the defaults above"
         env = ", ".join(f"{k}={v}" for k, v in values.get("env", DEMO_ENV).items())
         lines.append(f"  {name:6} {agent}\n         inner loop: SealConfig defaults" + (f" + {env}" if env else ""))
-    lines += ["", "examples:", f"  python -m agents.{algorithm}                      # demo",
-              f"  python -m agents.{algorithm} --preset tiny --wandb-mode disabled",
-              f"  python -m agents.{algorithm} --preset paper --data ../shared/data/squad_train_pool300.json",
-              f"  python -m agents.{algorithm} --resume runs/<run>"]
+    lines += [
+        "",
+        "examples:",
+        f"  python -m agents.{algorithm}                      # demo",
+        f"  python -m agents.{algorithm} --preset tiny --wandb-mode disabled",
+        f"  python -m agents.{algorithm} --preset paper --data ../shared/data/squad_train_pool300.json",
+        f"  python -m agents.{algorithm} --resume runs/<run>",
+    ]
     return "\n".join(lines)
 
 
@@ -195,25 +247,39 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**data, env=env)
 
 
-def build_parser(algorithm: str, cls: type, presets: dict[str, dict[str, Any]], description: str
-                 ) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m agents.{algorithm}", description=description,
-                                     usage="%(prog)s [--preset NAME | --resume RUN_DIR] [--SETTING VALUE ...]",
-                                     epilog=_preset_table(algorithm, presets),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=list(presets), default=argparse.SUPPRESS,
-                        help="starting point for every setting (default: demo)")
-    parser.add_argument("--resume", metavar="RUN_DIR", default=argparse.SUPPRESS,
-                        help="continue an interrupted run with its saved settings (only "
-                             + ", ".join("--" + n.replace("_", "-") for n in RESUME_OVERRIDES) + " may change)")
+def build_parser(
+    algorithm: str, cls: type, presets: dict[str, dict[str, Any]], description: str
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m agents.{algorithm}",
+        description=description,
+        usage="%(prog)s [--preset NAME | --resume RUN_DIR] [--SETTING VALUE ...]",
+        epilog=_preset_table(algorithm, presets),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--preset",
+        choices=list(presets),
+        default=argparse.SUPPRESS,
+        help="starting point for every setting (default: demo)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=argparse.SUPPRESS,
+        help="continue an interrupted run with its saved settings (only "
+        + ", ".join("--" + n.replace("_", "-") for n in RESUME_OVERRIDES)
+        + " may change)",
+    )
     defaults = preset_config(cls, presets, "demo")
     _add_fields(parser, cls, defaults, skip=("env",))
     _add_fields(parser, SealConfig, defaults.env, skip=ENV_CLI_SKIP, prefix="inner loop: ")
     return parser
 
 
-def parse_args(parser: argparse.ArgumentParser, cls: type, presets: dict[str, dict[str, Any]],
-               argv: list[str] | None) -> tuple[Any, str, Path | None]:
+def parse_args(
+    parser: argparse.ArgumentParser, cls: type, presets: dict[str, dict[str, Any]], argv: list[str] | None
+) -> tuple[Any, str, Path | None]:
     """``(config, preset, resume_dir)`` from the command line; bad settings exit with the parser's error."""
     given = vars(parser.parse_args(argv))
     env_names = {f.name for f in dataclasses.fields(SealConfig)}
@@ -223,8 +289,10 @@ def parse_args(parser: argparse.ArgumentParser, cls: type, presets: dict[str, di
             meta = read_meta(resume)
             bad = sorted(set(given) - set(RESUME_OVERRIDES))
             if bad:
-                raise ValueError(f"--resume takes the settings saved in {resume}/config.json; only "
-                                 f"{', '.join(RESUME_OVERRIDES)} may be given, not {', '.join(bad)}")
+                raise ValueError(
+                    f"--resume takes the settings saved in {resume}/config.json; only "
+                    f"{', '.join(RESUME_OVERRIDES)} may be given, not {', '.join(bad)}"
+                )
             cfg = dataclasses.replace(config_from_dict(cls, meta["config"]), **given)
             preset = meta.get("preset", "")
         else:

@@ -58,8 +58,16 @@ class GRPOConfig(RunConfig):
 
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
-    "paper": {"rounds": 2, "articles_per_round": 50, "k": 5, "heldout_articles": -1, "self_edit_max_tokens": 1024,
-              "policy_epochs": 2, "policy_batch_size": 5, "env": {**SEAL_PAPER_SETTINGS, "eval_times": 3, "reward": "accuracy"}},
+    "paper": {
+        "rounds": 2,
+        "articles_per_round": 50,
+        "k": 5,
+        "heldout_articles": -1,
+        "self_edit_max_tokens": 1024,
+        "policy_epochs": 2,
+        "policy_batch_size": 5,
+        "env": {**SEAL_PAPER_SETTINGS, "eval_times": 3, "reward": "accuracy"},
+    },
     "tiny": {**TINY, "policy_learning_rate": 1e-3, "policy_batch_size": 2},
 }
 
@@ -70,12 +78,25 @@ def group_advantages(batch: list[Experience], eps: float) -> list[float]:
     for e in batch:
         groups.setdefault(e.article.id, []).append(e.reward)
     moments = {a: (statistics.fmean(r), statistics.pstdev(r)) for a, r in groups.items()}
-    return [0.0 if moments[e.article.id][1] == 0 else
-            (e.reward - moments[e.article.id][0]) / (moments[e.article.id][1] + eps) for e in batch]
+    return [
+        0.0
+        if moments[e.article.id][1] == 0
+        else (e.reward - moments[e.article.id][0]) / (moments[e.article.id][1] + eps)
+        for e in batch
+    ]
 
 
-def grpo_loss(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, adv: mx.array, old: mx.array,
-              ref: mx.array, clip_eps: float, kl_coef: float) -> tuple[mx.array, mx.array, mx.array]:
+def grpo_loss(
+    model: nn.Module,
+    inputs: mx.array,
+    targets: mx.array,
+    mask: mx.array,
+    adv: mx.array,
+    old: mx.array,
+    ref: mx.array,
+    clip_eps: float,
+    kl_coef: float,
+) -> tuple[mx.array, mx.array, mx.array]:
     """Clipped policy-gradient loss plus ``kl_coef`` * k3 KL, averaged over each self-edit's tokens, then the batch."""
     logp = -nn.losses.cross_entropy(model(inputs).astype(mx.float32), targets)
     ratio = mx.exp(logp - old)
@@ -133,9 +154,16 @@ class GRPO:
                     idx = order[s : s + cfg.policy_batch_size]
                     inputs, targets, mask = make_batch([pairs[i] for i in idx])
                     (loss, pg, kl), grads = self._loss_and_grad(
-                        model, inputs, targets, mask, mx.array([adv[used[i]] for i in idx], dtype=mx.float32),
-                        _pad([old[i] for i in idx], targets.shape[1]), _pad([ref[i] for i in idx], targets.shape[1]),
-                        cfg.clip_eps, cfg.kl_coef)
+                        model,
+                        inputs,
+                        targets,
+                        mask,
+                        mx.array([adv[used[i]] for i in idx], dtype=mx.float32),
+                        _pad([old[i] for i in idx], targets.shape[1]),
+                        _pad([ref[i] for i in idx], targets.shape[1]),
+                        cfg.clip_eps,
+                        cfg.kl_coef,
+                    )
                     opt.update(model, grads)
                     mx.eval(model.trainable_parameters(), opt.state)
                     losses.append(loss.item()), pgs.append(pg.item()), kls.append(kl.item())
@@ -147,9 +175,14 @@ class GRPO:
             self.model.fuse()
         else:
             self.model.learner.reset([])  # drop a diverged update
-        return {**stats, "steps": float(len(losses)), "loss": statistics.fmean(losses),
-                "pg_loss": statistics.fmean(pgs), "kl": statistics.fmean(kls),
-                "diverged": float(not all(math.isfinite(x) for x in losses))}
+        return {
+            **stats,
+            "steps": float(len(losses)),
+            "loss": statistics.fmean(losses),
+            "pg_loss": statistics.fmean(pgs),
+            "kl": statistics.fmean(kls),
+            "diverged": float(not all(math.isfinite(x) for x in losses)),
+        }
 
     def state(self) -> dict[str, Any]:
         return self.model.weights()

@@ -93,8 +93,17 @@ class PromptPolicy:
     observation is drawn with the key ``derive_seed(seed, title, context, j)``.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, template: str = "implications", temperature: float = 1.0,
-                 top_p: float = 1.0, max_tokens: int = 1024, batch_size: int = 32, progress: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        template: str = "implications",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int = 1024,
+        batch_size: int = 32,
+        progress: bool = False,
+    ):
         resolve_template(template)  # raises ValueError for an unknown template
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.temperature, self.top_p, self.max_tokens = temperature, top_p, max_tokens
@@ -117,16 +126,21 @@ class PromptPolicy:
             ids = self.prompt_ids(obs)
             for j in range(k):
                 prompts.append(ids)
-                samplers.append(seeded_sampler(derive_seed(seed, obs["title"], obs["context"], j),
-                                               self.temperature, self.top_p))
+                samplers.append(
+                    seeded_sampler(derive_seed(seed, obs["title"], obs["context"], j), self.temperature, self.top_p)
+                )
         texts = self._generate(prompts, samplers)
         return [texts[i * k : (i + 1) * k] for i in range(len(observations))]
 
     def _generate(self, prompts: list[list[int]], samplers: list[Callable]) -> list[str]:
         if not prompts:
             return []
-        gen = BatchGenerator(self.model, stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
-                             completion_batch_size=self.batch_size, prefill_batch_size=min(8, self.batch_size))
+        gen = BatchGenerator(
+            self.model,
+            stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
+            completion_batch_size=self.batch_size,
+            prefill_batch_size=min(8, self.batch_size),
+        )
         budget = self.max_tokens * len(prompts)
         bar = tqdm(total=budget, desc="sampling self-edits", unit="tok", disable=not self.progress, leave=False)
         try:
@@ -145,8 +159,9 @@ class PromptPolicy:
         return [self.tokenizer.decode(tokens[uid]) for uid in uids]
 
 
-def make_policy(spec: str, *, model: str = "smollm2-135m", loaded: tuple[Any, Any] | None = None,
-                **sampling: Any) -> Any:
+def make_policy(
+    spec: str, *, model: str = "smollm2-135m", loaded: tuple[Any, Any] | None = None, **sampling: Any
+) -> Any:
     """A policy from a spec: ``none``, ``passage``, ``prompt:TEMPLATE``, ``replay:PATH`` or ``checkpoint:RUN_DIR[:ROUND]``.
 
     ``prompt:`` samples ``model`` (a :func:`seal_env.models.load_model` spec; or pass ``loaded=(model, tokenizer)``);

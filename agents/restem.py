@@ -37,8 +37,16 @@ class ReSTEMConfig(RunConfig):
 #: and SEAL's inner loop: the SealConfig defaults + SEAL_PAPER_SETTINGS, with SEAL's accuracy reward); ``tiny`` is the tiny-random model, for tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
-    "paper": {"rounds": 2, "articles_per_round": 50, "k": 5, "heldout_articles": -1, "self_edit_max_tokens": 1024,
-              "policy_epochs": 2, "policy_batch_size": 5, "env": {**SEAL_PAPER_SETTINGS, "eval_times": 3, "reward": "accuracy"}},
+    "paper": {
+        "rounds": 2,
+        "articles_per_round": 50,
+        "k": 5,
+        "heldout_articles": -1,
+        "self_edit_max_tokens": 1024,
+        "policy_epochs": 2,
+        "policy_batch_size": 5,
+        "env": {**SEAL_PAPER_SETTINGS, "eval_times": 3, "reward": "accuracy"},
+    },
     "tiny": TINY,
 }
 
@@ -73,8 +81,13 @@ class ReSTEM:
         else:
             self.model.fuse()
         losses = report["train_losses"] or [float("nan")]
-        return {**stats, "sft_loss": statistics.fmean(losses), "sft_loss_last": losses[-1],
-                "sft_steps": float(report["train_steps"]), "diverged": float(report["diverged"])}
+        return {
+            **stats,
+            "sft_loss": statistics.fmean(losses),
+            "sft_loss_last": losses[-1],
+            "sft_steps": float(report["train_steps"]),
+            "diverged": float(report["diverged"]),
+        }
 
     def state(self) -> dict[str, Any]:
         return self.model.weights()

@@ -79,8 +79,9 @@ class Run:
     def _key(record: dict[str, Any]) -> tuple:
         return (record["event"], record.get("round"), record.get("phase"), record.get("article_id"), record.get("k"))
 
-    def get(self, event: str, round: int, phase: str | None = None, article_id: str | None = None,
-            k: int | None = None) -> dict[str, Any] | None:
+    def get(
+        self, event: str, round: int, phase: str | None = None, article_id: str | None = None, k: int | None = None
+    ) -> dict[str, Any] | None:
         return self.index.get((event, round, phase, article_id, k))
 
     def append(self, record: dict[str, Any]) -> None:
@@ -98,8 +99,12 @@ class Run:
         path = self.checkpoint(round)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name("tmp-policy.safetensors")
-        metadata = {"round": str(round), "model": self.meta["config"]["env"]["model"],
-                    "algorithm": self.meta["algorithm"], "format": "plain mlx-lm weight names, fused"}
+        metadata = {
+            "round": str(round),
+            "model": self.meta["config"]["env"]["model"],
+            "algorithm": self.meta["algorithm"],
+            "format": "plain mlx-lm weight names, fused",
+        }
         mx.save_safetensors(str(tmp), weights, metadata=metadata)
         os.replace(tmp, path)
         return path
@@ -126,8 +131,13 @@ def load_policy(run_dir: str | Path, round: int | None = None, **sampling: Any) 
             raise FileNotFoundError(f"no checkpoint for round {round} in {run_dir} (have {rounds})")
         model.load_weights(list(mx.load(str(path)).items()), strict=False)
         mx.eval(model.parameters())
-    settings = {"template": cfg["template"], "temperature": cfg["temperature"], "top_p": cfg["top_p"],
-                "max_tokens": cfg["self_edit_max_tokens"], **sampling}
+    settings = {
+        "template": cfg["template"],
+        "temperature": cfg["temperature"],
+        "top_p": cfg["top_p"],
+        "max_tokens": cfg["self_edit_max_tokens"],
+        **sampling,
+    }
     return PromptPolicy(model, tokenizer, **settings)
 
 
@@ -161,17 +171,30 @@ class Logger:
             import wandb
         except Exception as e:  # pragma: no cover - wandb is a dependency
             return self._fail(e)
-        wanted = {var: str(run_dir / "wandb" / sub) for var, sub in
-                  (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts"))}
+        wanted = {
+            var: str(run_dir / "wandb" / sub)
+            for var, sub in (
+                ("WANDB_CACHE_DIR", "cache"),
+                ("WANDB_DATA_DIR", "data"),
+                ("WANDB_ARTIFACT_DIR", "artifacts"),
+            )
+        }
         wanted["WANDB_DISABLE_WEAVE"] = "true"  # wandb takes our `agents` package for OpenAI's and advertises Weave
         self._set_env = {k: v for k, v in wanted.items() if k not in os.environ}  # the user's settings win
         os.environ.update(self._set_env)
-        settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True,
-                                  init_timeout=60)
-        for attempt in ([mode, "offline"] if mode == "online" else [mode]):
+        settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True, init_timeout=60)
+        for attempt in [mode, "offline"] if mode == "online" else [mode]:
             try:
-                self.run = wandb.init(project=project, name=name, id=run_id, dir=str(run_dir), config=config,
-                                      mode=attempt, resume="allow", settings=settings)
+                self.run = wandb.init(
+                    project=project,
+                    name=name,
+                    id=run_id,
+                    dir=str(run_dir),
+                    config=config,
+                    mode=attempt,
+                    resume="allow",
+                    settings=settings,
+                )
                 self.run.define_metric("self_edit/index")
                 self.run.define_metric("self_edit/*", step_metric="self_edit/index")
                 self.run.define_metric("round/index")
@@ -223,8 +246,16 @@ class LoRAPolicy:
     def __init__(self, cfg: RunConfig):
         model, tokenizer = load_model(cfg.env.model)
         self.learner = Learner(model, tokenizer, cfg.update_config())
-        self.policy = PromptPolicy(model, tokenizer, cfg.template, cfg.temperature, cfg.top_p,
-                                   cfg.self_edit_max_tokens, cfg.sample_batch_size, cfg.progress)
+        self.policy = PromptPolicy(
+            model,
+            tokenizer,
+            cfg.template,
+            cfg.temperature,
+            cfg.top_p,
+            cfg.self_edit_max_tokens,
+            cfg.sample_batch_size,
+            cfg.progress,
+        )
         self.initial = self.weights()
 
     def weights(self) -> dict[str, mx.array]:
@@ -240,8 +271,9 @@ class LoRAPolicy:
         self.learner.reset([])
 
 
-def train_with_progress(learner: Learner, data: list[tuple[list[int], int]], seed: int, desc: str,
-                        progress: bool) -> dict[str, Any]:
+def train_with_progress(
+    learner: Learner, data: list[tuple[list[int], int]], seed: int, desc: str, progress: bool
+) -> dict[str, Any]:
     """Train a fresh adapter (one slot, seeded ``seed``) on ``data`` with a progress bar over its optimiser steps."""
     steps = math.ceil(len(data) / learner.cfg.batch_size) * learner.cfg.epochs
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
@@ -290,8 +322,10 @@ def load_splits(cfg: RunConfig) -> tuple[list[Article], list[Article]]:
     """The training and held-out articles of ``cfg.env.dataset``; errors say what to change."""
     train = select_articles(dataclasses.replace(cfg.env, split="train"))
     if cfg.articles_per_round > len(train):
-        raise ValueError(f"articles_per_round={cfg.articles_per_round} exceeds the {len(train)} training articles of "
-                         f"{cfg.env.dataset!r}: lower --articles-per-round or use a larger --data")
+        raise ValueError(
+            f"articles_per_round={cfg.articles_per_round} exceeds the {len(train)} training articles of "
+            f"{cfg.env.dataset!r}: lower --articles-per-round or use a larger --data"
+        )
     heldout: list[Article] = []
     if cfg.heldout_articles:
         heldout = select_articles(dataclasses.replace(cfg.env, split="heldout"))
@@ -313,39 +347,79 @@ def reward_stats(batch: list[Experience]) -> dict[str, float]:
     if not rewards:
         return {}
     mean = lambda key: statistics.fmean(e.info.get(key, math.nan) for e in batch)  # noqa: E731
-    return {"reward_mean": statistics.fmean(rewards), "reward_max": max(rewards), "reward_min": min(rewards),
-            "frac_positive": sum(r > 0 for r in rewards) / len(rewards), "n": float(len(rewards)),
-            "baseline_accuracy": mean("baseline_accuracy"), "adapter_accuracy": mean("adapter_accuracy")}
+    return {
+        "reward_mean": statistics.fmean(rewards),
+        "reward_max": max(rewards),
+        "reward_min": min(rewards),
+        "frac_positive": sum(r > 0 for r in rewards) / len(rewards),
+        "n": float(len(rewards)),
+        "baseline_accuracy": mean("baseline_accuracy"),
+        "adapter_accuracy": mean("adapter_accuracy"),
+    }
 
 
-def rollout(run: Run, policy: Policy, rewards: Rewards, articles: list[Article], k: int, round: int, phase: str,
-            cfg: RunConfig, logger: Logger) -> tuple[list[Experience], dict[str, float]]:
+def rollout(
+    run: Run,
+    policy: Policy,
+    rewards: Rewards,
+    articles: list[Article],
+    k: int,
+    round: int,
+    phase: str,
+    cfg: RunConfig,
+    logger: Logger,
+) -> tuple[list[Experience], dict[str, float]]:
     """Sample ``k`` self-edits per article and evaluate them, taking whatever the journal already holds."""
     seconds = {"sample": 0.0, "rewards": 0.0}
     record = run.get("samples", round, phase)
     if record is None:
         t0 = time.perf_counter()
         proposed = policy.propose([observation(a) for a in articles], k, derive_seed(cfg.seed, round, phase))
-        if len(proposed) != len(articles) or any(len(p) != k or not all(isinstance(s, str) for s in p) for p in proposed):
+        if len(proposed) != len(articles) or any(
+            len(p) != k or not all(isinstance(s, str) for s in p) for p in proposed
+        ):
             raise ValueError(f"{type(policy).__name__}.propose must return {k} str self-edits for each observation")
-        record = {"event": "samples", "round": round, "phase": phase,
-                  "self_edits": {a.id: list(p) for a, p in zip(articles, proposed)}}
+        record = {
+            "event": "samples",
+            "round": round,
+            "phase": phase,
+            "self_edits": {a.id: list(p) for a, p in zip(articles, proposed)},
+        }
         run.append(record)
         seconds["sample"] = time.perf_counter() - t0
     todo = [(a, j) for a in articles for j in range(k) if run.get("reward", round, phase, a.id, j) is None]
-    requests = [RewardRequest(a, record["self_edits"][a.id][j], derive_seed(cfg.seed, round, phase, a.id, j))
-                for a, j in todo]
-    bar = tqdm(total=len(requests), desc=f"round {round} {phase} rewards", unit="reward", disable=not cfg.progress,
-               leave=False)
+    requests = [
+        RewardRequest(a, record["self_edits"][a.id][j], derive_seed(cfg.seed, round, phase, a.id, j)) for a, j in todo
+    ]
+    bar = tqdm(
+        total=len(requests), desc=f"round {round} {phase} rewards", unit="reward", disable=not cfg.progress, leave=False
+    )
 
     def on_result(i: int, reward: float, info: dict[str, Any]) -> None:
         article, j = todo[i]
-        run.append({"event": "reward", "round": round, "phase": phase, "article_id": article.id, "k": j,
-                    "title": article.title, "seed": requests[i].seed, "self_edit": requests[i].self_edit,
-                    "reward": reward, "info": info})
-        logger.log({"self_edit/index": len(run.index), "self_edit/round": round, "self_edit/reward": reward,
-                    "self_edit/heldout": int(phase == "heldout"),
-                    "self_edit/adapter_accuracy": info.get("adapter_accuracy", math.nan)})
+        run.append(
+            {
+                "event": "reward",
+                "round": round,
+                "phase": phase,
+                "article_id": article.id,
+                "k": j,
+                "title": article.title,
+                "seed": requests[i].seed,
+                "self_edit": requests[i].self_edit,
+                "reward": reward,
+                "info": info,
+            }
+        )
+        logger.log(
+            {
+                "self_edit/index": len(run.index),
+                "self_edit/round": round,
+                "self_edit/reward": reward,
+                "self_edit/heldout": int(phase == "heldout"),
+                "self_edit/adapter_accuracy": info.get("adapter_accuracy", math.nan),
+            }
+        )
         bar.update(1)
         bar.set_postfix(reward=f"{reward:+.3f}")
 
@@ -363,8 +437,9 @@ def rollout(run: Run, policy: Policy, rewards: Rewards, articles: list[Article],
     return batch, seconds
 
 
-def train(cfg: RunConfig, agent: Agent, run: Run, executor: Any, logger: Logger,
-          splits: tuple[list[Article], list[Article]]) -> dict[str, Any]:
+def train(
+    cfg: RunConfig, agent: Agent, run: Run, executor: Any, logger: Logger, splits: tuple[list[Article], list[Article]]
+) -> dict[str, Any]:
     """Round 0 evaluates the initial policy on held-out articles; rounds 1..R sample, reward, learn, checkpoint and
     evaluate on held-out articles again. Returns (and saves as results.json) the per-round summaries."""
     train_articles, heldout = splits
@@ -382,8 +457,9 @@ def train(cfg: RunConfig, agent: Agent, run: Run, executor: Any, logger: Logger,
         t0, summary, batch = time.perf_counter(), {"round": rnd}, []
         seconds: dict[str, float] = {}
         if rnd >= 1:
-            batch, seconds = rollout(run, agent.policy, rewards, round_articles(train_articles, rnd, cfg), cfg.k, rnd,
-                                     "train", cfg, logger)
+            batch, seconds = rollout(
+                run, agent.policy, rewards, round_articles(train_articles, rnd, cfg), cfg.k, rnd, "train", cfg, logger
+            )
             summary["train"] = reward_stats(batch)
             if record := run.get("learn", rnd):
                 stats = record["stats"]
@@ -397,7 +473,9 @@ def train(cfg: RunConfig, agent: Agent, run: Run, executor: Any, logger: Logger,
             if cfg.inner_loop_learner == "policy":
                 rewards.set_base_weights(agent.state())
         if heldout:
-            held, held_seconds = rollout(run, agent.policy, rewards, heldout, cfg.heldout_k, rnd, "heldout", cfg, logger)
+            held, held_seconds = rollout(
+                run, agent.policy, rewards, heldout, cfg.heldout_k, rnd, "heldout", cfg, logger
+            )
             summary["heldout"] = reward_stats(held)
             seconds.update({f"heldout_{k}": v for k, v in held_seconds.items()})
             batch += held
@@ -407,9 +485,13 @@ def train(cfg: RunConfig, agent: Agent, run: Run, executor: Any, logger: Logger,
         _log_round(logger, summary, batch, rnd)
         print(_round_line(summary), flush=True)
     last = max([r for r in range(1, cfg.rounds + 1) if run.checkpoint(r).is_file()], default=0)
-    results = {"algorithm": run.meta["algorithm"], "run_dir": str(run.path), "rounds": summaries,
-               "checkpoint": str(run.checkpoint(last)) if last else None,
-               "seconds": time.perf_counter() - t_start}
+    results = {
+        "algorithm": run.meta["algorithm"],
+        "run_dir": str(run.path),
+        "rounds": summaries,
+        "checkpoint": str(run.checkpoint(last)) if last else None,
+        "seconds": time.perf_counter() - t_start,
+    }
     (run.path / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     return results
 
@@ -419,10 +501,25 @@ def _log_round(logger: Logger, summary: dict[str, Any], batch: list[Experience],
     for part in ("train", "heldout", "learn", "seconds"):
         flat.update({f"round/{part}_{k}": v for k, v in summary.get(part, {}).items()})
     logger.log(flat)
-    rows = [[rnd, "heldout" if i >= summary.get("train", {}).get("n", 0) else "train", e.article.title, e.k, e.reward,
-             e.info.get("baseline_accuracy"), e.info.get("adapter_accuracy"), e.self_edit] for i, e in enumerate(batch)]
-    logger.table(f"self_edits/round_{rnd}", ["round", "phase", "title", "k", "reward", "baseline_accuracy",
-                                             "adapter_accuracy", "self_edit"], rows, {"round/index": rnd})
+    rows = [
+        [
+            rnd,
+            "heldout" if i >= summary.get("train", {}).get("n", 0) else "train",
+            e.article.title,
+            e.k,
+            e.reward,
+            e.info.get("baseline_accuracy"),
+            e.info.get("adapter_accuracy"),
+            e.self_edit,
+        ]
+        for i, e in enumerate(batch)
+    ]
+    logger.table(
+        f"self_edits/round_{rnd}",
+        ["round", "phase", "title", "k", "reward", "baseline_accuracy", "adapter_accuracy", "self_edit"],
+        rows,
+        {"round/index": rnd},
+    )
 
 
 def _fmt(stats: dict[str, Any] | None) -> str:
@@ -432,22 +529,35 @@ def _fmt(stats: dict[str, Any] | None) -> str:
 
 
 def _round_line(summary: dict[str, Any]) -> str:
-    learn = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.get("learn", {}).items())
-    return (f"round {summary['round']}: train reward {_fmt(summary.get('train'))} | held-out {_fmt(summary.get('heldout'))}"
-            + (f" | {learn}" if learn else "") + f" | {summary['seconds']['total']:.0f} s")
+    learn = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.get("learn", {}).items()
+    )
+    return (
+        f"round {summary['round']}: train reward {_fmt(summary.get('train'))} | held-out {_fmt(summary.get('heldout'))}"
+        + (f" | {learn}" if learn else "")
+        + f" | {summary['seconds']['total']:.0f} s"
+    )
 
 
 def print_summary(results: dict[str, Any]) -> None:
-    print(f"\n{results['algorithm']} finished: {len(results['rounds']) - 1} rounds, {results['seconds']:.0f} s this session")
+    print(
+        f"\n{results['algorithm']} finished: {len(results['rounds']) - 1} rounds, {results['seconds']:.0f} s this session"
+    )
     print(f"{'round':>5}  {'train reward (mean, max, >0)':34} {'held-out reward':34}")
     for s in results["rounds"]:
         print(f"{s['round']:>5}  {_fmt(s.get('train')):34} {_fmt(s.get('heldout')):34}")
     print(f"run dir:    {results['run_dir']}\ncheckpoint: {results['checkpoint']}")
 
 
-def run_agent(algorithm: str, cfg: RunConfig, make_agent: Callable[[RunConfig], Agent], *, preset: str = "",
-              resume: Path | str | None = None, splits: tuple[list[Article], list[Article]] | None = None
-              ) -> dict[str, Any]:
+def run_agent(
+    algorithm: str,
+    cfg: RunConfig,
+    make_agent: Callable[[RunConfig], Agent],
+    *,
+    preset: str = "",
+    resume: Path | str | None = None,
+    splits: tuple[list[Article], list[Article]] | None = None,
+) -> dict[str, Any]:
     """Create (or resume) a run directory and train ``make_agent(cfg)`` in it; returns the results."""
     cfg.validate()
     splits = splits or load_splits(cfg)  # fail on bad data before loading any model
@@ -455,13 +565,25 @@ def run_agent(algorithm: str, cfg: RunConfig, make_agent: Callable[[RunConfig], 
         run = Run(Path(resume))
     else:
         name = cfg.name or f"{algorithm}-{preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
-        meta = {"algorithm": algorithm, "preset": preset, "seal_env_version": seal_env.__version__,
-                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "wandb_id": os.urandom(4).hex(),
-                "command": " ".join(sys.argv), "config": dataclasses.asdict(cfg)}
+        meta = {
+            "algorithm": algorithm,
+            "preset": preset,
+            "seal_env_version": seal_env.__version__,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "wandb_id": os.urandom(4).hex(),
+            "command": " ".join(sys.argv),
+            "config": dataclasses.asdict(cfg),
+        }
         run = Run.create(Path(cfg.runs_dir) / name, meta)
     print(f"{algorithm}: run dir {run.path}", flush=True)
-    logger = Logger(cfg.wandb_mode, cfg.wandb_project, run.path.name, run.path,
-                    {"algorithm": algorithm, "preset": preset, **dataclasses.asdict(cfg)}, run.meta["wandb_id"])
+    logger = Logger(
+        cfg.wandb_mode,
+        cfg.wandb_project,
+        run.path.name,
+        run.path,
+        {"algorithm": algorithm, "preset": preset, **dataclasses.asdict(cfg)},
+        run.meta["wandb_id"],
+    )
     executor = None
     try:
         agent = make_agent(cfg)
@@ -477,16 +599,24 @@ def run_agent(algorithm: str, cfg: RunConfig, make_agent: Callable[[RunConfig], 
         run.close()
 
 
-def main(algorithm: str, cls: type, presets: dict[str, dict[str, Any]], make_agent: Callable[[RunConfig], Agent],
-         description: str, argv: list[str] | None = None) -> dict[str, Any]:
+def main(
+    algorithm: str,
+    cls: type,
+    presets: dict[str, dict[str, Any]],
+    make_agent: Callable[[RunConfig], Agent],
+    description: str,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
     """The command line of an agent: parse settings, run (or resume), print a summary."""
     parser = build_parser(algorithm, cls, presets, description)
     cfg, preset, resume = parse_args(parser, cls, presets, argv)
     try:
         splits = load_splits(cfg)
         if resume is None and cfg.name and (Path(cfg.runs_dir) / cfg.name / "config.json").exists():
-            raise FileExistsError(f"{Path(cfg.runs_dir) / cfg.name} already holds a run: continue it with --resume, "
-                                  "or pick another --name")
+            raise FileExistsError(
+                f"{Path(cfg.runs_dir) / cfg.name} already holds a run: continue it with --resume, "
+                "or pick another --name"
+            )
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         parser.error(str(e))
     try:

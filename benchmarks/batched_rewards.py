@@ -92,9 +92,15 @@ def torch_rewards(env: Any, article: Article, edits: list[str], seeds: list[int]
     from seal_env.pipeline import prepare
 
     cfg, tok = env.cfg, env.learner.tokenizer
-    job = {"kind": "rewards", "folder": str(resolve_model_path(cfg.model)), "settings": cfg.to_dict(),
-           "threads": threads, "datas": [prepare(cfg, tok, article, e).data for e in edits], "seeds": seeds,
-           "quiz": torch_baseline.quiz_job(tok, article)}
+    job = {
+        "kind": "rewards",
+        "folder": str(resolve_model_path(cfg.model)),
+        "settings": cfg.to_dict(),
+        "threads": threads,
+        "datas": [prepare(cfg, tok, article, e).data for e in edits],
+        "seeds": seeds,
+        "quiz": torch_baseline.quiz_job(tok, article),
+    }
     t0 = time.perf_counter()
     out = torch_baseline.run(job, threads)
     out["seconds"] = sum(r["seconds_total"] for r in out["runs"])
@@ -124,10 +130,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     found = published_self_edits(args.article_index, max(ks))
     article, edits = found if found else sampled_self_edits(env, max(ks))
     out: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "mlx": mx.__version__, "load_average_start": os.getloadavg()},
-        "settings": env.cfg.to_dict(), "self_edits": "published" if found else "sampled",
-        "article": article.title, "self_edit_chars": [len(e) for e in edits], "k": {},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "mlx": mx.__version__,
+            "load_average_start": os.getloadavg(),
+        },
+        "settings": env.cfg.to_dict(),
+        "self_edits": "published" if found else "sampled",
+        "article": article.title,
+        "self_edit_chars": [len(e) for e in edits],
+        "k": {},
     }
     env.baselines.get(article)  # computed once, before both paths
     env.evaluate(article, "1. A short warm-up line.\n2. Another one.", seed=0)  # first-call costs out of the way
@@ -141,29 +155,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t0 = time.perf_counter()
             bat = env.evaluate_many(article, edits[:k], seeds)
             t_bat = time.perf_counter() - t0
-        row = {"sequential_seconds": t_seq, "batched_seconds": t_bat, "speedup": t_seq / t_bat,
-               "rewards_per_hour_sequential": 3600 * k / t_seq, "rewards_per_hour_batched": 3600 * k / t_bat,
-               "peak_rss_mb_sequential": rss_seq.peak, "peak_rss_mb_batched": rss_bat.peak,
-               "max_abs_reward_difference": max(abs(a[0] - b[0]) for a, b in zip(seq, bat)),
-               "train_steps": [info["train_steps"] for _, info in bat],
-               "seconds_train_sequential": sum(i["seconds_train"] for _, i in seq),
-               "seconds_train_batched": sum(i["seconds_train"] for _, i in bat),
-               "seconds_eval_sequential": sum(i["seconds_eval"] for _, i in seq),
-               "seconds_eval_batched": sum(i["seconds_eval"] for _, i in bat)}
+        row = {
+            "sequential_seconds": t_seq,
+            "batched_seconds": t_bat,
+            "speedup": t_seq / t_bat,
+            "rewards_per_hour_sequential": 3600 * k / t_seq,
+            "rewards_per_hour_batched": 3600 * k / t_bat,
+            "peak_rss_mb_sequential": rss_seq.peak,
+            "peak_rss_mb_batched": rss_bat.peak,
+            "max_abs_reward_difference": max(abs(a[0] - b[0]) for a, b in zip(seq, bat)),
+            "train_steps": [info["train_steps"] for _, info in bat],
+            "seconds_train_sequential": sum(i["seconds_train"] for _, i in seq),
+            "seconds_train_batched": sum(i["seconds_train"] for _, i in bat),
+            "seconds_eval_sequential": sum(i["seconds_eval"] for _, i in seq),
+            "seconds_eval_batched": sum(i["seconds_eval"] for _, i in bat),
+        }
         out["k"][str(k)] = row
-        print(f"K={k}: sequential {t_seq:.1f} s, batched {t_bat:.1f} s, speedup {row['speedup']:.2f}x, "
-              f"{row['rewards_per_hour_batched']:.0f} rewards/h, peak RSS {rss_bat.peak:.0f} MB, "
-              f"max |reward diff| {row['max_abs_reward_difference']:.1e}", flush=True)
+        print(
+            f"K={k}: sequential {t_seq:.1f} s, batched {t_bat:.1f} s, speedup {row['speedup']:.2f}x, "
+            f"{row['rewards_per_hour_batched']:.0f} rewards/h, peak RSS {rss_bat.peak:.0f} MB, "
+            f"max |reward diff| {row['max_abs_reward_difference']:.1e}",
+            flush=True,
+        )
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))
     if not args.no_torch and 5 in ks:
         try:
             t = torch_rewards(env, article, edits[:5], list(range(100, 105)), os.cpu_count() or 1)
-            out["torch_k5"] = {"seconds": t["seconds"], "torch": t["torch"], "runs": t["runs"],
-                               "batched_speedup_over_torch": t["seconds"] / out["k"]["5"]["batched_seconds"],
-                               "sequential_speedup_over_torch": t["seconds"] / out["k"]["5"]["sequential_seconds"]}
-            print(f"PyTorch + PEFT, K=5 one after another: {t['seconds']:.1f} s; batched is "
-                  f"{out['torch_k5']['batched_speedup_over_torch']:.2f}x faster", flush=True)
+            out["torch_k5"] = {
+                "seconds": t["seconds"],
+                "torch": t["torch"],
+                "runs": t["runs"],
+                "batched_speedup_over_torch": t["seconds"] / out["k"]["5"]["batched_seconds"],
+                "sequential_speedup_over_torch": t["seconds"] / out["k"]["5"]["sequential_seconds"],
+            }
+            print(
+                f"PyTorch + PEFT, K=5 one after another: {t['seconds']:.1f} s; batched is "
+                f"{out['torch_k5']['batched_speedup_over_torch']:.2f}x faster",
+                flush=True,
+            )
         except Exception as error:  # no torch / peft, or the child failed
             out["torch_k5"] = {"skipped": f"{type(error).__name__}: {error} (pip install 'seal-env[torch]')"}
             print(f"PyTorch + PEFT skipped: {out['torch_k5']['skipped']}", flush=True)

@@ -51,11 +51,20 @@ from seal_env.articles import Article, select_articles
 from seal_env.config import REWARD_KINDS, SEAL_PAPER_SETTINGS, SealConfig
 
 METRICS = REWARD_KINDS  # every reward kind is in every info (journals of older versions read nan for new kinds)
-METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "loglik": "log-lik.", "choice": "choice", "margin": "margin",
-                "pmi": "PMI"}
+METRIC_NAMES = {
+    "accuracy": "accuracy",
+    "f1": "F1",
+    "loglik": "log-lik.",
+    "choice": "choice",
+    "margin": "margin",
+    "pmi": "PMI",
+}
 #: Inner-loop settings of the quick default (`--preset demo`): 3 epochs and short answers, so that a reward takes
 #: seconds on two CPU cores. `--preset paper` is SEAL's inner loop (SealConfig defaults + SEAL_PAPER_SETTINGS).
-PRESETS: dict[str, dict[str, Any]] = {"demo": {"epochs": 3, "answer_max_tokens": 16}, "paper": dict(SEAL_PAPER_SETTINGS)}
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {"epochs": 3, "answer_max_tokens": 16},
+    "paper": dict(SEAL_PAPER_SETTINGS),
+}
 DEFAULT_POLICIES = ("none", "passage", "prompt:implications")
 JOURNAL = "journal.jsonl"
 #: Settings that do not change a reward (timings, the persistent reward cache): a journal is reused across them.
@@ -74,8 +83,10 @@ class PolicySpec:
         kind, _, rest = spec.partition(":")
         condition = self._condition(spec)
         if condition is None:
-            raise ValueError(f"unknown policy {arg!r}: use none, passage, passage-as-edit, prompt:TEMPLATE, "
-                             "replay:PATH or checkpoint:RUN_DIR[:ROUND] (optionally LABEL=SPEC)")
+            raise ValueError(
+                f"unknown policy {arg!r}: use none, passage, passage-as-edit, prompt:TEMPLATE, "
+                "replay:PATH or checkpoint:RUN_DIR[:ROUND] (optionally LABEL=SPEC)"
+            )
         self.condition = condition
         if not label:
             if kind == "replay":
@@ -120,8 +131,12 @@ def build_policy(p: PolicySpec, args: argparse.Namespace, settings: dict[str, An
         return PassagePolicy()
     sampling: dict[str, Any] = {}
     if p.kind in ("prompt", "checkpoint"):
-        sampling = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
-                    "progress": not args.quiet}
+        sampling = {
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "max_tokens": args.max_tokens,
+            "progress": not args.quiet,
+        }
         sampling = {k: v for k, v in sampling.items() if v is not None}
     if p.kind == "prompt":
         return make_policy(p.spec, model=args.policy_model or settings["model"], **sampling)
@@ -213,22 +228,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     journal_path = out / JOURNAL
     old = read_journal(journal_path)
     header = next((r for r in old if r.get("type") == "config"), None)
-    sampling = {"policy_model": args.policy_model or settings["model"], "temperature": args.temperature,
-                "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed}
+    sampling = {
+        "policy_model": args.policy_model or settings["model"],
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+    }
     if header is not None:
         if comparable(header["settings"]) != comparable(settings) or header.get("sampling") != sampling:
-            diff = sorted(k for k in set(settings) | set(header["settings"])
-                          if k not in NOT_COMPARED and header["settings"].get(k) != settings.get(k))
+            diff = sorted(
+                k
+                for k in set(settings) | set(header["settings"])
+                if k not in NOT_COMPARED and header["settings"].get(k) != settings.get(k)
+            )
             diff += [f"sampling.{k}" for k in sampling if (header.get("sampling") or {}).get(k) != sampling[k]]
-            raise SystemExit(f"{journal_path} was written with other settings ({', '.join(diff)}); "
-                             "use another --out or the same settings")
+            raise SystemExit(
+                f"{journal_path} was written with other settings ({', '.join(diff)}); "
+                "use another --out or the same settings"
+            )
     policies = [PolicySpec(p) for p in (args.policy or DEFAULT_POLICIES)]
     labels = [p.label for p in policies]
     if len(set(labels)) != len(labels):
         raise SystemExit(f"duplicate policy labels {labels}; name them with LABEL=SPEC")
     articles = select(settings, args.articles)
-    done = {result_key(r["policy"], r["article_id"], r["k"], r["seed_index"]): r
-            for r in old if r.get("type") == "result"}
+    done = {
+        result_key(r["policy"], r["article_id"], r["k"], r["seed_index"]): r for r in old if r.get("type") == "result"
+    }
     edits: dict[tuple[str, str], list[str]] = {}
     for r in old:
         if r.get("type") == "self_edits":
@@ -237,16 +263,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     K, S = args.self_edits, args.seeds
     todo: dict[str, list[tuple[Article, int, int]]] = {}
     for p in policies:
-        todo[p.label] = [(a, k, s) for a in articles for k in range(K) for s in range(S)
-                         if result_key(p.label, a.id, k, s) not in done]
+        todo[p.label] = [
+            (a, k, s)
+            for a in articles
+            for k in range(K)
+            for s in range(S)
+            if result_key(p.label, a.id, k, s) not in done
+        ]
     n_todo = sum(map(len, todo.values()))
     n_done = len(articles) * K * S * len(policies) - n_todo
-    print(f"{len(policies)} policies x {len(articles)} articles x {K} self-edits x {S} seeds: "
-          f"{n_done} rewards in the journal, {n_todo} to evaluate", file=sys.stderr)
+    print(
+        f"{len(policies)} policies x {len(articles)} articles x {K} self-edits x {S} seeds: "
+        f"{n_done} rewards in the journal, {n_todo} to evaluate",
+        file=sys.stderr,
+    )
     journal = Journal(journal_path)
     if header is None:
-        journal.write({"type": "config", "settings": settings, "sampling": sampling,
-                       "started": _dt.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:]})
+        journal.write(
+            {
+                "type": "config",
+                "settings": settings,
+                "sampling": sampling,
+                "started": _dt.datetime.now().isoformat(timespec="seconds"),
+                "argv": sys.argv[1:],
+            }
+        )
     evaluated = 0
     try:
         if n_todo:
@@ -258,9 +299,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _evaluate(args: argparse.Namespace, settings: dict[str, Any], policies: list[PolicySpec],
-              todo: dict[str, list[tuple[Article, int, int]]], edits: dict[tuple[str, str], list[str]],
-              journal: Journal) -> int:
+def _evaluate(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    policies: list[PolicySpec],
+    todo: dict[str, list[tuple[Article, int, int]]],
+    edits: dict[tuple[str, str], list[str]],
+    journal: Journal,
+) -> int:
     from tqdm.auto import tqdm
 
     from seal_env.executors import InProcessExecutor, RewardRequest, executor_from_args
@@ -268,8 +314,10 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], policies: list
     K = args.self_edits
     # 1. self-edits (journaled, so a resumed run does not sample them again)
     for p in policies:
-        need = sorted({a.id: a for a, _, _ in todo[p.label]
-                       if len(edits.get((p.label, a.id), [])) < K}.values(), key=lambda a: a.id)
+        need = sorted(
+            {a.id: a for a, _, _ in todo[p.label] if len(edits.get((p.label, a.id), [])) < K}.values(),
+            key=lambda a: a.id,
+        )
         if not need:
             continue
         if not args.quiet:
@@ -278,32 +326,53 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], policies: list
         proposed = policy.propose([observation(a) for a in need], k=K, seed=args.seed)
         for a, texts in zip(need, proposed):
             edits[(p.label, a.id)] = list(texts)
-            journal.write({"type": "self_edits", "policy": p.label, "spec": p.spec, "article_id": a.id,
-                           "self_edits": list(texts)})
+            journal.write(
+                {"type": "self_edits", "policy": p.label, "spec": p.spec, "article_id": a.id, "self_edits": list(texts)}
+            )
         del policy
     # 2. requests, article-major (a partial run holds complete pairs for its first articles), `none` first. `none`
     # trains nothing: its requests (adapt=False) are answered from the article's baseline quiz, where it is computed.
     index = {a.id: i for i, a in enumerate(select(settings, -1))}
     order = {p.label: i for i, p in enumerate(policies)}
     by_label = {p.label: p for p in policies}
-    jobs = sorted(((a, k, s, lab) for lab, items in todo.items() for a, k, s in items),
-                  key=lambda j: (index[j[0].id], j[1], j[2], order[j[3]]))
+    jobs = sorted(
+        ((a, k, s, lab) for lab, items in todo.items() for a, k, s in items),
+        key=lambda j: (index[j[0].id], j[1], j[2], order[j[3]]),
+    )
     bar = tqdm(total=len(jobs), desc="rewards", unit="reward", disable=args.quiet, dynamic_ncols=True)
     count = 0
 
     def run_batch(executor: Any, batch: list[tuple[Article, int, int, str]]) -> None:
-        requests = [RewardRequest(a, edits[(lab, a.id)][k], seed=derive_seed(args.seed, a.id, k, s),
-                                  adapt=by_label[lab].condition != "none")
-                    for a, k, s, lab in batch]
+        requests = [
+            RewardRequest(
+                a,
+                edits[(lab, a.id)][k],
+                seed=derive_seed(args.seed, a.id, k, s),
+                adapt=by_label[lab].condition != "none",
+            )
+            for a, k, s, lab in batch
+        ]
 
         def on_result(i: int, reward: float, info: dict[str, Any]) -> None:
             nonlocal count
             a, k, s, lab = batch[i]
-            journal.write({"type": "result", "policy": lab, "spec": by_label[lab].spec,
-                           "condition": by_label[lab].condition, "article_id": a.id,
-                           "article_index": index[a.id], "title": a.title, "k": k, "seed_index": s,
-                           "seed": requests[i].seed, "self_edit": requests[i].self_edit, "reward": reward,
-                           "info": info})
+            journal.write(
+                {
+                    "type": "result",
+                    "policy": lab,
+                    "spec": by_label[lab].spec,
+                    "condition": by_label[lab].condition,
+                    "article_id": a.id,
+                    "article_index": index[a.id],
+                    "title": a.title,
+                    "k": k,
+                    "seed_index": s,
+                    "seed": requests[i].seed,
+                    "self_edit": requests[i].self_edit,
+                    "reward": reward,
+                    "info": info,
+                }
+            )
             count += 1
             bar.set_postfix_str(f"{lab} r={reward:+.3f}", refresh=False)
             bar.update(1)
@@ -339,8 +408,9 @@ def _mean(xs: Iterable[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
-def analyse(records: list[dict[str, Any]], labels: list[str], article_ids: list[str], n_boot: int = 10_000
-            ) -> dict[str, Any]:
+def analyse(
+    records: list[dict[str, Any]], labels: list[str], article_ids: list[str], n_boot: int = 10_000
+) -> dict[str, Any]:
     """Per-policy summaries, paired tests, separation and noise, from journal result records."""
     cells: dict[str, dict[str, list[dict]]] = {lab: defaultdict(list) for lab in labels}
     wanted = set(article_ids)
@@ -355,10 +425,13 @@ def analyse(records: list[dict[str, Any]], labels: list[str], article_ids: list[
     summary = {}
     for lab in labels:
         rs = [r for rows in cells[lab].values() for r in rows]
-        row: dict[str, Any] = {"n_articles": len(cells[lab]), "n_rewards": len(rs),
-                               "train_steps": _mean(float(r["info"]["train_steps"]) for r in rs),
-                               "seconds_per_reward": _mean(seconds_of(r["info"]) for r in rs),
-                               "diverged": sum(bool(r["info"].get("diverged")) for r in rs)}
+        row: dict[str, Any] = {
+            "n_articles": len(cells[lab]),
+            "n_rewards": len(rs),
+            "train_steps": _mean(float(r["info"]["train_steps"]) for r in rs),
+            "seconds_per_reward": _mean(seconds_of(r["info"]) for r in rs),
+            "diverged": sum(bool(r["info"].get("diverged")) for r in rs),
+        }
         for m in METRICS:
             after = per_article(lab, f"adapter_{m}")
             gains = per_article(lab, f"{m}_gain")
@@ -370,7 +443,7 @@ def analyse(records: list[dict[str, Any]], labels: list[str], article_ids: list[
 
     pairs = []
     for i, la in enumerate(labels):
-        for lb in labels[i + 1:]:
+        for lb in labels[i + 1 :]:
             common = sorted(set(cells[la]) & set(cells[lb]), key=order.get)
             if not common:
                 continue
@@ -383,9 +456,19 @@ def analyse(records: list[dict[str, Any]], labels: list[str], article_ids: list[
                 reps = _mean(len(cells[la][x]) + len(cells[lb][x]) for x in common)
                 sec = (summary[la]["seconds_per_reward"] + summary[lb]["seconds_per_reward"]) / 2 * reps
                 need = (2.0 / dz) ** 2 if dz and not math.isnan(dz) and not math.isinf(dz) else math.nan
-                pairs.append({"a": la, "b": lb, "metric": m, **boot, **{f"sign_{k}": v for k, v in sign.items()},
-                              "dz": dz, "articles_for_t2": need, "seconds_per_article": sec,
-                              "seconds_for_t2": need * sec if not math.isnan(need) else math.nan})
+                pairs.append(
+                    {
+                        "a": la,
+                        "b": lb,
+                        "metric": m,
+                        **boot,
+                        **{f"sign_{k}": v for k, v in sign.items()},
+                        "dz": dz,
+                        "articles_for_t2": need,
+                        "seconds_per_article": sec,
+                        "seconds_for_t2": need * sec if not math.isnan(need) else math.nan,
+                    }
+                )
 
     noise: dict[str, Any] = {}
     for lab in labels:
@@ -402,8 +485,13 @@ def analyse(records: list[dict[str, Any]], labels: list[str], article_ids: list[
             edit_sd, edit_dof = stats.pooled_sd(edit_groups)
             art = list(per_article(lab, f"{m}_gain").values())
             art_sd = stats.pooled_sd([art])[0]
-            entry[m] = {"seed_sd": seed_sd, "seed_dof": seed_dof, "self_edit_sd": edit_sd,
-                        "self_edit_dof": edit_dof, "article_sd": art_sd}
+            entry[m] = {
+                "seed_sd": seed_sd,
+                "seed_dof": seed_dof,
+                "self_edit_sd": edit_sd,
+                "self_edit_dof": edit_dof,
+                "article_sd": art_sd,
+            }
         noise[lab] = entry
     return {"summary": summary, "pairs": pairs, "noise": noise}
 
@@ -420,29 +508,38 @@ def _ci(row: dict[str, Any], m: str) -> str:
     return _fmt(row[f"{m}_gain"], 3, True) + ci
 
 
-def markdown(analysis: dict[str, Any], policies: list[PolicySpec], settings: dict[str, Any], n_articles: int,
-             K: int, S: int) -> str:
+def markdown(
+    analysis: dict[str, Any], policies: list[PolicySpec], settings: dict[str, Any], n_articles: int, K: int, S: int
+) -> str:
     summary, lines = analysis["summary"], []
-    lines.append(f"Settings: model `{settings['model']}`, data `{settings['dataset']}` ({n_articles} articles), "
-                 f"{K} self-edit(s) x {S} seed(s) per article and policy; epochs {settings['epochs']}, "
-                 f"LoRA r={settings['lora_rank']} alpha={settings['lora_alpha']} on {settings['lora_modules']}, "
-                 f"lr {settings['learning_rate']}, batch {settings['batch_size']}, "
-                 f"include_passage={settings['include_passage']}, eval_times={settings['eval_times']}.")
-    lines.append("Gains are over the un-adapted model (= `none`); mean over articles with a 95 % Student-t CI "
-                 "(articles are the unit; each article's value is its mean over self-edits and seeds).")
+    lines.append(
+        f"Settings: model `{settings['model']}`, data `{settings['dataset']}` ({n_articles} articles), "
+        f"{K} self-edit(s) x {S} seed(s) per article and policy; epochs {settings['epochs']}, "
+        f"LoRA r={settings['lora_rank']} alpha={settings['lora_alpha']} on {settings['lora_modules']}, "
+        f"lr {settings['learning_rate']}, batch {settings['batch_size']}, "
+        f"include_passage={settings['include_passage']}, eval_times={settings['eval_times']}."
+    )
+    lines.append(
+        "Gains are over the un-adapted model (= `none`); mean over articles with a 95 % Student-t CI "
+        "(articles are the unit; each article's value is its mean over self-edits and seeds)."
+    )
     lines.append("")
-    lines.append("| policy | condition | articles | rewards | accuracy after | accuracy gain [95% CI] | F1 after | "
-                 "F1 gain [95% CI] | log-lik. gain [95% CI] | train steps | s/reward |")
+    lines.append(
+        "| policy | condition | articles | rewards | accuracy after | accuracy gain [95% CI] | F1 after | "
+        "F1 gain [95% CI] | log-lik. gain [95% CI] | train steps | s/reward |"
+    )
     lines.append("| --- | --- | ---: | ---: | ---: | --- | ---: | --- | --- | ---: | ---: |")
     for p in policies:
         r = summary[p.label]
         if not r["n_rewards"]:
             lines.append(f"| {p.label} | {p.describe(settings['include_passage'])} | 0 | 0 | | | | | | | |")
             continue
-        lines.append(f"| {p.label} | {p.describe(settings['include_passage'])} | {r['n_articles']} | "
-                     f"{r['n_rewards']} | {_fmt(r['accuracy_after'])} | {_ci(r, 'accuracy')} | "
-                     f"{_fmt(r['f1_after'])} | {_ci(r, 'f1')} | {_ci(r, 'loglik')} | "
-                     f"{_fmt(r['train_steps'], 1)} | {_fmt(r['seconds_per_reward'], 1)} |")
+        lines.append(
+            f"| {p.label} | {p.describe(settings['include_passage'])} | {r['n_articles']} | "
+            f"{r['n_rewards']} | {_fmt(r['accuracy_after'])} | {_ci(r, 'accuracy')} | "
+            f"{_fmt(r['f1_after'])} | {_ci(r, 'f1')} | {_ci(r, 'loglik')} | "
+            f"{_fmt(r['train_steps'], 1)} | {_fmt(r['seconds_per_reward'], 1)} |"
+        )
     ranked = [p.label for p in policies if summary[p.label]["n_rewards"]]
     if len(ranked) > 1:
         lines.append("")
@@ -454,29 +551,42 @@ def markdown(analysis: dict[str, Any], policies: list[PolicySpec], settings: dic
                 text += (" = " if same else " < ") + lab
             lines.append(f"Ranking by mean {METRIC_NAMES[m]} gain (low to high): {text}  ")
     if analysis["pairs"]:
-        lines += ["", "Paired tests (B - A on the same articles): mean difference with paired-bootstrap 95 % CI and "
-                  "p-value; sign test (B wins / losses / ties, exact two-sided p); d_z = mean / sd of the "
-                  "differences; articles (and seconds) for |t| = 2 are (2 / d_z)^2 (times the seconds per article).",
-                  "", "| A | B | metric | mean B-A [95% CI] | p (bootstrap) | B wins/losses/ties | p (sign) | d_z "
-                  "| articles for t=2 | seconds for t=2 |", "| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: "
-                  "| ---: |"]
+        lines += [
+            "",
+            "Paired tests (B - A on the same articles): mean difference with paired-bootstrap 95 % CI and "
+            "p-value; sign test (B wins / losses / ties, exact two-sided p); d_z = mean / sd of the "
+            "differences; articles (and seconds) for |t| = 2 are (2 / d_z)^2 (times the seconds per article).",
+            "",
+            "| A | B | metric | mean B-A [95% CI] | p (bootstrap) | B wins/losses/ties | p (sign) | d_z "
+            "| articles for t=2 | seconds for t=2 |",
+            "| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        ]
         for q in analysis["pairs"]:
-            lines.append(f"| {q['a']} | {q['b']} | {METRIC_NAMES[q['metric']]} | {_fmt(q['mean_diff'], 3, True)} "
-                         f"[{_fmt(q['ci_low'], 3, True)}, {_fmt(q['ci_high'], 3, True)}] | {_fmt(q['p_value'], 4)} | "
-                         f"{q['sign_wins']}/{q['sign_losses']}/{q['sign_ties']} | {_fmt(q['sign_p_value'], 4)} | "
-                         f"{_fmt(q['dz'], 2)} | {_fmt(q['articles_for_t2'], 1)} | {_fmt(q['seconds_for_t2'], 0)} |")
+            lines.append(
+                f"| {q['a']} | {q['b']} | {METRIC_NAMES[q['metric']]} | {_fmt(q['mean_diff'], 3, True)} "
+                f"[{_fmt(q['ci_low'], 3, True)}, {_fmt(q['ci_high'], 3, True)}] | {_fmt(q['p_value'], 4)} | "
+                f"{q['sign_wins']}/{q['sign_losses']}/{q['sign_ties']} | {_fmt(q['sign_p_value'], 4)} | "
+                f"{_fmt(q['dz'], 2)} | {_fmt(q['articles_for_t2'], 1)} | {_fmt(q['seconds_for_t2'], 0)} |"
+            )
     if S > 1 or K > 1:
-        lines += ["", "Noise: standard deviations of the gain of one reward: between inner-loop seeds (same "
-                  "self-edit), between self-edits (seed-averaged, same article) and between articles "
-                  "(article means).", "", "| policy | metric | mean gain | seed sd | self-edit sd | article sd |",
-                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "Noise: standard deviations of the gain of one reward: between inner-loop seeds (same "
+            "self-edit), between self-edits (seed-averaged, same article) and between articles "
+            "(article means).",
+            "",
+            "| policy | metric | mean gain | seed sd | self-edit sd | article sd |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
         for p in policies:
             if not summary[p.label]["n_rewards"] or p.condition == "none":
                 continue
             for m in METRICS:
                 nz = analysis["noise"][p.label][m]
-                lines.append(f"| {p.label} | {METRIC_NAMES[m]} | {_fmt(summary[p.label][f'{m}_gain'], 3, True)} | "
-                             f"{_fmt(nz['seed_sd'])} | {_fmt(nz['self_edit_sd'])} | {_fmt(nz['article_sd'])} |")
+                lines.append(
+                    f"| {p.label} | {METRIC_NAMES[m]} | {_fmt(summary[p.label][f'{m}_gain'], 3, True)} | "
+                    f"{_fmt(nz['seed_sd'])} | {_fmt(nz['self_edit_sd'])} | {_fmt(nz['article_sd'])} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -493,10 +603,20 @@ def plot_gains(analysis: dict[str, Any], labels: list[str], path: Path, title: s
     fig, axes = plt.subplots(rows, cols, figsize=(4 + 1.4 * len(labels) * 1.5, 4.2 * rows), squeeze=False)
     for ax, m in zip(axes.flat, METRICS):
         means = [summary[lab][f"{m}_gain"] for lab in labels]
-        err = [[0.0 if math.isnan(summary[lab][f"{m}_gain_ci"][0]) else summary[lab][f"{m}_gain"] -
-                summary[lab][f"{m}_gain_ci"][0] for lab in labels],
-               [0.0 if math.isnan(summary[lab][f"{m}_gain_ci"][1]) else summary[lab][f"{m}_gain_ci"][1] -
-                summary[lab][f"{m}_gain"] for lab in labels]]
+        err = [
+            [
+                0.0
+                if math.isnan(summary[lab][f"{m}_gain_ci"][0])
+                else summary[lab][f"{m}_gain"] - summary[lab][f"{m}_gain_ci"][0]
+                for lab in labels
+            ],
+            [
+                0.0
+                if math.isnan(summary[lab][f"{m}_gain_ci"][1])
+                else summary[lab][f"{m}_gain_ci"][1] - summary[lab][f"{m}_gain"]
+                for lab in labels
+            ],
+        ]
         ax.bar(range(len(labels)), means, yerr=err, capsize=4, color=[f"C{i}" for i in range(len(labels))])
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(labels)))
@@ -509,31 +629,49 @@ def plot_gains(analysis: dict[str, Any], labels: list[str], path: Path, title: s
     plt.close(fig)
 
 
-def write_report(out: Path, settings: dict[str, Any], policies: list[PolicySpec], articles: list[Article], K: int,
-                 S: int, n_boot: int = 10_000, plot: bool = True) -> dict[str, Any]:
+def write_report(
+    out: Path,
+    settings: dict[str, Any],
+    policies: list[PolicySpec],
+    articles: list[Article],
+    K: int,
+    S: int,
+    n_boot: int = 10_000,
+    plot: bool = True,
+) -> dict[str, Any]:
     """results.md, results.json and results.png from the journal, for these policies, articles, K and S."""
-    records = [r for r in read_journal(out / JOURNAL) if r.get("type") == "result"
-               and r["k"] < K and r["seed_index"] < S]
+    records = [
+        r for r in read_journal(out / JOURNAL) if r.get("type") == "result" and r["k"] < K and r["seed_index"] < S
+    ]
     labels = [p.label for p in policies]
     ids = [a.id for a in articles]
     analysis = analyse(records, labels, ids, n_boot)
     text = markdown(analysis, policies, settings, len(articles), K, S)
     (out / "results.md").write_text(text, encoding="utf-8")
-    report = {"settings": settings, "policies": [{"label": p.label, "spec": p.spec, "condition": p.condition}
-                                                 for p in policies],
-              "articles": [{"id": a.id, "title": a.title} for a in articles], "self_edits": K, "seeds": S,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-              **analysis,
-              "records": [r for r in records if r["policy"] in set(labels) and r["article_id"] in set(ids)]}
-    (out / "results.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=float),
-                                      encoding="utf-8")
+    report = {
+        "settings": settings,
+        "policies": [{"label": p.label, "spec": p.spec, "condition": p.condition} for p in policies],
+        "articles": [{"id": a.id, "title": a.title} for a in articles],
+        "self_edits": K,
+        "seeds": S,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        **analysis,
+        "records": [r for r in records if r["policy"] in set(labels) and r["article_id"] in set(ids)],
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=float), encoding="utf-8")
     if plot:
-        plot_gains(analysis, labels, out / "results.png",
-                          f"{settings['model']} on {Path(str(settings['dataset'])).name}: "
-                          f"{len(articles)} articles, {K} self-edit(s) x {S} seed(s), {settings['epochs']} epochs")
+        plot_gains(
+            analysis,
+            labels,
+            out / "results.png",
+            f"{settings['model']} on {Path(str(settings['dataset'])).name}: "
+            f"{len(articles)} articles, {K} self-edit(s) x {S} seed(s), {settings['epochs']} epochs",
+        )
     print(text)
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}" + (f", {out / 'results.png'}" if plot else ""),
-          file=sys.stderr)
+    print(
+        f"wrote {out / 'results.md'}, {out / 'results.json'}" + (f", {out / 'results.png'}" if plot else ""),
+        file=sys.stderr,
+    )
     return report
 
 
@@ -541,40 +679,72 @@ def write_report(out: Path, settings: dict[str, Any], policies: list[PolicySpec]
 def build_parser() -> argparse.ArgumentParser:
     from seal_env.executors import add_executor_args
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_policies",
-                                     description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="bundled",
-                        help="articles: 'bundled', a SEAL/SQuAD JSON file (e.g. ../shared/data/"
-                             "squad_seal_eval_dev100.json) or 'squad[:split]' (default: bundled)")
-    parser.add_argument("--split", default="all", choices=("all", "train", "heldout"),
-                        help="which articles of the data set (default: all, in file order)")
-    parser.add_argument("--policy", action="append", metavar="[LABEL=]SPEC",
-                        help="a condition to compare (repeat): none, passage, passage-as-edit, prompt:TEMPLATE, "
-                             "replay:PATH, checkpoint:RUN_DIR[:ROUND] (default: none, passage, prompt:implications)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare_policies",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        default="bundled",
+        help="articles: 'bundled', a SEAL/SQuAD JSON file (e.g. ../shared/data/"
+        "squad_seal_eval_dev100.json) or 'squad[:split]' (default: bundled)",
+    )
+    parser.add_argument(
+        "--split",
+        default="all",
+        choices=("all", "train", "heldout"),
+        help="which articles of the data set (default: all, in file order)",
+    )
+    parser.add_argument(
+        "--policy",
+        action="append",
+        metavar="[LABEL=]SPEC",
+        help="a condition to compare (repeat): none, passage, passage-as-edit, prompt:TEMPLATE, "
+        "replay:PATH, checkpoint:RUN_DIR[:ROUND] (default: none, passage, prompt:implications)",
+    )
     parser.add_argument("--articles", type=int, default=4, help="the first N articles (-1: all; default 4)")
-    parser.add_argument("--self-edits", type=int, default=1, metavar="K",
-                        help="self-edits per article and policy (replay: the file's first K; default 1)")
+    parser.add_argument(
+        "--self-edits",
+        type=int,
+        default=1,
+        metavar="K",
+        help="self-edits per article and policy (replay: the file's first K; default 1)",
+    )
     parser.add_argument("--seeds", type=int, default=1, metavar="S", help="inner-loop seeds per self-edit (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="base seed of sampling and of the inner loop (default 0)")
-    parser.add_argument("--out", default="results/compare_policies",
-                        help="output and journal folder (default: results/compare_policies)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                        help="inner-loop settings: demo (3 epochs, 16-token answers; default) or paper (SEAL's: "
-                             "10 epochs, LoRA r=32 alpha=64 on q_proj/v_proj, AdamW lr 1e-3, batch 1)")
-    parser.add_argument("--set", action="append", metavar="NAME=VALUE",
-                        help="environment setting override, repeatable (e.g. --set epochs=3 --set reward=loglik "
-                             "--set 'lora_modules=[\"all\"]'); any SealConfig field")
+    parser.add_argument(
+        "--out",
+        default="results/compare_policies",
+        help="output and journal folder (default: results/compare_policies)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="demo",
+        help="inner-loop settings: demo (3 epochs, 16-token answers; default) or paper (SEAL's: "
+        "10 epochs, LoRA r=32 alpha=64 on q_proj/v_proj, AdamW lr 1e-3, batch 1)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="environment setting override, repeatable (e.g. --set epochs=3 --set reward=loglik "
+        "--set 'lora_modules=[\"all\"]'); any SealConfig field",
+    )
     parser.add_argument("--model", default=None, help="the learner model (shortcut for --set model=...)")
     parser.add_argument("--policy-model", default=None, help="model sampled by prompt: policies (default: the learner)")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (prompt/checkpoint)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (prompt/checkpoint)")
     parser.add_argument("--max-tokens", type=int, default=512, help="self-edit length cap in tokens (default 512)")
     parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="evaluate nothing: write the report from what the journal already holds (the "
-                             "articles among the first N on which every policy has all K x S rewards)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="evaluate nothing: write the report from what the journal already holds (the "
+        "articles among the first N on which every policy has all K x S rewards)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not write results.png")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_executor_args(parser)
@@ -598,8 +768,9 @@ def report_only(args: argparse.Namespace) -> dict[str, Any]:
             counts[(r["policy"], r["article_id"])] += 1
     full = args.self_edits * args.seeds
     articles = [a for a in select(settings, args.articles) if all(counts[(p.label, a.id)] >= full for p in policies)]
-    return write_report(out, settings, policies, articles, args.self_edits, args.seeds, args.bootstrap,
-                        plot=not args.no_plot)
+    return write_report(
+        out, settings, policies, articles, args.self_edits, args.seeds, args.bootstrap, plot=not args.no_plot
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

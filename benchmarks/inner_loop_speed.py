@@ -139,12 +139,30 @@ def section_reward(env: Any, rewards: int) -> dict[str, Any]:
     for r in range(rewards):
         _, lines = benchmark_data(env.learner.tokenizer, SEQ_TOKENS, N_SEQUENCES, seed=r + 1)
         _, info = env.evaluate(article, "\n".join(lines), seed=r)
-        runs.append({k: info[k] for k in ("seconds_baseline", "seconds_reset", "seconds_train", "seconds_eval",
-                                          "seconds_total", "train_steps", "train_tokens", "n_sequences", "reward")})
+        runs.append(
+            {
+                k: info[k]
+                for k in (
+                    "seconds_baseline",
+                    "seconds_reset",
+                    "seconds_train",
+                    "seconds_eval",
+                    "seconds_total",
+                    "train_steps",
+                    "train_tokens",
+                    "n_sequences",
+                    "reward",
+                )
+            }
+        )
     steady = runs[1:] or runs
     mean = {k: float(np.mean([r[k] for r in steady])) for k in runs[0] if k.startswith("seconds")}
-    return {"runs": runs, "first_reward_seconds": runs[0]["seconds_total"],
-            "steady": mean, "tokens_per_sequence": runs[0]["train_tokens"] / runs[0]["n_sequences"]}
+    return {
+        "runs": runs,
+        "first_reward_seconds": runs[0]["seconds_total"],
+        "steady": mean,
+        "tokens_per_sequence": runs[0]["train_tokens"] / runs[0]["n_sequences"],
+    }
 
 
 def section_step(env: Any, reps: int = 2) -> dict[str, Any]:
@@ -161,8 +179,10 @@ def section_step(env: Any, reps: int = 2) -> dict[str, Any]:
 
 def _step_throughput(learner: Any, data: list, reps: int = 2, epochs: int = 2) -> dict[str, Any]:
     cfg = learner.cfg
-    flops = sum(step_flops(_model_cfg(learner), len(ids) - 1, len(ids) - max(start, 1), learner.n_trainable)
-                for ids, start in data)
+    flops = sum(
+        step_flops(_model_cfg(learner), len(ids) - 1, len(ids) - max(start, 1), learner.n_trainable)
+        for ids, start in data
+    )
     saved = learner.cfg
     learner.cfg = dataclasses.replace(cfg, epochs=epochs)
     try:
@@ -177,15 +197,27 @@ def _step_throughput(learner: Any, data: list, reps: int = 2, epochs: int = 2) -
     finally:
         learner.cfg = saved
     per_step_flops = flops / len(data)
-    return {"seconds_per_step": best, "cpu_seconds_per_step": best_cpu, "gflop_per_step": per_step_flops / 1e9,
-            "gflops": per_step_flops / best / 1e9}
+    return {
+        "seconds_per_step": best,
+        "cpu_seconds_per_step": best_cpu,
+        "gflop_per_step": per_step_flops / 1e9,
+        "gflops": per_step_flops / best / 1e9,
+    }
 
 
 def _model_cfg(learner: Any) -> dict[str, Any]:
     args = learner.model.args
-    return {k: getattr(args, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                          "num_attention_heads", "num_key_value_heads", "vocab_size")} | {
-        "head_dim": getattr(args, "head_dim", None)}
+    return {
+        k: getattr(args, k)
+        for k in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "vocab_size",
+        )
+    } | {"head_dim": getattr(args, "head_dim", None)}
 
 
 def section_levers(env: Any, rewards: bool = True) -> dict[str, Any]:
@@ -219,12 +251,12 @@ def section_levers(env: Any, rewards: bool = True) -> dict[str, Any]:
         for name, levers in (("plain", PLAIN), ("fast", FAST)):
             learner.set_levers(**levers)
             _, info = env.evaluate(article, "\n".join(lines), seed=100 + r)
-            timed[name].append({k: info[k] for k in ("seconds_reset", "seconds_train", "seconds_eval",
-                                                      "seconds_total")})
+            timed[name].append(
+                {k: info[k] for k in ("seconds_reset", "seconds_train", "seconds_eval", "seconds_total")}
+            )
             print(f"  reward with {name} levers: {info['seconds_total']:.1f} s", flush=True)
     learner.set_levers(**FAST)
-    out["rewards"] = {name: {k: float(np.mean([x[k] for x in runs])) for k in runs[0]}
-                      for name, runs in timed.items()}
+    out["rewards"] = {name: {k: float(np.mean([x[k] for x in runs])) for k in runs[0]} for name, runs in timed.items()}
     return out
 
 
@@ -235,8 +267,11 @@ def section_lora_layers(args: argparse.Namespace) -> dict[str, Any]:
     from seal_env.sequences import build_sequences, tokenize_sequences
 
     out = {}
-    for name, settings in (("q,v on every layer (default)", {}), ("q,v on the last 8 layers", {"lora_layers": 8}),
-                           ("all linear layers, every layer", {"lora_modules": ["all"]})):
+    for name, settings in (
+        ("q,v on every layer (default)", {}),
+        ("q,v on the last 8 layers", {"lora_layers": 8}),
+        ("all linear layers, every layer", {"lora_modules": ["all"]}),
+    ):
         cfg = SealConfig(**settings)
         model, tok = load_model(args.model)
         learner = Learner(model, tok, cfg)
@@ -266,10 +301,17 @@ def section_soak(env: Any, n: int, answer_tokens: int = 16) -> dict[str, Any]:
                 print(f"  soak {i + 1}/{n}: RSS {rss[-1]:.0f} MB", flush=True)
     finally:
         env.pipeline.set_config(saved)
-    half = rss[len(rss) // 2:]
+    half = rss[len(rss) // 2 :]
     slope = float(np.polyfit(np.arange(len(half)), half, 1)[0]) if len(half) > 2 else float("nan")
-    return {"rewards": n, "seconds": time.perf_counter() - t0, "rss_first_mb": rss[0], "rss_last_mb": rss[-1],
-            "rss_max_mb": max(rss), "slope_mb_per_100_rewards_second_half": slope * 100, "rss_mb": rss}
+    return {
+        "rewards": n,
+        "seconds": time.perf_counter() - t0,
+        "rss_first_mb": rss[0],
+        "rss_last_mb": rss[-1],
+        "rss_max_mb": max(rss),
+        "slope_mb_per_100_rewards_second_half": slope * 100,
+        "rss_mb": rss,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch + PEFT
@@ -292,9 +334,15 @@ def section_torch(env: Any, rewards: int, threads: int) -> dict[str, Any]:
     datas = []
     for r in range(rewards):
         datas.append(_standard_sequences(tok, cfg, r + 1)[1])
-    job = {"kind": "rewards", "folder": str(resolve_model_path(cfg.model)), "settings": cfg.to_dict(),
-           "threads": threads, "datas": datas, "seeds": list(range(rewards)),
-           "quiz": torch_baseline.quiz_job(tok, article)}
+    job = {
+        "kind": "rewards",
+        "folder": str(resolve_model_path(cfg.model)),
+        "settings": cfg.to_dict(),
+        "threads": threads,
+        "datas": datas,
+        "seeds": list(range(rewards)),
+        "quiz": torch_baseline.quiz_job(tok, article),
+    }
     out = torch_baseline.run(job, threads)
     steady = out["runs"][1:] or out["runs"]
     out["steady"] = {k: float(np.mean([r[k] for r in steady])) for k in out["runs"][0] if k.startswith("seconds")}
@@ -307,8 +355,14 @@ def section_torch_steps(env: Any, threads: int) -> dict[str, Any]:
     from seal_env.models import resolve_model_path
 
     cfg = env.cfg
-    job = {"kind": "steps", "folder": str(resolve_model_path(cfg.model)), "settings": cfg.to_dict(),
-           "threads": threads, "data": _standard_sequences(env.learner.tokenizer, cfg, 1)[1], "repeats": 2}
+    job = {
+        "kind": "steps",
+        "folder": str(resolve_model_path(cfg.model)),
+        "settings": cfg.to_dict(),
+        "threads": threads,
+        "data": _standard_sequences(env.learner.tokenizer, cfg, 1)[1],
+        "repeats": 2,
+    }
     return torch_baseline.run(job, threads)
 
 
@@ -322,25 +376,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--levers", action="store_true", help="also time the step with each speed lever on/off")
     p.add_argument("--lora-layers", action="store_true", help="also time the step with LoRA on fewer/more layers")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch + PEFT comparison")
-    p.add_argument("--steps-only", action="store_true",
-                   help="only (a), (b), the levers' step times and PyTorch+PEFT's step time (no whole rewards): a "
-                        "quick, steadier comparison (use with --threads 1 on a busy machine: CPU seconds are robust)")
+    p.add_argument(
+        "--steps-only",
+        action="store_true",
+        help="only (a), (b), the levers' step times and PyTorch+PEFT's step time (no whole rewards): a "
+        "quick, steadier comparison (use with --threads 1 on a busy machine: CPU seconds are robust)",
+    )
     p.add_argument("--plain", action="store_true", help="switch every speed lever off (the code before issue 4)")
     p.add_argument("--torch-rewards", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0,
-                   help="BLAS (OpenBLAS) and torch threads; 0 = their defaults (all cores). 1 is steadier on a busy "
-                        "machine: OpenBLAS threads spin in sched_yield when the cores are oversubscribed")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="BLAS (OpenBLAS) and torch threads; 0 = their defaults (all cores). 1 is steadier on a busy "
+        "machine: OpenBLAS threads spin in sched_yield when the cores are oversubscribed",
+    )
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args(argv)
 
     if args.threads:
         set_blas_threads(args.threads)
     out: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads or os.cpu_count(),
-                    "python": sys.version.split()[0], "mlx": mx.__version__, "blas": _blas.loaded_path,
-                    "load_average_start": os.getloadavg()},
-        "setting": {"model": args.model, "epochs": STANDARD_EPOCHS, "sequences": N_SEQUENCES,
-                    "tokens_per_sequence": SEQ_TOKENS, "questions": N_QUESTIONS, "lora": "r=32 alpha=64 q,v"},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads or os.cpu_count(),
+            "python": sys.version.split()[0],
+            "mlx": mx.__version__,
+            "blas": _blas.loaded_path,
+            "load_average_start": os.getloadavg(),
+        },
+        "setting": {
+            "model": args.model,
+            "epochs": STANDARD_EPOCHS,
+            "sequences": N_SEQUENCES,
+            "tokens_per_sequence": SEQ_TOKENS,
+            "questions": N_QUESTIONS,
+            "lora": "r=32 alpha=64 q,v",
+        },
     }
     t_all = time.perf_counter()
 
@@ -388,8 +461,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             out["torch"] = section_torch(env, args.torch_rewards, args.threads or os.cpu_count() or 1)
             mine = out["reward"]["steady"]
-            out["torch_ratio"] = {k: out["torch"]["steady"][k] / mine[k]
-                                  for k in ("seconds_train", "seconds_eval", "seconds_total")}
+            out["torch_ratio"] = {
+                k: out["torch"]["steady"][k] / mine[k] for k in ("seconds_train", "seconds_eval", "seconds_total")
+            }
         except Exception as error:  # no torch / peft, or the worker failed
             out["torch"] = {"skipped": f"{type(error).__name__}: {error} (pip install 'seal-env[torch]')"}
         done("torch")
@@ -412,69 +486,109 @@ def steps_only(args: argparse.Namespace, env: Any, out: dict[str, Any], done: An
         if not args.no_torch:
             torch_steps = section_torch_steps(env, args.threads or os.cpu_count() or 1)["steps"]
             results.setdefault("PyTorch + PEFT (own process, MKL)", []).extend(torch_steps)
-            print(f"  PyTorch + PEFT: {results['PyTorch + PEFT (own process, MKL)'][-1]['seconds_per_step']:.3f} "
-                  "s/step", flush=True)
-    out["steps"] = {name: {k: min(r[k] for r in runs) for k in ("seconds_per_step", "cpu_seconds_per_step")}
-                    for name, runs in results.items()}
+            print(
+                f"  PyTorch + PEFT: {results['PyTorch + PEFT (own process, MKL)'][-1]['seconds_per_step']:.3f} s/step",
+                flush=True,
+            )
+    out["steps"] = {
+        name: {k: min(r[k] for r in runs) for k in ("seconds_per_step", "cpu_seconds_per_step")}
+        for name, runs in results.items()
+    }
     out["matmul_gflops_after"] = section_matmul()
     done("steps")
     plain = out["steps"]["plain (mlx-lm code, full logits)"]
     print()
     for name, v in out["steps"].items():
-        print(f"{name:<42} {v['seconds_per_step']:.3f} s/step  {v['cpu_seconds_per_step']:.3f} CPU s/step  "
-              f"plain/this CPU: {plain['cpu_seconds_per_step'] / v['cpu_seconds_per_step']:.2f}x")
-    print(f"matmul 2048^3 GFLOP/s before/after: {out['matmul_gflops']['square_2048']:.0f} / "
-          f"{out['matmul_gflops_after']['square_2048']:.0f}; load average {os.getloadavg()}")
+        print(
+            f"{name:<42} {v['seconds_per_step']:.3f} s/step  {v['cpu_seconds_per_step']:.3f} CPU s/step  "
+            f"plain/this CPU: {plain['cpu_seconds_per_step'] / v['cpu_seconds_per_step']:.2f}x"
+        )
+    print(
+        f"matmul 2048^3 GFLOP/s before/after: {out['matmul_gflops']['square_2048']:.0f} / "
+        f"{out['matmul_gflops_after']['square_2048']:.0f}; load average {os.getloadavg()}"
+    )
     return out
 
 
 def print_table(out: dict[str, Any]) -> None:
     r, s = out["reward"], out["step"]
     rows = [
-        ("(a) fp32 matmul 2048^3 (GFLOP/s)", f"{out['matmul_gflops']['square_2048']:.0f} / "
-         f"{out['matmul_gflops_after']['square_2048']:.0f} (before / after)"),
+        (
+            "(a) fp32 matmul 2048^3 (GFLOP/s)",
+            f"{out['matmul_gflops']['square_2048']:.0f} / "
+            f"{out['matmul_gflops_after']['square_2048']:.0f} (before / after)",
+        ),
         ("(a) fp32 matmul 140x576x1536 (GFLOP/s)", f"{out['matmul_gflops']['step_140x576x1536']:.0f}"),
-        ("(b) train step (s, CPU s, GFLOP)", f"{s['seconds_per_step']:.3f} s, {s['cpu_seconds_per_step']:.3f} CPU s, "
-                                             f"{s['gflop_per_step']:.1f} GFLOP"),
+        (
+            "(b) train step (s, CPU s, GFLOP)",
+            f"{s['seconds_per_step']:.3f} s, {s['cpu_seconds_per_step']:.3f} CPU s, {s['gflop_per_step']:.1f} GFLOP",
+        ),
         ("(b) train step GFLOP/s, fraction of (a)", f"{s['gflops']:.0f}, {s['fraction_of_matmul']:.2f}"),
         ("(c) first reward incl. baseline (s)", f"{r['first_reward_seconds']:.1f}"),
     ]
     st = r["steady"]
-    rows.append(("(c) reward (s): total = reset + train + eval",
-                 f"{st['seconds_total']:.1f} = {st['seconds_reset']:.2f} + {st['seconds_train']:.1f} + "
-                 f"{st['seconds_eval']:.1f}"))
+    rows.append(
+        (
+            "(c) reward (s): total = reset + train + eval",
+            f"{st['seconds_total']:.1f} = {st['seconds_reset']:.2f} + {st['seconds_train']:.1f} + "
+            f"{st['seconds_eval']:.1f}",
+        )
+    )
     rows.append(("(c) baseline quiz, once per article (s)", f"{r['runs'][0]['seconds_baseline']:.1f}"))
     rows.append(("(d) peak RSS (MB)", f"{out['peak_rss_mb']:.0f}"))
     if "soak" in out:
         k = out["soak"]
-        rows.append((f"(d) soak {k['rewards']} rewards: RSS first/last/max (MB)",
-                     f"{k['rss_first_mb']:.0f} / {k['rss_last_mb']:.0f} / {k['rss_max_mb']:.0f}"))
+        rows.append(
+            (
+                f"(d) soak {k['rewards']} rewards: RSS first/last/max (MB)",
+                f"{k['rss_first_mb']:.0f} / {k['rss_last_mb']:.0f} / {k['rss_max_mb']:.0f}",
+            )
+        )
         rows.append(("(d) RSS slope, 2nd half (MB / 100 rewards)", f"{k['slope_mb_per_100_rewards_second_half']:+.1f}"))
     if "torch_ratio" in out:
         t = out["torch"]["steady"]
-        rows.append(("(e) PyTorch+PEFT reward (s): train + eval",
-                     f"{t['seconds_total']:.1f} = {t['seconds_train']:.1f} + {t['seconds_eval']:.1f}"))
+        rows.append(
+            (
+                "(e) PyTorch+PEFT reward (s): train + eval",
+                f"{t['seconds_total']:.1f} = {t['seconds_train']:.1f} + {t['seconds_eval']:.1f}",
+            )
+        )
         q = out["torch_ratio"]
-        rows.append(("(e) speed-up vs PyTorch+PEFT: total / train / eval",
-                     f"{q['seconds_total']:.2f}x / {q['seconds_train']:.2f}x / {q['seconds_eval']:.2f}x"))
+        rows.append(
+            (
+                "(e) speed-up vs PyTorch+PEFT: total / train / eval",
+                f"{q['seconds_total']:.2f}x / {q['seconds_train']:.2f}x / {q['seconds_eval']:.2f}x",
+            )
+        )
     elif "torch" in out:
         rows.append(("(e) PyTorch+PEFT", out["torch"].get("skipped", "?")))
     for name, v in out.get("levers", {}).items():
         if name == "rewards":
             for kind, x in v.items():
-                rows.append((f"lever: reward with {kind} levers (s): train + eval",
-                             f"{x['seconds_total']:.1f} = {x['seconds_train']:.1f} + {x['seconds_eval']:.1f}"))
+                rows.append(
+                    (
+                        f"lever: reward with {kind} levers (s): train + eval",
+                        f"{x['seconds_total']:.1f} = {x['seconds_train']:.1f} + {x['seconds_eval']:.1f}",
+                    )
+                )
             continue
-        rows.append((f"lever: {name}", f"{v['seconds_per_step']:.3f} s/step ({v['cpu_seconds_per_step']:.3f} CPU s), "
-                                        f"{v['gflops']:.0f} GFLOP/s"))
+        rows.append(
+            (
+                f"lever: {name}",
+                f"{v['seconds_per_step']:.3f} s/step ({v['cpu_seconds_per_step']:.3f} CPU s), "
+                f"{v['gflops']:.0f} GFLOP/s",
+            )
+        )
     for name, v in out.get("lora_layers", {}).items():
         rows.append((f"LoRA: {name}", f"{v['seconds_per_step']:.3f} s/step"))
     width = max(len(a) for a, _ in rows)
     print()
     for a, b in rows:
         print(f"{a:<{width}}  {b}")
-    print(f"\nload average start/end: {out['machine']['load_average_start']} / {out['machine']['load_average_end']}"
-          f"; benchmark {out['benchmark_seconds']:.0f} s")
+    print(
+        f"\nload average start/end: {out['machine']['load_average_start']} / {out['machine']['load_average_end']}"
+        f"; benchmark {out['benchmark_seconds']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

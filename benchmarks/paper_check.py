@@ -33,8 +33,9 @@ def load(out: Path) -> list[dict[str, Any]]:
     return [r for r in read_journal(out / JOURNAL) if r.get("type") == "result" and r["k"] == 0]
 
 
-def table(records: list[dict[str, Any]], policies: list[str], n_articles: int, seed: int = 0
-          ) -> dict[str, dict[str, dict[str, Any]]]:
+def table(
+    records: list[dict[str, Any]], policies: list[str], n_articles: int, seed: int = 0
+) -> dict[str, dict[str, dict[str, Any]]]:
     """``{article_id: {policy: info}}`` for the first ``n_articles`` articles that have every policy."""
     by: dict[str, dict[str, Any]] = defaultdict(dict)
     index: dict[str, int] = {}
@@ -46,9 +47,10 @@ def table(records: list[dict[str, Any]], policies: list[str], n_articles: int, s
     return {a: by[a] for a in ids}
 
 
-def ranking(tab: dict[str, dict[str, Any]], order: list[str], ties: set[frozenset[str]], n_boot: int = 5000,
-            seed: int = 0) -> dict[str, dict[str, float]]:
-    relations = [(a, b) for i, a in enumerate(order) for b in order[i + 1:] if frozenset((a, b)) not in ties]
+def ranking(
+    tab: dict[str, dict[str, Any]], order: list[str], ties: set[frozenset[str]], n_boot: int = 5000, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    relations = [(a, b) for i, a in enumerate(order) for b in order[i + 1 :] if frozenset((a, b)) not in ties]
     ids = list(tab)
     rng = np.random.default_rng(seed)
     out = {}
@@ -61,8 +63,12 @@ def ranking(tab: dict[str, dict[str, Any]], order: list[str], ties: set[frozense
             idx = rng.integers(0, len(ids), len(ids))
             mm = {p: v[idx].mean() for p, v in x.items()}
             all_hold += all(mm[a] < mm[b] for a, b in relations)
-        out[m] = {"held": held, "relations": len(relations), "p_all_hold": all_hold / n_boot,
-                  "order": sorted(order, key=means.get)}
+        out[m] = {
+            "held": held,
+            "relations": len(relations),
+            "p_all_hold": all_hold / n_boot,
+            "order": sorted(order, key=means.get),
+        }
     return out
 
 
@@ -70,11 +76,14 @@ def questions(tab: dict[str, dict[str, Any]], policies: list[str]) -> dict[str, 
     out = {}
     for p in policies:
         qs = [q for d in tab.values() for q in d[p]["questions"]]
-        out[p] = {"questions": len(qs), "correct": sum(q["correct"] for q in qs),
-                  "baseline_correct": sum(q["baseline_correct"] for q in qs),
-                  "newly_right": sum(q["correct"] > q["baseline_correct"] for q in qs),
-                  "newly_wrong": sum(q["correct"] < q["baseline_correct"] for q in qs),
-                  "answer_words": float(np.mean([len(q["answer"].split()) for q in qs]))}
+        out[p] = {
+            "questions": len(qs),
+            "correct": sum(q["correct"] for q in qs),
+            "baseline_correct": sum(q["baseline_correct"] for q in qs),
+            "newly_right": sum(q["correct"] > q["baseline_correct"] for q in qs),
+            "newly_wrong": sum(q["correct"] < q["baseline_correct"] for q in qs),
+            "answer_words": float(np.mean([len(q["answer"].split()) for q in qs])),
+        }
     return out
 
 
@@ -102,15 +111,17 @@ def steps_vs_gain(tab: dict[str, dict[str, Any]], policies: list[str]) -> dict[s
     articles had a defined correlation (gains not all equal)."""
     out = {}
     for m in METRICS:
-        rhos = [spearman([d[p]["train_steps"] for p in policies], [d[p][GAIN[m]] for p in policies])
-                for d in tab.values()]
+        rhos = [
+            spearman([d[p]["train_steps"] for p in policies], [d[p][GAIN[m]] for p in policies]) for d in tab.values()
+        ]
         rhos = [r for r in rhos if not math.isnan(r)]
         out[m] = (float(np.mean(rhos)) if rhos else math.nan, len(rhos))
     return out
 
 
-def leftover_preamble(records: list[dict[str, Any]], tab: dict[str, dict[str, Any]], policy: str, baseline: str
-                      ) -> dict[str, Any]:
+def leftover_preamble(
+    records: list[dict[str, Any]], tab: dict[str, dict[str, Any]], policy: str, baseline: str
+) -> dict[str, Any]:
     """Self-edits of ``policy`` whose first training piece (after the env's preamble drop) is not a list item, and
     their mean log-lik. gain over ``baseline`` against the others'."""
     from seal_env.sequences import _NUMBERED, split_self_edit
@@ -121,13 +132,17 @@ def leftover_preamble(records: list[dict[str, Any]], tab: dict[str, dict[str, An
         pieces = split_self_edit(edits[a])
         diff = d[policy]["loglik_gain"] - d[baseline]["loglik_gain"]
         (with_pre if pieces and not _NUMBERED.match(pieces[0]) else without).append(diff)
-    return {"with": len(with_pre), "without": len(without),
-            "gain_with": float(np.mean(with_pre)) if with_pre else math.nan,
-            "gain_without": float(np.mean(without)) if without else math.nan}
+    return {
+        "with": len(with_pre),
+        "without": len(without),
+        "gain_with": float(np.mean(with_pre)) if with_pre else math.nan,
+        "gain_without": float(np.mean(without)) if without else math.nan,
+    }
 
 
-def noise(records: list[dict[str, Any]], tab: dict[str, dict[str, Any]], policies: list[str], n_noise: int
-          ) -> dict[str, Any]:
+def noise(
+    records: list[dict[str, Any]], tab: dict[str, dict[str, Any]], policies: list[str], n_noise: int
+) -> dict[str, Any]:
     """Seed SD per policy and metric (first ``n_noise`` articles with >= 2 seeds), and per pair the seed share of
     the variance of one-seed per-article differences (on ``tab``)."""
     cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -135,13 +150,17 @@ def noise(records: list[dict[str, Any]], tab: dict[str, dict[str, Any]], policie
     for r in records:
         cells[(r["policy"], r["article_id"])].append(r["info"])
         index[r["article_id"]] = r["article_index"]
-    multi = sorted({a for (p, a), v in cells.items() if len(v) >= 2 and all(len(cells[(q, a)]) >= 2 for q in policies)},
-                   key=index.get)[:n_noise]
-    seed_sd = {p: {m: stats.pooled_sd([[i[GAIN[m]] for i in cells[(p, a)]] for a in multi])[0] for m in METRICS}
-               for p in policies}
+    multi = sorted(
+        {a for (p, a), v in cells.items() if len(v) >= 2 and all(len(cells[(q, a)]) >= 2 for q in policies)},
+        key=index.get,
+    )[:n_noise]
+    seed_sd = {
+        p: {m: stats.pooled_sd([[i[GAIN[m]] for i in cells[(p, a)]] for a in multi])[0] for m in METRICS}
+        for p in policies
+    }
     pairs = []
     for i, a in enumerate(policies):
-        for b in policies[i + 1:]:
+        for b in policies[i + 1 :]:
             for m in METRICS:
                 d = np.array([tab[x][b][GAIN[m]] - tab[x][a][GAIN[m]] for x in tab])
                 total = float(d.var(ddof=1)) if len(d) > 1 else math.nan
@@ -149,11 +168,23 @@ def noise(records: list[dict[str, Any]], tab: dict[str, dict[str, Any]], policie
                 share = seed_var / total if total > 0 else math.nan
                 between = max(total - seed_var, 0.0)
                 # d_z per second with eval_times = m, relative to m = 1: (B + W) / (m B + W)
-                rel = {k: (between + seed_var) / (k * between + seed_var) if (between + seed_var) > 0 else math.nan
-                       for k in (2, 4)}
-                pairs.append({"a": a, "b": b, "metric": m, "mean_diff": float(d.mean()), "sd_diff": math.sqrt(total),
-                              "seed_sd_diff": math.sqrt(seed_var), "seed_share": share,
-                              "efficiency_eval_times_2": rel[2], "efficiency_eval_times_4": rel[4]})
+                rel = {
+                    k: (between + seed_var) / (k * between + seed_var) if (between + seed_var) > 0 else math.nan
+                    for k in (2, 4)
+                }
+                pairs.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "metric": m,
+                        "mean_diff": float(d.mean()),
+                        "sd_diff": math.sqrt(total),
+                        "seed_sd_diff": math.sqrt(seed_var),
+                        "seed_share": share,
+                        "efficiency_eval_times_2": rel[2],
+                        "efficiency_eval_times_4": rel[4],
+                    }
+                )
     return {"articles": len(multi), "seed_sd": seed_sd, "pairs": pairs}
 
 
@@ -164,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--noise-articles", type=int, default=6)
     ap.add_argument("--order", nargs="+", default=["none", "passage", "qwen-base", "gpt-4.1", "seal-r2"])
     ap.add_argument("--tie", nargs=2, action="append", default=None)
-    ap.add_argument("--preamble", default="gpt-4.1", help="policy whose leftover preamble lines are counted ('' = skip)")
+    ap.add_argument(
+        "--preamble", default="gpt-4.1", help="policy whose leftover preamble lines are counted ('' = skip)"
+    )
     args = ap.parse_args(argv)
     ties = {frozenset(t) for t in (args.tie if args.tie is not None else [["gpt-4.1", "seal-r2"]])}
     records = load(args.out)
@@ -177,30 +210,38 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| condition | questions | correct (baseline) | newly right | newly wrong | mean answer words |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for p, q in questions(tab, args.order).items():
-        print(f"| {p} | {q['questions']} | {q['correct']:.0f} ({q['baseline_correct']:.0f}) | {q['newly_right']} | "
-              f"{q['newly_wrong']} | {q['answer_words']:.1f} |")
+        print(
+            f"| {p} | {q['questions']} | {q['correct']:.0f} ({q['baseline_correct']:.0f}) | {q['newly_right']} | "
+            f"{q['newly_wrong']} | {q['answer_words']:.1f} |"
+        )
     trained = [p for p in args.order if p != "none"]
     print("\nMean within-article Spearman(train steps, gain) over " + ", ".join(trained) + ":")
     for m, (rho, n) in steps_vs_gain(tab, trained).items():
         print(f"  {m}: {rho:+.3f} ({n} articles)")
     if args.preamble in args.order and "passage" in args.order:
         pre = leftover_preamble(records, tab, args.preamble, "passage")
-        print(f"\n{args.preamble}: {pre['with']} self-edits still start with a non-list piece after the preamble drop "
-              f"(log-lik. gain over passage {pre['gain_with']:+.3f}), {pre['without']} do not ({pre['gain_without']:+.3f})")
+        print(
+            f"\n{args.preamble}: {pre['with']} self-edits still start with a non-list piece after the preamble drop "
+            f"(log-lik. gain over passage {pre['gain_with']:+.3f}), {pre['without']} do not ({pre['gain_without']:+.3f})"
+        )
     nz = noise(records, tab, trained, args.noise_articles)
     print(f"\nSeed sd of one reward ({nz['articles']} articles x >= 2 seeds):\n")
     print("| condition | " + " | ".join(METRICS) + " |")
     print("| --- |" + " ---: |" * len(METRICS))
     for p in trained:
         print(f"| {p} | " + " | ".join(f"{nz['seed_sd'][p][m]:.3f}" for m in METRICS) + " |")
-    print(f"\nPairs (one seed, {len(tab)} articles): sd of the per-article difference, the part of its variance that "
-          "seed noise accounts for, and d_z per second of eval_times=2 / 4 relative to eval_times=1:\n")
+    print(
+        f"\nPairs (one seed, {len(tab)} articles): sd of the per-article difference, the part of its variance that "
+        "seed noise accounts for, and d_z per second of eval_times=2 / 4 relative to eval_times=1:\n"
+    )
     print("| A | B | metric | mean B-A | sd of diff | seed sd of diff | seed share | eff. m=2 | eff. m=4 |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for q in nz["pairs"]:
-        print(f"| {q['a']} | {q['b']} | {q['metric']} | {q['mean_diff']:+.3f} | {q['sd_diff']:.3f} | "
-              f"{q['seed_sd_diff']:.3f} | {q['seed_share']:.2f} | {q['efficiency_eval_times_2']:.2f} | "
-              f"{q['efficiency_eval_times_4']:.2f} |")
+        print(
+            f"| {q['a']} | {q['b']} | {q['metric']} | {q['mean_diff']:+.3f} | {q['sd_diff']:.3f} | "
+            f"{q['seed_sd_diff']:.3f} | {q['seed_share']:.2f} | {q['efficiency_eval_times_2']:.2f} | "
+            f"{q['efficiency_eval_times_4']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,10 @@ def copy_self_edit(article: Article) -> str:
 
 def requests_for(settings: dict[str, Any], n_rewards: int, n_articles: int) -> list[RewardRequest]:
     articles = select_articles(SealConfig.from_kwargs(**settings))[:n_articles]
-    return [RewardRequest(articles[i % len(articles)], copy_self_edit(articles[i % len(articles)]), seed=i)
-            for i in range(n_rewards)]
+    return [
+        RewardRequest(articles[i % len(articles)], copy_self_edit(articles[i % len(articles)]), seed=i)
+        for i in range(n_rewards)
+    ]
 
 
 def cpu_seconds(ex: Any) -> float:
@@ -84,17 +86,26 @@ def run_config(name: str, settings: dict[str, Any], requests: list[RewardRequest
             ex.set_base_weights(weights)
             broadcast = time.perf_counter() - t0
             env.close()
-        threads = (getattr(ex, "cpus_per_worker", None) if kind == "ray" else blas_threads())
+        threads = getattr(ex, "cpus_per_worker", None) if kind == "ray" else blas_threads()
     finally:
         ex.close()
     phases = {p: sum(info.get(f"seconds_{p}", 0.0) for _, info in results) for p in ("baseline", "train", "eval")}
-    return {"config": name, "workers": int(workers or 1), "threads_per_worker": threads,
-            "startup_seconds": startup, "wall_seconds": wall, "rewards": len(requests),
-            "rewards_per_hour": len(requests) / wall * 3600, "seconds_per_reward": wall / len(requests),
-            "cpu_seconds_per_reward": cpu / len(requests),
-            "worker_seconds": phases, "broadcast_seconds": broadcast,
-            "reward_values": [r for r, _ in results], "loglik_gains": [i["loglik_gain"] for _, i in results],
-            "load_after": os.getloadavg()[0]}
+    return {
+        "config": name,
+        "workers": int(workers or 1),
+        "threads_per_worker": threads,
+        "startup_seconds": startup,
+        "wall_seconds": wall,
+        "rewards": len(requests),
+        "rewards_per_hour": len(requests) / wall * 3600,
+        "seconds_per_reward": wall / len(requests),
+        "cpu_seconds_per_reward": cpu / len(requests),
+        "worker_seconds": phases,
+        "broadcast_seconds": broadcast,
+        "reward_values": [r for r, _ in results],
+        "loglik_gains": [i["loglik_gain"] for _, i in results],
+        "load_after": os.getloadavg()[0],
+    }
 
 
 def paper_probe(model: str, n_articles: int, threads: int = 1) -> dict[str, Any]:
@@ -112,23 +123,53 @@ def paper_probe(model: str, n_articles: int, threads: int = 1) -> dict[str, Any]
             cpu0 = time.process_time()
             reward, info = ex.evaluate([req])[0]
             cpu = time.process_time() - cpu0
-            out.append({"cpu_seconds": cpu} | {k: info[k] for k in ("seconds_baseline", "seconds_reset", "seconds_train", "seconds_eval",
-                                             "seconds_total", "train_steps", "train_tokens", "n_sequences")}
-                       | {"reward": reward, "n_questions": len(req.article.questions)})
+            out.append(
+                {"cpu_seconds": cpu}
+                | {
+                    k: info[k]
+                    for k in (
+                        "seconds_baseline",
+                        "seconds_reset",
+                        "seconds_train",
+                        "seconds_eval",
+                        "seconds_total",
+                        "train_steps",
+                        "train_tokens",
+                        "n_sequences",
+                    )
+                }
+                | {"reward": reward, "n_questions": len(req.article.questions)}
+            )
     finally:
         blas_threads(before)
         ex.close()
     mean = lambda key: sum(o[key] for o in out) / len(out)  # noqa: E731
     quiet = mean("cpu_seconds") / mean("seconds_total")  # CPU share we got: wall on an idle core ~ wall * quiet
-    return {"rewards": out, "threads": threads, "quiet_factor": quiet, "baseline_seconds": mean("seconds_baseline"),
-            "run_seconds": mean("seconds_reset") + mean("seconds_train") + mean("seconds_eval"),
-            "train_seconds": mean("seconds_train"), "eval_seconds": mean("seconds_eval"),
-            "cpu_seconds": mean("cpu_seconds"), "total_seconds": mean("seconds_total"),
-            "train_steps": mean("train_steps"), "n_sequences": mean("n_sequences")}
+    return {
+        "rewards": out,
+        "threads": threads,
+        "quiet_factor": quiet,
+        "baseline_seconds": mean("seconds_baseline"),
+        "run_seconds": mean("seconds_reset") + mean("seconds_train") + mean("seconds_eval"),
+        "train_seconds": mean("seconds_train"),
+        "eval_seconds": mean("seconds_eval"),
+        "cpu_seconds": mean("cpu_seconds"),
+        "total_seconds": mean("seconds_total"),
+        "train_steps": mean("train_steps"),
+        "n_sequences": mean("n_sequences"),
+    }
 
 
-def project(run_seconds: float, baseline_seconds: float, rounds: int, articles: int, self_edits: int,
-            repeats: int, workers: list[int], broadcast_seconds: float = 0.0) -> list[dict[str, Any]]:
+def project(
+    run_seconds: float,
+    baseline_seconds: float,
+    rounds: int,
+    articles: int,
+    self_edits: int,
+    repeats: int,
+    workers: list[int],
+    broadcast_seconds: float = 0.0,
+) -> list[dict[str, Any]]:
     """Wall time of the paper-scale reward computation on N workers (each as fast as the probe's machine).
 
     One request = one self-edit's reward = ``repeats`` inner-loop runs in a row on one worker; a round's
@@ -145,44 +186,57 @@ def project(run_seconds: float, baseline_seconds: float, rounds: int, articles: 
         lo = rounds * (busiest * per_request + math.ceil(articles / n) * baseline_seconds + broadcast_seconds)
         dup = min(n, self_edits)
         hi = rounds * (busiest * per_request + math.ceil(articles * dup / n) * baseline_seconds + broadcast_seconds)
-        out.append({"workers": n, "hours_low": lo / 3600, "hours_high": hi / 3600,
-                    "utilisation": requests / (n * busiest)})
+        out.append(
+            {"workers": n, "hours_low": lo / 3600, "hours_high": hi / 3600, "utilisation": requests / (n * busiest)}
+        )
     return out
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"Measured on {report['machine']} (load average {report['load_before']:.1f} before, "
-             f"{report['load_after']:.1f} after; model `{report['model']}`, cheap setting {report['cheap']}, "
-             f"{report['requests']} rewards over {report['articles']} articles, reward cache off).", "",
-             "| executor | workers x BLAS threads | start-up (s) | batch wall (s) | rewards / hour | worker CPU s / reward"
-             " | rewards vs in-process | max abs diff loglik_gain |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured on {report['machine']} (load average {report['load_before']:.1f} before, "
+        f"{report['load_after']:.1f} after; model `{report['model']}`, cheap setting {report['cheap']}, "
+        f"{report['requests']} rewards over {report['articles']} articles, reward cache off).",
+        "",
+        "| executor | workers x BLAS threads | start-up (s) | batch wall (s) | rewards / hour | worker CPU s / reward"
+        " | rewards vs in-process | max abs diff loglik_gain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     ref = next((c for c in report["configs"] if c["config"] == "inprocess"), None)
     for c in report["configs"]:
         same, diff = "-", "-"
         if ref is not None and c is not ref:
             same = "equal" if c["reward_values"] == ref["reward_values"] else "differ"
             diff = f"{max(abs(a - b) for a, b in zip(c['loglik_gains'], ref['loglik_gains'])):.1e}"
-        lines.append(f"| {c['config']} | {c['workers']} x {c['threads_per_worker']} | {c['startup_seconds']:.1f} | "
-                     f"{c['wall_seconds']:.1f} | {c['rewards_per_hour']:.0f} | {c['cpu_seconds_per_reward']:.1f} | "
-                     f"{same} | {diff} |")
+        lines.append(
+            f"| {c['config']} | {c['workers']} x {c['threads_per_worker']} | {c['startup_seconds']:.1f} | "
+            f"{c['wall_seconds']:.1f} | {c['rewards_per_hour']:.0f} | {c['cpu_seconds_per_reward']:.1f} | "
+            f"{same} | {diff} |"
+        )
     p = report.get("paper_probe")
     if p:
-        lines += ["", f"One reward at SEAL's settings (env defaults, 10 epochs), in-process with {p['threads']} BLAS thread(s): "
-                  f"{p['run_seconds']:.0f} s wall per inner-loop run ({p['train_seconds']:.0f} s training "
-                  f"{p['train_steps']:.0f} steps on {p['n_sequences']:.0f} sequences, {p['eval_seconds']:.1f} s "
-                  f"quiz), plus {p['baseline_seconds']:.1f} s for an article's first (baseline) quiz; it got "
-                  f"{p['quiet_factor']:.0%} of a core (CPU s / wall s), so about {p['run_seconds'] * p['quiet_factor']:.0f}"
-                  " s per run on an idle core."]
+        lines += [
+            "",
+            f"One reward at SEAL's settings (env defaults, 10 epochs), in-process with {p['threads']} BLAS thread(s): "
+            f"{p['run_seconds']:.0f} s wall per inner-loop run ({p['train_seconds']:.0f} s training "
+            f"{p['train_steps']:.0f} steps on {p['n_sequences']:.0f} sequences, {p['eval_seconds']:.1f} s "
+            f"quiz), plus {p['baseline_seconds']:.1f} s for an article's first (baseline) quiz; it got "
+            f"{p['quiet_factor']:.0%} of a core (CPU s / wall s), so about {p['run_seconds'] * p['quiet_factor']:.0f}"
+            " s per run on an idle core.",
+        ]
     if report.get("projection"):
         s = report["paper_scale"]
         runs = s["rounds"] * s["articles"] * s["self_edits"] * s["repeats"]
-        lines += ["", f"Projection: SEAL's paper-scale reward computation ({s['rounds']} rounds x {s['articles']} "
-                  f"articles x {s['self_edits']} self-edits x {s['repeats']} repeats = {runs} inner-loop runs) on N "
-                  "single-core workers (low-high: baselines quizzed once per article and round, or once per worker "
-                  "that sees the article):", "",
-                  "| workers | hours, idle cores (CPU-time estimate) | hours, as slow as measured here | utilisation |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Projection: SEAL's paper-scale reward computation ({s['rounds']} rounds x {s['articles']} "
+            f"articles x {s['self_edits']} self-edits x {s['repeats']} repeats = {runs} inner-loop runs) on N "
+            "single-core workers (low-high: baselines quizzed once per article and round, or once per worker "
+            "that sees the article):",
+            "",
+            "| workers | hours, idle cores (CPU-time estimate) | hours, as slow as measured here | utilisation |",
+            "|---|---|---|---|",
+        ]
 
         def fmt(row: dict[str, Any]) -> str:
             lo, hi = f"{row['hours_low']:.1f}", f"{row['hours_high']:.1f}"
@@ -196,8 +250,11 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--configs", default="inprocess,ray:1,ray:2",
-                    help="comma-separated executors: inprocess, ray:N (default: %(default)s)")
+    ap.add_argument(
+        "--configs",
+        default="inprocess,ray:1,ray:2",
+        help="comma-separated executors: inprocess, ray:N (default: %(default)s)",
+    )
     ap.add_argument("--rewards", type=int, default=8, help="rewards per executor (default: %(default)s)")
     ap.add_argument("--articles", type=int, default=2, help="articles they cover (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=CHEAP["epochs"], help="cheap setting's epochs (default: 2)")
@@ -216,9 +273,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = dict(model=args.model, cache=False, **{**CHEAP, "epochs": args.epochs})
     requests = requests_for(settings, args.rewards, args.articles)
     report: dict[str, Any] = {
-        "model": args.model, "machine": f"{platform.machine()}, {os.cpu_count()} cores", "cpus": os.cpu_count(),
-        "python": sys.version.split()[0], "load_before": os.getloadavg()[0], "cheap": {**CHEAP, "epochs": args.epochs},
-        "requests": len(requests), "articles": args.articles, "configs": [],
+        "model": args.model,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "load_before": os.getloadavg()[0],
+        "cheap": {**CHEAP, "epochs": args.epochs},
+        "requests": len(requests),
+        "articles": args.articles,
+        "configs": [],
     }
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         print(f"[scaling] {name} ...", file=sys.stderr, flush=True)
@@ -229,14 +292,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("[scaling] paper-setting probe ...", file=sys.stderr, flush=True)
         probe = report["paper_probe"] = paper_probe(args.model, args.probe_articles, args.probe_threads)
         bcast = max((c["broadcast_seconds"] or 0.0) for c in report["configs"]) if report["configs"] else 0.0
-        report["paper_scale"] = {"rounds": args.rounds, "articles": args.paper_articles,
-                                 "self_edits": args.self_edits, "repeats": args.repeats}
+        report["paper_scale"] = {
+            "rounds": args.rounds,
+            "articles": args.paper_articles,
+            "self_edits": args.self_edits,
+            "repeats": args.repeats,
+        }
         workers = [int(n) for n in args.project_workers.split(",")]
         scale = args.rounds, args.paper_articles, args.self_edits, args.repeats
         report["projection"] = project(probe["run_seconds"], probe["baseline_seconds"], *scale, workers, bcast)
         q = probe["quiet_factor"]
-        report["projection_quiet"] = project(probe["run_seconds"] * q, probe["baseline_seconds"] * q, *scale,
-                                             workers, bcast)
+        report["projection_quiet"] = project(
+            probe["run_seconds"] * q, probe["baseline_seconds"] * q, *scale, workers, bcast
+        )
     report["load_after"] = os.getloadavg()[0]
     text = markdown(report)
     print(text)

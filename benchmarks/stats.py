@@ -126,8 +126,9 @@ def bootstrap_means(values: Sequence[float], n_boot: int = 10_000, seed: int = 0
     return x[idx].mean(axis=1)
 
 
-def bootstrap_ci(values: Sequence[float], conf: float = 0.95, n_boot: int = 10_000,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Sequence[float], conf: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
     """``(mean, low, high)`` with the percentile bootstrap interval of the mean."""
     x = _clean(values)
     if len(x) == 0:
@@ -137,8 +138,9 @@ def bootstrap_ci(values: Sequence[float], conf: float = 0.95, n_boot: int = 10_0
     return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], conf: float = 0.95, n_boot: int = 10_000,
-                     seed: int = 0) -> dict[str, float]:
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], conf: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> dict[str, float]:
     """Paired comparison of ``b`` against ``a`` (same units, e.g. articles, in the same order).
 
     Returns ``mean_diff`` (mean of b - a), the percentile bootstrap interval ``ci_low``/``ci_high`` and a two-sided
@@ -155,8 +157,13 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], conf: float = 0.95,
     obs = float(d.mean())
     alpha = (1.0 - conf) / 2.0
     extreme = int(np.sum(np.abs(means - obs) >= abs(obs) - 1e-15))
-    return {"n": int(len(d)), "mean_diff": obs, "ci_low": float(np.quantile(means, alpha)),
-            "ci_high": float(np.quantile(means, 1.0 - alpha)), "p_value": (1 + extreme) / (n_boot + 1)}
+    return {
+        "n": int(len(d)),
+        "mean_diff": obs,
+        "ci_low": float(np.quantile(means, alpha)),
+        "ci_high": float(np.quantile(means, 1.0 - alpha)),
+        "p_value": (1 + extreme) / (n_boot + 1),
+    }
 
 
 def binom_two_sided(k: int, n: int) -> float:

@@ -42,8 +42,12 @@ def quiz_job(tokenizer: Any, article: Any) -> dict[str, Any]:
     """The quiz part of a job: answer prompts and gold answers as token ids (as the env builds them)."""
     from seal_env.prompts import answer_prompt, uses_chat
 
-    prompts = [tokenizer.encode(answer_prompt(article.title, q.question, tokenizer),
-                                add_special_tokens=not uses_chat(tokenizer)) for q in article.questions]
+    prompts = [
+        tokenizer.encode(
+            answer_prompt(article.title, q.question, tokenizer), add_special_tokens=not uses_chat(tokenizer)
+        )
+        for q in article.questions
+    ]
     answers = [tokenizer.encode(q.answer.strip(), add_special_tokens=False) for q in article.questions]
     return {"prompts": prompts, "answers": answers, "pad": tokenizer.eos_token_id}
 
@@ -60,9 +64,14 @@ def peft_model(folder: str, settings: dict[str, Any]) -> Any:
         raise ValueError(f"weights do not fit LlamaForCausalLM: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     model.float()
-    lora = LoraConfig(r=settings["lora_rank"], lora_alpha=settings["lora_alpha"],
-                      lora_dropout=settings["lora_dropout"], target_modules=list(settings["lora_modules"]),
-                      bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=settings["lora_rank"],
+        lora_alpha=settings["lora_alpha"],
+        lora_dropout=settings["lora_dropout"],
+        target_modules=list(settings["lora_modules"]),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -87,8 +96,9 @@ def _step(model: Any, opt: Any, ids: list[int], start: int) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def rewards(model: Any, settings: dict[str, Any], datas: list[list[list[Any]]], seeds: list[int],
-            quiz: dict[str, Any]) -> list[dict[str, float]]:
+def rewards(
+    model: Any, settings: dict[str, Any], datas: list[list[list[Any]]], seeds: list[int], quiz: dict[str, Any]
+) -> list[dict[str, float]]:
     """One inner loop per (data, seed), one after another: fresh LoRA, train, greedy answers, gold log-likelihoods."""
     import torch
 
@@ -118,20 +128,33 @@ def rewards(model: Any, settings: dict[str, Any], datas: list[list[list[Any]]], 
             x = torch.tensor([[pad] * (width - len(e)) + e for e in enc])
             attn = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
             if settings["answer_max_tokens"] > 0:
-                model.generate(input_ids=x, attention_mask=attn, max_new_tokens=settings["answer_max_tokens"],
-                               do_sample=False, pad_token_id=pad)
+                model.generate(
+                    input_ids=x,
+                    attention_mask=attn,
+                    max_new_tokens=settings["answer_max_tokens"],
+                    do_sample=False,
+                    pad_token_id=pad,
+                )
             rows = [e + a for e, a in zip(enc, quiz["answers"])]
             width = max(map(len, rows))
             x = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
             torch.log_softmax(model(input_ids=x).logits.float(), -1)
         t_eval = time.perf_counter() - t0
-        runs.append({"seconds_reset": t_reset, "seconds_train": t_train, "seconds_eval": t_eval,
-                     "seconds_total": t_reset + t_train + t_eval, "train_steps": total})
+        runs.append(
+            {
+                "seconds_reset": t_reset,
+                "seconds_train": t_train,
+                "seconds_eval": t_eval,
+                "seconds_total": t_reset + t_train + t_eval,
+                "train_steps": total,
+            }
+        )
     return runs
 
 
-def step_seconds(model: Any, settings: dict[str, Any], data: list[list[Any]], epochs: int = 1,
-                 reps: int = 2) -> dict[str, float]:
+def step_seconds(
+    model: Any, settings: dict[str, Any], data: list[list[Any]], epochs: int = 1, reps: int = 2
+) -> dict[str, float]:
     """Best wall and CPU seconds per training step over ``reps`` timed passes (after one warm-up epoch)."""
     import torch
 
@@ -170,8 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     if job["kind"] == "rewards":
         out: dict[str, Any] = {"runs": rewards(model, job["settings"], job["datas"], job["seeds"], job["quiz"])}
     elif job["kind"] == "steps":
-        out = {"steps": [step_seconds(model, job["settings"], job["data"], job.get("epochs", 1), job.get("reps", 2))
-                         for _ in range(job.get("repeats", 1))]}
+        out = {
+            "steps": [
+                step_seconds(model, job["settings"], job["data"], job.get("epochs", 1), job.get("reps", 2))
+                for _ in range(job.get("repeats", 1))
+            ]
+        }
     else:
         raise ValueError(f"unknown job kind {job['kind']!r}")
     out["torch"] = torch.__version__

@@ -34,9 +34,19 @@ def schedule_lr(step: int, total_steps: int, learning_rate: float, schedule: str
 class AdapterOptimizer:
     """Optimises ``n`` adapter slots at once; slot ``k`` follows its own schedule over ``total_steps[k]`` updates."""
 
-    def __init__(self, kind: str, total_steps: Sequence[int], learning_rate: float, *, schedule: str = "linear",
-                 warmup_steps: int = 0, weight_decay: float = 0.0, bias_correction: bool = False,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        kind: str,
+        total_steps: Sequence[int],
+        learning_rate: float,
+        *,
+        schedule: str = "linear",
+        warmup_steps: int = 0,
+        weight_decay: float = 0.0,
+        bias_correction: bool = False,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         if kind not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
         if schedule not in SCHEDULES:
@@ -59,8 +69,13 @@ class AdapterOptimizer:
         of the masked slots. ``c1``/``c2`` are Adam's bias corrections (ones when off)."""
         n = len(self.total_steps)
         on = np.asarray(mask, bool)
-        lr = np.array([schedule_lr(int(s), t, self.learning_rate, self.schedule, self.warmup_steps)
-                       for s, t in zip(self.steps, self.total_steps)], np.float32)
+        lr = np.array(
+            [
+                schedule_lr(int(s), t, self.learning_rate, self.schedule, self.warmup_steps)
+                for s, t in zip(self.steps, self.total_steps)
+            ],
+            np.float32,
+        )
         self.steps = self.steps + on
         c1 = np.ones(n, np.float32)
         c2 = np.ones(n, np.float32)
@@ -70,13 +85,19 @@ class AdapterOptimizer:
             c1 = (lr / (np.float32(1) - b1**t)).astype(np.float32)
             c2 = (np.float32(1) / np.sqrt(np.float32(1) - b2**t)).astype(np.float32)
         shape = (n, 1, 1)
-        return (mx.array(on.reshape(shape)), mx.array(lr.reshape(shape)), mx.array(c1.reshape(shape)),
-                mx.array(c2.reshape(shape)))
+        return (
+            mx.array(on.reshape(shape)),
+            mx.array(lr.reshape(shape)),
+            mx.array(c1.reshape(shape)),
+            mx.array(c2.reshape(shape)),
+        )
 
-    def apply(self, grads: dict[str, Any], params: dict[str, Any], mask: mx.array, lr: mx.array, c1: mx.array,
-              c2: mx.array) -> dict[str, Any]:
+    def apply(
+        self, grads: dict[str, Any], params: dict[str, Any], mask: mx.array, lr: mx.array, c1: mx.array, c2: mx.array
+    ) -> dict[str, Any]:
         """Updated parameters (and ``self.state``) for one step; unmasked slots keep parameters and moments."""
         if self.kind == "sgd":
+
             def sgd(g: mx.array, p: mx.array) -> mx.array:
                 if self.weight_decay != 0:
                     g = g + self.weight_decay * p

@@ -58,9 +58,14 @@ def reward_key(model_fingerprint: str, article: Any, self_edit: str, settings: d
     import seal_env
 
     payload = {
-        "cache_version": CACHE_VERSION, "seal_env": seal_env.__version__, "mlx": mx.__version__,
-        "model": model_fingerprint, "article": article.to_dict(), "self_edit": self_edit,
-        "settings": settings, "seed": int(seed),
+        "cache_version": CACHE_VERSION,
+        "seal_env": seal_env.__version__,
+        "mlx": mx.__version__,
+        "model": model_fingerprint,
+        "article": article.to_dict(),
+        "self_edit": self_edit,
+        "settings": settings,
+        "seed": int(seed),
     }
     return hashlib.sha256(_canonical(payload).encode("utf-8", "surrogatepass")).hexdigest()
 

@@ -95,8 +95,17 @@ class SealConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        positive = ("eval_times", "max_sequences", "max_sequence_tokens", "max_total_tokens",
-                    "max_action_chars", "lora_rank", "epochs", "batch_size", "max_batch_adapters")
+        positive = (
+            "eval_times",
+            "max_sequences",
+            "max_sequence_tokens",
+            "max_total_tokens",
+            "max_action_chars",
+            "lora_rank",
+            "epochs",
+            "batch_size",
+            "max_batch_adapters",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -105,11 +114,16 @@ class SealConfig:
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
             raise ValueError(f"answer_max_tokens must be a non-negative integer, got {tokens!r}")
         if tokens == 0 and self.reward not in LOGLIK_KINDS:
-            raise ValueError(f"answer_max_tokens=0 generates no answers, so it needs a log-likelihood reward "
-                             f"{LOGLIK_KINDS} (got reward={self.reward!r})")
+            raise ValueError(
+                f"answer_max_tokens=0 generates no answers, so it needs a log-likelihood reward "
+                f"{LOGLIK_KINDS} (got reward={self.reward!r})"
+            )
         for name in ("learning_rate", "lora_alpha", "max_loss"):
-            if not (isinstance(getattr(self, name), (int, float)) and math.isfinite(getattr(self, name))
-                    and getattr(self, name) > 0):
+            if not (
+                isinstance(getattr(self, name), (int, float))
+                and math.isfinite(getattr(self, name))
+                and getattr(self, name) > 0
+            ):
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")

@@ -48,8 +48,14 @@ class ContinualPretrainingEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
-    def __init__(self, n_articles: int = 5, train_mode: str = "pooled", render_mode: str | None = None,
-                 grader: Grader | None = None, **settings: Any):
+    def __init__(
+        self,
+        n_articles: int = 5,
+        train_mode: str = "pooled",
+        render_mode: str | None = None,
+        grader: Grader | None = None,
+        **settings: Any,
+    ):
         if not isinstance(n_articles, int) or isinstance(n_articles, bool) or n_articles < 1:
             raise ValueError(f"n_articles must be a positive integer, got {n_articles!r}")
         if train_mode not in TRAIN_MODES:
@@ -59,8 +65,10 @@ class ContinualPretrainingEnv(gym.Env):
         self.cfg = SealConfig.from_kwargs(**settings)
         self.articles = select_articles(self.cfg)
         if n_articles > len(self.articles):
-            raise ValueError(f"n_articles={n_articles} but split {self.cfg.split!r} of {self.cfg.dataset!r} has "
-                             f"only {len(self.articles)} articles")
+            raise ValueError(
+                f"n_articles={n_articles} but split {self.cfg.split!r} of {self.cfg.dataset!r} has "
+                f"only {len(self.articles)} articles"
+            )
         self.n_articles, self.train_mode, self.render_mode, self.grader = n_articles, train_mode, render_mode, grader
         self.pipeline = RewardPipeline.build(self.cfg, grader)  # the learner and the cached baselines
         self.learner = self.pipeline.learner
@@ -115,8 +123,9 @@ class ContinualPretrainingEnv(gym.Env):
         self._chunks.append(prep.data)
         if self.train_mode == "online":
             report = self._train_chunk(len(self._chunks) - 1, [self._seed], [self._online])[0]
-            info["step_train"] = None if report is None else {k: v for k, v in report.items()
-                                                              if k != "train_seconds" or cfg.timings}
+            info["step_train"] = (
+                None if report is None else {k: v for k, v in report.items() if k != "train_seconds" or cfg.timings}
+            )
         self._pos += 1
         if self._pos < len(self.episode):
             return self._observation(), 0.0, False, False, info
@@ -130,12 +139,16 @@ class ContinualPretrainingEnv(gym.Env):
         if not self.episode:
             return "(no episode: call reset())"
         pos = min(self._pos, len(self.episode) - 1)
-        lines = [f"Continued pretraining ({self.train_mode}): article {pos + 1}/{len(self.episode)}: "
-                 f"{self.episode[pos].title}"]
+        lines = [
+            f"Continued pretraining ({self.train_mode}): article {pos + 1}/{len(self.episode)}: "
+            f"{self.episode[pos].title}"
+        ]
         if self._last:
             s = self._last
-            lines.append(f"reward ({self.cfg.reward}) {s['reward']:+.4f}  baseline acc {s['baseline_accuracy']:.2f}"
-                         f" -> adapter acc {s['adapter_accuracy']:.2f} over {s['total_questions']} questions")
+            lines.append(
+                f"reward ({self.cfg.reward}) {s['reward']:+.4f}  baseline acc {s['baseline_accuracy']:.2f}"
+                f" -> adapter acc {s['adapter_accuracy']:.2f} over {s['total_questions']} questions"
+            )
             for a in s["articles"]:
                 lines.append(f"  {a['title']}: acc {a['baseline_accuracy']:.2f} -> {a['adapter_accuracy']:.2f}")
         return "\n".join(lines)
@@ -152,8 +165,13 @@ class ContinualPretrainingEnv(gym.Env):
 
     def _step_info_head(self) -> dict[str, Any]:
         pos = min(self._pos, len(self.episode) - 1)
-        return {"position": pos, "n_articles": len(self.episode), "article_id": self.episode[pos].id,
-                "article_index": self._indices[pos], "n_questions": len(self.episode[pos].questions)}
+        return {
+            "position": pos,
+            "n_articles": len(self.episode),
+            "article_id": self.episode[pos].id,
+            "article_index": self._indices[pos],
+            "n_questions": len(self.episode[pos].questions),
+        }
 
     def _baselines(self) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
@@ -161,8 +179,9 @@ class ContinualPretrainingEnv(gym.Env):
         self._t["baseline"] += time.perf_counter() - t0
         return bases
 
-    def _train_chunk(self, i: int, run_seeds: list[int], reports: list[list[dict[str, Any]]]
-                     ) -> list[dict[str, Any] | None]:
+    def _train_chunk(
+        self, i: int, run_seeds: list[int], reports: list[list[dict[str, Any]]]
+    ) -> list[dict[str, Any] | None]:
         """Online mode: train each adapter slot (run ``r``) on step ``i``'s data with seed ``run_seeds[r] + i``,
         in one batched pass; a run with nothing to learn, or already diverged, is skipped (None)."""
         data = self._chunks[i]
@@ -212,27 +231,46 @@ class ContinualPretrainingEnv(gym.Env):
             runs = [{"reports": [], "results": [b["results"] for b in bases]} for _ in range(cfg.eval_times)]
         else:
             runs = self._runs()
-        rewards = [cfg.diverged_reward if any(rep["diverged"] for rep in run["reports"]) else
-                   gain(cfg.reward, base_all, summarize([q for res in run["results"] for q in res])) for run in runs]
+        rewards = [
+            cfg.diverged_reward
+            if any(rep["diverged"] for rep in run["reports"])
+            else gain(cfg.reward, base_all, summarize([q for res in run["results"] for q in res]))
+            for run in runs
+        ]
         reward, reward_std = mean_std(rewards)
         adapted = [summarize([q for res in run["results"] for q in res]) for run in runs]
         articles = []
         for j, (article, base) in enumerate(zip(self.episode, bases)):
             per_run = [summarize(run["results"][j]) for run in runs]
             b = base["summary"]
-            articles.append({
-                "article_id": article.id, "article_index": self._indices[j], "title": article.title,
-                "n_questions": len(article.questions),
-                "baseline_accuracy": b["accuracy"], "adapter_accuracy": mean_std([a["accuracy"] for a in per_run])[0],
-                **{f"{k}_gain": mean_std([a[k] - b[k] for a in per_run])[0] for k in KINDS},
-                "questions": [{**q, "baseline_answer": bq["answer"], "baseline_correct": bq["correct"],
-                               **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES}}
-                              for q, bq in zip(runs[-1]["results"][j], base["results"])],
-            })
+            articles.append(
+                {
+                    "article_id": article.id,
+                    "article_index": self._indices[j],
+                    "title": article.title,
+                    "n_questions": len(article.questions),
+                    "baseline_accuracy": b["accuracy"],
+                    "adapter_accuracy": mean_std([a["accuracy"] for a in per_run])[0],
+                    **{f"{k}_gain": mean_std([a[k] - b[k] for a in per_run])[0] for k in KINDS},
+                    "questions": [
+                        {
+                            **q,
+                            "baseline_answer": bq["answer"],
+                            "baseline_correct": bq["correct"],
+                            **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES},
+                        }
+                        for q, bq in zip(runs[-1]["results"][j], base["results"])
+                    ],
+                }
+            )
         last = runs[-1]["reports"]
         summary: dict[str, Any] = {
-            "train_mode": self.train_mode, "seed": self._seed, "reward_kind": cfg.reward,
-            "reward": reward, "reward_std": reward_std, "rewards": rewards,
+            "train_mode": self.train_mode,
+            "seed": self._seed,
+            "reward_kind": cfg.reward,
+            "reward": reward,
+            "reward_std": reward_std,
+            "rewards": rewards,
             "total_questions": sum(len(a.questions) for a in self.episode),
             **{f"baseline_{k}": base_all[k] for k in KINDS},
             **{f"adapter_{k}": mean_std([a[k] for a in adapted])[0] for k in KINDS},
@@ -246,6 +284,10 @@ class ContinualPretrainingEnv(gym.Env):
             "diverged": any(rep["diverged"] for run in runs for rep in run["reports"]),
         }
         if cfg.timings:
-            summary.update(seconds_baseline=self._t["baseline"], seconds_train=self._t["train"],
-                           seconds_eval=self._t["eval"], seconds_finish=time.perf_counter() - t_start)
+            summary.update(
+                seconds_baseline=self._t["baseline"],
+                seconds_train=self._t["train"],
+                seconds_eval=self._t["eval"],
+                seconds_finish=time.perf_counter() - t_start,
+            )
         return reward, summary

@@ -68,8 +68,9 @@ def _repeat(cache: list[BatchKVCache], n: int) -> list[BatchKVCache]:
     return out
 
 
-def score(model: nn.Module, cache: list[BatchKVCache], last_logits: mx.array,
-          candidates: Sequence[Sequence[Sequence[int]]]) -> list[list[float]]:
+def score(
+    model: nn.Module, cache: list[BatchKVCache], last_logits: mx.array, candidates: Sequence[Sequence[Sequence[int]]]
+) -> list[list[float]]:
     """Mean log-probability per token of each candidate continuation of each prompt row (``candidates[row]``: token
     id lists, every row the same number of candidates), from the prefilled ``cache``, which is left as it was."""
     n_rows, n_cand = len(candidates), len(candidates[0])
@@ -96,8 +97,9 @@ def score(model: nn.Module, cache: list[BatchKVCache], last_logits: mx.array,
     return [[float(x) for x in per[r * n_cand : (r + 1) * n_cand]] for r in range(n_rows)]
 
 
-def greedy_continue(model: nn.Module, cache: list[BatchKVCache], last_logits: mx.array, max_tokens: int,
-                    stop_tokens: Sequence[int]) -> list[list[int]]:
+def greedy_continue(
+    model: nn.Module, cache: list[BatchKVCache], last_logits: mx.array, max_tokens: int, stop_tokens: Sequence[int]
+) -> list[list[int]]:
     """Greedy continuations (at most ``max_tokens`` each, without the stop token) from prefilled caches."""
     stop = {int(t) for t in stop_tokens}
     n = last_logits.shape[0]
@@ -125,8 +127,9 @@ def greedy_continue(model: nn.Module, cache: list[BatchKVCache], last_logits: mx
     return out
 
 
-def greedy_generate(model: nn.Module, prompts: Sequence[Sequence[int]], max_tokens: int,
-                    stop_tokens: Sequence[int]) -> list[list[int]]:
+def greedy_generate(
+    model: nn.Module, prompts: Sequence[Sequence[int]], max_tokens: int, stop_tokens: Sequence[int]
+) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (token ids), at most ``max_tokens`` each, without the stop token."""
     if not prompts or max_tokens <= 0:
         return [[] for _ in prompts]

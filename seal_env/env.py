@@ -82,11 +82,15 @@ class KnowledgeIncorporationEnv(gym.Env):
         lines = [f"Article: {self.article.title} ({len(self.article.questions)} questions)"]
         if self._last:
             i = self._last
-            lines.append(f"reward ({self.cfg.reward}) {i['reward']:+.4f}  baseline acc {i['baseline_accuracy']:.2f}"
-                         f" -> adapter acc {i['adapter_accuracy']:.2f}")
+            lines.append(
+                f"reward ({self.cfg.reward}) {i['reward']:+.4f}  baseline acc {i['baseline_accuracy']:.2f}"
+                f" -> adapter acc {i['adapter_accuracy']:.2f}"
+            )
             for q in i["questions"]:
-                lines.append(f"  Q: {q['question']}\n     gold {q['gold']!r}  base {q['baseline_answer']!r}"
-                             f"  adapted {q['answer']!r}")
+                lines.append(
+                    f"  Q: {q['question']}\n     gold {q['gold']!r}  base {q['baseline_answer']!r}"
+                    f"  adapted {q['answer']!r}"
+                )
         return "\n".join(lines)
 
     def _observation(self) -> dict[str, str]:
@@ -109,8 +113,9 @@ class KnowledgeIncorporationEnv(gym.Env):
         """
         return self.pipeline.evaluate(article, self_edit, seed)
 
-    def evaluate_many(self, article: Article, self_edits: Sequence[str], seeds: Sequence[int], *,
-                      adapt: bool = True) -> list[tuple[float, dict[str, Any]]]:
+    def evaluate_many(
+        self, article: Article, self_edits: Sequence[str], seeds: Sequence[int], *, adapt: bool = True
+    ) -> list[tuple[float, dict[str, Any]]]:
         """``[evaluate(article, e, s) for e, s in zip(self_edits, seeds)]``, trained and quizzed together in
         passes of up to ``max_batch_adapters`` inner loops (see :meth:`seal_env.pipeline.RewardPipeline.evaluate_many`;
         ``adapt=False``: SEAL's no-adaptation condition)."""

@@ -72,8 +72,9 @@ def check_requests(requests: Sequence[RewardRequest]) -> None:
 
 
 class Executor(Protocol):
-    def evaluate(self, requests: list[RewardRequest], on_result: Callable[[int, float, dict], None] | None = None
-                 ) -> list[tuple[float, dict[str, Any]]]:
+    def evaluate(
+        self, requests: list[RewardRequest], on_result: Callable[[int, float, dict], None] | None = None
+    ) -> list[tuple[float, dict[str, Any]]]:
         """Rewards and infos, in the order of ``requests``; ``on_result(i, reward, info)`` as each one is known."""
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
@@ -93,15 +94,20 @@ class InProcessExecutor:
             env = KnowledgeIncorporationEnv(**(settings or {}))
         self.env = env
 
-    def evaluate(self, requests: Iterable[RewardRequest],
-                 on_result: Callable[[int, float, dict], None] | None = None) -> list[tuple[float, dict[str, Any]]]:
+    def evaluate(
+        self, requests: Iterable[RewardRequest], on_result: Callable[[int, float, dict], None] | None = None
+    ) -> list[tuple[float, dict[str, Any]]]:
         requests = list(requests)
         check_requests(requests)
         out: list[tuple[float, dict[str, Any]] | None] = [None] * len(requests)
         for group in group_requests(requests, group_size(self.env.unwrapped.cfg)):
             first = requests[group[0]]
-            results = self.env.unwrapped.evaluate_many(first.article, [requests[i].self_edit for i in group],
-                                                       [requests[i].seed for i in group], adapt=first.adapt)
+            results = self.env.unwrapped.evaluate_many(
+                first.article,
+                [requests[i].self_edit for i in group],
+                [requests[i].seed for i in group],
+                adapt=first.adapt,
+            )
             for i, result in zip(group, results):
                 out[i] = result
                 if on_result is not None:
@@ -141,8 +147,9 @@ class RewardWorker:
     Plain class; :class:`RayExecutor` wraps it with ``ray.remote``. Usable directly (in-process) for debugging.
     """
 
-    def __init__(self, settings: dict[str, Any], base_weights: dict[str, Any] | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self, settings: dict[str, Any], base_weights: dict[str, Any] | None = None, threads: int | None = None
+    ):
         if threads is not None:  # before OpenBLAS/mlx load in this process (a fresh Ray worker has neither)
             for name in THREAD_ENV_VARS:
                 os.environ[name] = str(threads)
@@ -170,8 +177,9 @@ class RewardWorker:
     def evaluate(self, article: Article, self_edit: str, seed: int) -> tuple[float, dict[str, Any]]:
         return self.env.evaluate(article, self_edit, seed=seed)
 
-    def evaluate_many(self, article: Article, self_edits: list[str], seeds: list[int], adapt: bool = True
-                      ) -> list[tuple[float, dict[str, Any]]]:
+    def evaluate_many(
+        self, article: Article, self_edits: list[str], seeds: list[int], adapt: bool = True
+    ) -> list[tuple[float, dict[str, Any]]]:
         return self.env.evaluate_many(article, self_edits, seeds, adapt=adapt)
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
@@ -198,8 +206,14 @@ def _to_numpy(weights: dict[str, Any]) -> dict[str, Any]:
 def _ray_death_errors(ray: Any) -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the worker (process or node) is gone", not "the request itself failed"."""
     ex = ray.exceptions
-    names = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
-             "LocalRayletDiedError")
+    names = (
+        "RayActorError",
+        "WorkerCrashedError",
+        "NodeDiedError",
+        "ObjectLostError",
+        "OwnerDiedError",
+        "LocalRayletDiedError",
+    )
     return tuple(getattr(ex, n) for n in names if hasattr(ex, n))
 
 
@@ -227,9 +241,16 @@ class RayExecutor:
     self-edit) propagates its exception, as in-process.
     """
 
-    def __init__(self, settings: dict[str, Any] | None = None, workers: int = 1, address: str | None = None, *,
-                 cpus_per_worker: int | None = None, max_retries: int = 3,
-                 ray_init_kwargs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        settings: dict[str, Any] | None = None,
+        workers: int = 1,
+        address: str | None = None,
+        *,
+        cpus_per_worker: int | None = None,
+        max_retries: int = 3,
+        ray_init_kwargs: dict[str, Any] | None = None,
+    ):
         try:
             import ray
         except ImportError as err:  # pragma: no cover - depends on the installation
@@ -260,7 +281,8 @@ class RayExecutor:
         # Threads are capped inside the worker (RewardWorker sets THREAD_ENV_VARS and OpenBLAS's count): a
         # runtime_env with env_vars would do it too but needs dedicated worker processes (slower actor starts).
         self._actor_cls = ray.remote(RewardWorker).options(
-            num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0)
+            num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0
+        )
         self._weights_ref: Any = None  # current base weights in the object store (for replacement actors)
         self.stats = {"completed": 0, "retried": 0, "respawned": 0}
         self._actors: list[Any] = [self._spawn() for _ in range(workers)]
@@ -294,8 +316,9 @@ class RayExecutor:
         """Process id of each worker slot's actor (None while a replacement is starting)."""
         return list(self._pids)
 
-    def evaluate(self, requests: Iterable[RewardRequest],
-                 on_result: Callable[[int, float, dict], None] | None = None) -> list[tuple[float, dict[str, Any]]]:
+    def evaluate(
+        self, requests: Iterable[RewardRequest], on_result: Callable[[int, float, dict], None] | None = None
+    ) -> list[tuple[float, dict[str, Any]]]:
         ray = self._ray
         requests = list(requests)
         check_requests(requests)  # fail before anything runs, as the in-process executor would
@@ -321,8 +344,11 @@ class RayExecutor:
                 first = requests[groups[pick][0]]
                 seen.add(first.article.id)
                 ref = self._actors[slot].evaluate_many.remote(
-                    first.article, [requests[i].self_edit for i in groups[pick]],
-                    [requests[i].seed for i in groups[pick]], first.adapt)
+                    first.article,
+                    [requests[i].self_edit for i in groups[pick]],
+                    [requests[i].seed for i in groups[pick]],
+                    first.adapt,
+                )
                 inflight[ref] = ("task", slot, pick)
 
         assign()
@@ -393,8 +419,13 @@ class RayExecutor:
 
 
 # --------------------------------------------------------------------------------------------------- factory
-def make_executor(kind: str = "inprocess", settings: dict[str, Any] | None = None, workers: int = 1,
-                  address: str | None = None, **kwargs: Any) -> Executor:
+def make_executor(
+    kind: str = "inprocess",
+    settings: dict[str, Any] | None = None,
+    workers: int = 1,
+    address: str | None = None,
+    **kwargs: Any,
+) -> Executor:
     """An executor by name: ``"inprocess"`` (one worker, this process) or ``"ray"`` (``workers`` actors).
 
     ``settings`` are the environment settings; ``address`` a Ray cluster address (``None``: a local Ray);
@@ -412,11 +443,16 @@ def make_executor(kind: str = "inprocess", settings: dict[str, Any] | None = Non
 def add_executor_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--executor {inprocess,ray}``, ``--workers N`` and ``--ray-address ADDR`` to an agent/benchmark CLI."""
     group = parser.add_argument_group("reward executor")
-    group.add_argument("--executor", choices=EXECUTOR_KINDS, default="inprocess",
-                       help="where rewards are computed (default: inprocess)")
+    group.add_argument(
+        "--executor",
+        choices=EXECUTOR_KINDS,
+        default="inprocess",
+        help="where rewards are computed (default: inprocess)",
+    )
     group.add_argument("--workers", type=int, default=1, help="Ray actors, one model copy each (default: 1)")
-    group.add_argument("--ray-address", default=None,
-                       help="Ray cluster address (default: start a local Ray); implies --executor ray")
+    group.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: start a local Ray); implies --executor ray"
+    )
     return parser
 
 

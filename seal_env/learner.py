@@ -74,8 +74,9 @@ def make_loss(head_on_positions: bool = True, fast: bool = True) -> Callable[...
     log-sum-exp with :func:`seal_env.kernels.fast_exp`. Both off = the plain mlx-lm path.
     """
 
-    def loss(model: nn.Module, inputs: mx.array, targets: mx.array, positions: mx.array, weights: mx.array,
-             groups: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    def loss(
+        model: nn.Module, inputs: mx.array, targets: mx.array, positions: mx.array, weights: mx.array, groups: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array]:
         if head_on_positions:
             logits = position_logits(model, inputs, positions)
         else:
@@ -90,8 +91,9 @@ def make_loss(head_on_positions: bool = True, fast: bool = True) -> Callable[...
     return loss
 
 
-def length_buckets(batches: dict[int, list[TrainRow]], overhead_tokens: int, max_tokens: int = 2**31
-                   ) -> list[list[int]]:
+def length_buckets(
+    batches: dict[int, list[TrainRow]], overhead_tokens: int, max_tokens: int = 2**31
+) -> list[list[int]]:
     """Group the slots of one step into padded passes: slots sorted by their batch's longest row, cut into
     contiguous groups that minimise the total of ``overhead_tokens + rows x width`` (an exact dynamic programme),
     each group at most ``max_tokens`` padded tokens (unless it is a single slot).
@@ -129,16 +131,25 @@ class Learner:
     BUCKET_OVERHEAD_TOKENS = 32
     PASS_MAX_TOKENS = 256
 
-    def __init__(self, model: nn.Module, tokenizer: Any, cfg: SealConfig, *, fast_kernels: bool = True,
-                 head_on_positions: bool = True, compile: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        cfg: SealConfig,
+        *,
+        fast_kernels: bool = True,
+        head_on_positions: bool = True,
+        compile: bool = True,
+    ):
         """``fast_kernels``, ``head_on_positions`` and ``compile`` are the speed levers (all on by default; off =
         the plain mlx-lm path, kept for tests and benchmarks: results agree to float rounding)."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         model.freeze()
         keys = resolve_lora_keys(model, cfg.lora_modules)
         n_layers = len(model.layers) if cfg.lora_layers == -1 else min(cfg.lora_layers, len(model.layers))
-        self.slots, self.adapters = add_multi_lora(model, keys, n_layers, cfg.lora_rank,
-                                                   cfg.lora_alpha / cfg.lora_rank, cfg.lora_dropout)
+        self.slots, self.adapters = add_multi_lora(
+            model, keys, n_layers, cfg.lora_rank, cfg.lora_alpha / cfg.lora_rank, cfg.lora_dropout
+        )
         #: Trainable parameters of one adapter slot.
         self.n_trainable = sum(m.in_dims * m.rank + m.rank * m.out_dims for m in self.adapters)
         self.n_slots = 0
@@ -194,9 +205,15 @@ class Learner:
     # ----------------------------------------------------------------------------------------------- training
     def _optimizer(self, total_steps: list[int]) -> AdapterOptimizer:
         cfg = self.cfg
-        return AdapterOptimizer(cfg.optimizer, total_steps, cfg.learning_rate, schedule=cfg.lr_schedule,
-                                warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                                bias_correction=cfg.adam_bias_correction)
+        return AdapterOptimizer(
+            cfg.optimizer,
+            total_steps,
+            cfg.learning_rate,
+            schedule=cfg.lr_schedule,
+            warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay,
+            bias_correction=cfg.adam_bias_correction,
+        )
 
     def _update_fn(self, opt: AdapterOptimizer) -> Callable[..., None]:
         """``apply(grads, mask, lr, c1, c2)``: one optimizer update of every adapter slot (compiled when
@@ -217,8 +234,12 @@ class Learner:
 
         return run
 
-    def train(self, datas: Sequence[Sequence[TrainRow]], seeds: Sequence[int],
-              on_step: Callable[[list[float]], None] | None = None) -> list[dict[str, Any]]:
+    def train(
+        self,
+        datas: Sequence[Sequence[TrainRow]],
+        seeds: Sequence[int],
+        on_step: Callable[[list[float]], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Fine-tune slot ``j`` on ``datas[j]`` (token ids, loss start) for ``cfg.epochs``, shuffled with
         ``seeds[j]``; returns one train report per slot.
 
@@ -285,12 +306,20 @@ class Learner:
             release_memory()
         seconds = time.perf_counter() - t0
         total_steps = max(sum(len(x) for x in losses), 1)
-        return [{"train_losses": losses[k], "train_steps": len(losses[k]), "trained_tokens": tokens[k],
-                 "diverged": diverged[k], "train_seconds": seconds * (len(losses[k]) / total_steps if n > 1 else 1)}
-                for k in range(n)]
+        return [
+            {
+                "train_losses": losses[k],
+                "train_steps": len(losses[k]),
+                "trained_tokens": tokens[k],
+                "diverged": diverged[k],
+                "train_seconds": seconds * (len(losses[k]) / total_steps if n > 1 else 1),
+            }
+            for k in range(n)
+        ]
 
-    def _bucket_loss_and_grad(self, bucket: list[int], batches: dict[int, list[TrainRow]]
-                              ) -> tuple[tuple[mx.array, ...], Any]:
+    def _bucket_loss_and_grad(
+        self, bucket: list[int], batches: dict[int, list[TrainRow]]
+    ) -> tuple[tuple[mx.array, ...], Any]:
         """Loss and gradients of the slots in ``bucket`` (each with its step's batch), as one padded batch."""
         rows_each = max(len(batches[k]) for k in bucket)
         rows: list[TrainRow | None] = []
@@ -321,8 +350,13 @@ class Learner:
         """Row groups of a quiz: one per slot, or one for the base model."""
         return max(self.n_slots, 1)
 
-    def ask(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]], max_tokens: int,
-            answer: Sequence[bool] | None = None) -> tuple[list[list[str]], list[list[list[float]]]]:
+    def ask(
+        self,
+        prompts: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        max_tokens: int,
+        answer: Sequence[bool] | None = None,
+    ) -> tuple[list[list[str]], list[list[list[float]]]]:
         """Quiz every slot: greedy answers (up to ``max_tokens``; none if 0) to the prompts marked in ``answer``
         (default: all) and the mean log-probability per token of each candidate continuation of every prompt.
 
@@ -335,8 +369,10 @@ class Learner:
             return [[] for _ in range(groups)], [[] for _ in range(groups)]
         answer = [True] * q if answer is None else list(answer)
         ids = [self._encode_prompt(p) for p in prompts] * groups  # slot-major rows
-        cand = [[self.tokenizer.encode(c.strip(), add_special_tokens=False) or [self.tokenizer.eos_token_id]
-                 for c in row] for row in candidates]
+        cand = [
+            [self.tokenizer.encode(c.strip(), add_special_tokens=False) or [self.tokenizer.eos_token_id] for c in row]
+            for row in candidates
+        ]
         room = max(max_tokens, max(len(t) for row in cand for t in row))
         cache, last = prefill(self.model, ids, room)
         scores = []
@@ -348,8 +384,9 @@ class Learner:
         asked = [g * q + i for g in range(groups) for i in range(q) if answer[i]]
         if max_tokens > 0 and asked:
             keep = mx.array(asked)
-            tokens = greedy_continue(self.model, select_rows(cache, keep), last[keep], max_tokens,
-                                     self.tokenizer.eos_token_ids)
+            tokens = greedy_continue(
+                self.model, select_rows(cache, keep), last[keep], max_tokens, self.tokenizer.eos_token_ids
+            )
             for row, t in zip(asked, tokens):
                 answers[row // q][row % q] = self.tokenizer.decode(t).split("\nQuestion:")[0].strip()
         return answers, scores
@@ -375,8 +412,11 @@ class Learner:
 
     def base_weights(self) -> dict[str, mx.array]:
         """The frozen weights under the adapters (plain mlx-lm names)."""
-        return {f"{name}.weight": m.linear.weight for name, m in self.model.named_modules()
-                if isinstance(m, MultiLoRALinear)}
+        return {
+            f"{name}.weight": m.linear.weight
+            for name, m in self.model.named_modules()
+            if isinstance(m, MultiLoRALinear)
+        }
 
     def set_base_weights(self, weights: dict[str, mx.array]) -> None:
         """Replace frozen base weights (plain mlx-lm names, e.g. from a fused policy) under the LoRA wrappers.

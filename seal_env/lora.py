@@ -79,15 +79,16 @@ def resolve_lora_keys(model: nn.Module, modules: Sequence[str]) -> list[str]:
     return sorted(set(keys))
 
 
-def add_multi_lora(model: nn.Module, keys: Sequence[str], n_layers: int, rank: int, scale: float,
-                   dropout: float = 0.0) -> tuple[AdapterSlots, list[MultiLoRALinear]]:
+def add_multi_lora(
+    model: nn.Module, keys: Sequence[str], n_layers: int, rank: int, scale: float, dropout: float = 0.0
+) -> tuple[AdapterSlots, list[MultiLoRALinear]]:
     """Wrap ``keys`` of the last ``n_layers`` blocks with :class:`MultiLoRALinear`; the slots object and the layers.
 
     The wrapped linear keeps its place in the parameter tree as ``<key>.linear`` (as mlx-lm's LoRA does).
     """
     slots = AdapterSlots()
     layers: list[MultiLoRALinear] = []
-    blocks = model.layers[len(model.layers) - n_layers:]
+    blocks = model.layers[len(model.layers) - n_layers :]
     for block in blocks:
         modules = dict(block.named_modules())
         updates = []

@@ -300,8 +300,11 @@ def _write_tokenizer(folder: Path, metadata: dict) -> None:
 
 def _write_config(folder: Path, config: dict) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=1))
-    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
-                  "pad_token_id": config["pad_token_id"]}
+    generation = {
+        "bos_token_id": config["bos_token_id"],
+        "eos_token_id": config["eos_token_id"],
+        "pad_token_id": config["pad_token_id"],
+    }
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=1))
 
 
@@ -327,8 +330,7 @@ def _dequantize_gguf(weights: dict) -> dict:
             group_size = 32
             cols = scales.shape[-1] * group_size
             bits = w.shape[-1] * 32 // cols  # Q4_1 -> 4, Q8_0 (token_embd) -> 8
-            w = mx.dequantize(w, scales.astype(mx.float32), biases.astype(mx.float32), group_size=group_size,
-                              bits=bits)
+            w = mx.dequantize(w, scales.astype(mx.float32), biases.astype(mx.float32), group_size=group_size, bits=bits)
             assert w.shape[-1] == cols, (key, w.shape)
         w = w.astype(mx.float32)
         parts = base.split(".")
@@ -398,8 +400,11 @@ def tiny_random_path(seed: int = 0) -> Path:
         rng = np.random.default_rng(seed)
         shapes = sorted((k, tuple(v.shape)) for k, v in tree_flatten(model.parameters()))
         weights = {
-            k: mx.array(np.ones(s, np.float32) if k.endswith("norm.weight") else
-                        (rng.standard_normal(s, dtype=np.float32) * 0.02))
+            k: mx.array(
+                np.ones(s, np.float32)
+                if k.endswith("norm.weight")
+                else (rng.standard_normal(s, dtype=np.float32) * 0.02)
+            )
             for k, s in shapes
         }
         mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})

@@ -47,14 +47,30 @@ class Prepared:
 def prepare(cfg: SealConfig, tokenizer: Any, article: Article, self_edit: str) -> Prepared:
     """Clean ``self_edit`` and build its training sequences for ``article`` (a non-str raises ``TypeError``)."""
     text, flags = sanitize_action(self_edit, cfg.max_action_chars)
-    seqs, seq_info = build_sequences(text, article.title, article.context, split=cfg.split_mode,
-                                     title_prefix=cfg.title_prefix, include_passage=cfg.include_passage,
-                                     drop_preamble=cfg.drop_preamble, max_sequences=cfg.max_sequences)
-    data, tok_info = tokenize_sequences(seqs, tokenizer, loss_on=cfg.loss_on,
-                                        max_sequence_tokens=cfg.max_sequence_tokens,
-                                        max_total_tokens=cfg.max_total_tokens)
-    info = {"n_sequences": len(data), "empty_action": seq_info["self_edit_pieces"] == 0, **seq_info, **tok_info,
-            **flags}
+    seqs, seq_info = build_sequences(
+        text,
+        article.title,
+        article.context,
+        split=cfg.split_mode,
+        title_prefix=cfg.title_prefix,
+        include_passage=cfg.include_passage,
+        drop_preamble=cfg.drop_preamble,
+        max_sequences=cfg.max_sequences,
+    )
+    data, tok_info = tokenize_sequences(
+        seqs,
+        tokenizer,
+        loss_on=cfg.loss_on,
+        max_sequence_tokens=cfg.max_sequence_tokens,
+        max_total_tokens=cfg.max_total_tokens,
+    )
+    info = {
+        "n_sequences": len(data),
+        "empty_action": seq_info["self_edit_pieces"] == 0,
+        **seq_info,
+        **tok_info,
+        **flags,
+    }
     return Prepared(data, info)
 
 
@@ -89,11 +105,14 @@ class Baselines:
         self._store.clear()
 
 
-def reward_info(cfg: SealConfig, article: Article, seed: int, base: dict[str, Any], runs: list[dict[str, Any]],
-                prep: Prepared) -> tuple[float, dict[str, Any]]:
+def reward_info(
+    cfg: SealConfig, article: Article, seed: int, base: dict[str, Any], runs: list[dict[str, Any]], prep: Prepared
+) -> tuple[float, dict[str, Any]]:
     """A request's reward and info from its runs (``eval_times`` of them: train report + quiz results each)."""
-    rewards = [cfg.diverged_reward if run["diverged"] else gain(cfg.reward, base["summary"], summarize(run["results"]))
-               for run in runs]
+    rewards = [
+        cfg.diverged_reward if run["diverged"] else gain(cfg.reward, base["summary"], summarize(run["results"]))
+        for run in runs
+    ]
     reward, reward_std = mean_std(rewards)
     last = runs[-1]
     b = base["summary"]
@@ -103,16 +122,30 @@ def reward_info(cfg: SealConfig, article: Article, seed: int, base: dict[str, An
         return mean_std([a[key] - minus for a in adapted])[0]
 
     info: dict[str, Any] = {
-        "article_id": article.id, "title": article.title, "seed": seed, "reward_kind": cfg.reward,
-        "reward": reward, "reward_std": reward_std, "rewards": rewards,
+        "article_id": article.id,
+        "title": article.title,
+        "seed": seed,
+        "reward_kind": cfg.reward,
+        "reward": reward,
+        "reward_std": reward_std,
+        "rewards": rewards,
         **{f"baseline_{k}": b[k] for k in KINDS},
-        **{f"adapter_{k}": mean(k) for k in KINDS}, "adapter_accuracy_std": mean_std([a["accuracy"] for a in adapted])[1],
+        **{f"adapter_{k}": mean(k) for k in KINDS},
+        "adapter_accuracy_std": mean_std([a["accuracy"] for a in adapted])[1],
         **{f"{k}_gain": mean(k, b[k]) for k in KINDS},
-        "questions": [{**q, "baseline_answer": bq["answer"], "baseline_correct": bq["correct"],
-                       **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES}}
-                      for q, bq in zip(last["results"], base["results"])],
-        "train_losses": last["train_losses"], "train_steps": last["train_steps"],
-        "diverged": any(run["diverged"] for run in runs), **prep.info,
+        "questions": [
+            {
+                **q,
+                "baseline_answer": bq["answer"],
+                "baseline_correct": bq["correct"],
+                **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES},
+            }
+            for q, bq in zip(last["results"], base["results"])
+        ],
+        "train_losses": last["train_losses"],
+        "train_steps": last["train_steps"],
+        "diverged": any(run["diverged"] for run in runs),
+        **prep.info,
     }
     return reward, info
 
@@ -158,8 +191,9 @@ class RewardPipeline:
         """One request: ``evaluate_many(article, [self_edit], [seed])[0]``."""
         return self.evaluate_many(article, [self_edit], [seed])[0]
 
-    def evaluate_many(self, article: Article, self_edits: Sequence[str], seeds: Sequence[int], *,
-                      adapt: bool = True) -> list[tuple[float, dict[str, Any]]]:
+    def evaluate_many(
+        self, article: Article, self_edits: Sequence[str], seeds: Sequence[int], *, adapt: bool = True
+    ) -> list[tuple[float, dict[str, Any]]]:
         """Reward and info for each (self-edit, seed) on ``article``, in order; ``eval_times`` repeats use seeds
         ``seed, seed + 1, ...`` and the reward is their mean.
 
@@ -183,14 +217,18 @@ class RewardPipeline:
             if store is None:
                 continue
             t0 = time.perf_counter()
-            req.key = reward_cache.reward_key(self.learner.fingerprint(), article, req.self_edit,
-                                              cfg.inner_loop_key(), req.seed)
+            req.key = reward_cache.reward_key(
+                self.learner.fingerprint(), article, req.self_edit, cfg.inner_loop_key(), req.seed
+            )
             hit = store.get(req.key)
             if hit is not None:
                 reward, info = hit
                 if cfg.timings:
-                    info.update({f"seconds_{p}": 0.0 for p in ("baseline", *PHASES)},
-                                seconds_total=time.perf_counter() - t0, cache_hit=True)
+                    info.update(
+                        {f"seconds_{p}": 0.0 for p in ("baseline", *PHASES)},
+                        seconds_total=time.perf_counter() - t0,
+                        cache_hit=True,
+                    )
                 results[i] = (reward, info)
         todo = [i for i, r in enumerate(results) if r is None]
         if not todo:
@@ -219,9 +257,12 @@ class RewardPipeline:
             if store is not None and req.key is not None:
                 store.put(req.key, reward, info)  # without timings: they belong to this call
             if cfg.timings:
-                info.update({f"seconds_{p}": v for p, v in req.seconds.items()},
-                            seconds_total=sum(req.seconds.values()) + extra / len(todo), cache_hit=False,
-                            batch_adapters=req.batch_adapters)
+                info.update(
+                    {f"seconds_{p}": v for p, v in req.seconds.items()},
+                    seconds_total=sum(req.seconds.values()) + extra / len(todo),
+                    cache_hit=False,
+                    batch_adapters=req.batch_adapters,
+                )
             results[i] = (reward, info)
         return results  # type: ignore[return-value]
 

@@ -11,14 +11,21 @@ from seal_env.learner import Learner
 from seal_env.prompts import answer_prompt, topic_prompt
 
 #: Which per-question score each reward kind averages.
-REWARD_SCORE = {"accuracy": "correct", "f1": "f1", "loglik": "loglik", "choice": "choice", "margin": "margin",
-                "pmi": "pmi"}
+REWARD_SCORE = {
+    "accuracy": "correct",
+    "f1": "f1",
+    "loglik": "loglik",
+    "choice": "choice",
+    "margin": "margin",
+    "pmi": "pmi",
+}
 #: The per-question scores that :func:`summarize` averages (``correct`` as ``accuracy``).
 SCORES = ("accuracy", "em", "f1", "loglik", "choice", "margin", "pmi")
 
 
-def quiz(learner: Learner, article: Article, max_tokens: int, grader: Grader | None = None
-         ) -> list[list[dict[str, Any]]]:
+def quiz(
+    learner: Learner, article: Article, max_tokens: int, grader: Grader | None = None
+) -> list[list[dict[str, Any]]]:
     """Ask every question without the passage, in one batch for every adapter slot of ``learner`` (one group for
     the base model when it has none); per slot and question: the answer, correct/em/f1, and log-likelihood scores.
 
@@ -35,8 +42,9 @@ def quiz(learner: Learner, article: Article, max_tokens: int, grader: Grader | N
     golds = list(dict.fromkeys(q.answer.strip() for q in article.questions))
     prompts = [answer_prompt(article.title, q.question, learner.tokenizer) for q in article.questions]
     prompts.append(topic_prompt(article.title, learner.tokenizer))
-    answers, scores = learner.ask(prompts, [golds] * len(prompts), max_tokens,
-                                  answer=[True] * len(article.questions) + [False])
+    answers, scores = learner.ask(
+        prompts, [golds] * len(prompts), max_tokens, answer=[True] * len(article.questions) + [False]
+    )
     unanswered = {"correct": 0.0, "em": 0.0, "f1": 0.0}
     out = []
     for slot_answers, slot_scores in zip(answers, scores):
@@ -47,10 +55,18 @@ def quiz(learner: Learner, article: Article, max_tokens: int, grader: Grader | N
             g = golds.index(q.answer.strip())
             others = [x for j, x in enumerate(row) if j != g]
             a = slot_answers[i]
-            rows.append({"question": q.question, "gold": q.answer, "answer": a,
-                         **(grade(q.question, q.answer, a, grader) if max_tokens > 0 else unanswered),
-                         "loglik": row[g], "margin": row[g] - (sum(others) / len(others) if others else row[g]),
-                         "choice": float(all(row[g] > x for x in others)), "pmi": row[g] - topic[g]})
+            rows.append(
+                {
+                    "question": q.question,
+                    "gold": q.answer,
+                    "answer": a,
+                    **(grade(q.question, q.answer, a, grader) if max_tokens > 0 else unanswered),
+                    "loglik": row[g],
+                    "margin": row[g] - (sum(others) / len(others) if others else row[g]),
+                    "choice": float(all(row[g] > x for x in others)),
+                    "pmi": row[g] - topic[g],
+                }
+            )
         out.append(rows)
     return out
 

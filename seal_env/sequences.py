@@ -60,7 +60,13 @@ def split_self_edit(self_edit: str, mode: str = "lines", drop_preamble: bool = T
         if mode == "lines":
             pieces = [ln.strip() for seg in pieces for ln in seg.splitlines()]
     pieces = [p for p in pieces if p]
-    if mode == "lines" and drop_preamble and len(pieces) > 1 and not _NUMBERED.match(pieces[0]) and _NUMBERED.match(pieces[1]):
+    if (
+        mode == "lines"
+        and drop_preamble
+        and len(pieces) > 1
+        and not _NUMBERED.match(pieces[0])
+        and _NUMBERED.match(pieces[1])
+    ):
         pieces = pieces[1:]
     return pieces
 

@@ -47,8 +47,16 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, *, executor: Executor | None = None, executor_kind: str = "inprocess",
-                 workers: int = 1, address: str | None = None, **settings: Any):
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        executor: Executor | None = None,
+        executor_kind: str = "inprocess",
+        workers: int = 1,
+        address: str | None = None,
+        **settings: Any,
+    ):
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         self.cfg = SealConfig.from_kwargs(**settings)
@@ -61,8 +69,11 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._owns_executor = executor is None
-        self.executor = executor if executor is not None else make_executor(
-            executor_kind, settings, workers=workers, address=address)
+        self.executor = (
+            executor
+            if executor is not None
+            else make_executor(executor_kind, settings, workers=workers, address=address)
+        )
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
         self._current: list[tuple[Article, int]] = []
 
@@ -113,8 +124,7 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         self._current = []
         for i, (_, info) in enumerate(results):
-            infos = self._add_info(infos, {"final_obs": {k: v[i] for k, v in final_obs.items()},
-                                           "final_info": info}, i)
+            infos = self._add_info(infos, {"final_obs": {k: v[i] for k, v in final_obs.items()}, "final_info": info}, i)
             infos = self._add_info(infos, self._pick(i, None), i)  # autoreset in the same step
         terminated = np.ones(self.num_envs, dtype=np.bool_)
         truncated = np.zeros(self.num_envs, dtype=np.bool_)
@@ -138,5 +148,7 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
         return {"article_id": article.id, "article_index": index, "n_questions": len(article.questions)}
 
     def _observations(self) -> dict[str, tuple[str, ...]]:
-        return {"title": tuple(a.title for a, _ in self._current),
-                "context": tuple(a.context for a, _ in self._current)}
+        return {
+            "title": tuple(a.title for a, _ in self._current),
+            "context": tuple(a.context for a, _ in self._current),
+        }

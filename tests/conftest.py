@@ -12,8 +12,16 @@ os.environ["SEAL_ENV_REWARD_CACHE"] = "off"
 import seal_env  # noqa: F401  (registers the env ids, loads OpenBLAS before mlx)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TINY = dict(model="tiny-random", epochs=2, lora_rank=4, lora_alpha=8.0, answer_max_tokens=6,
-            learning_rate=1e-3, max_sequences=4, split="all")
+TINY = dict(
+    model="tiny-random",
+    epochs=2,
+    lora_rank=4,
+    lora_alpha=8.0,
+    answer_max_tokens=6,
+    learning_rate=1e-3,
+    max_sequences=4,
+    split="all",
+)
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,10 @@ from agents.run import Run
 from seal_env.articles import load_articles
 from seal_env.models import load_model
 
-OBS = [{"title": "Tervik Observatory", "context": "Tervik Observatory stands on Mount Hallegrim."},
-       {"title": "Kelmsund", "context": "Kelmsund is a town with a lens workshop."}]
+OBS = [
+    {"title": "Tervik Observatory", "context": "Tervik Observatory stands on Mount Hallegrim."},
+    {"title": "Kelmsund", "context": "Kelmsund is a town with a lens workshop."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,17 @@ def test_fixed_policies_follow_the_protocol():
 
 def test_replay_policy_matches_articles_by_passage(tmp_path):
     path = tmp_path / "edits.json"
-    path.write_text(json.dumps([{"title": "T", "context": "Tervik Observatory  stands on\nMount Hallegrim.",
-                                 "completions": ["a", "b", "c"]}]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "title": "T",
+                    "context": "Tervik Observatory  stands on\nMount Hallegrim.",
+                    "completions": ["a", "b", "c"],
+                }
+            ]
+        )
+    )
     policy = make_policy(f"replay:{path}")
     assert isinstance(policy, ReplayPolicy)
     assert policy.propose(OBS[:1], k=2) == [["a", "b"]]  # whitespace-normalised match
@@ -97,22 +108,37 @@ def test_help_lists_every_setting_and_the_presets(capsys):
         restem.main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
-    for text in ("--articles-per-round", "--k", "--threshold", "--epochs", "--lora-rank", "--data", "--resume",
-                 "--wandb-mode {online,offline,disabled}", "--executor {inprocess,ray}", "--workers", "paper", "tiny"):
+    for text in (
+        "--articles-per-round",
+        "--k",
+        "--threshold",
+        "--epochs",
+        "--lora-rank",
+        "--data",
+        "--resume",
+        "--wandb-mode {online,offline,disabled}",
+        "--executor {inprocess,ray}",
+        "--workers",
+        "paper",
+        "tiny",
+    ):
         assert text in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--articles-per-round", "0"], "articles_per_round must be a positive integer"),
-    (["--k", "0"], "k must be a positive integer"),
-    (["--data", "/nonexistent/articles.json"], "article file not found"),
-    (["--articles-per-round", "1000"], "exceeds the 30 training articles"),
-    (["--epochs", "0"], "epochs must be a positive integer"),
-    (["--template", "nonsense"], "unknown self-edit template"),
-    (["--preset", "huge"], "invalid choice"),
-    (["--workers", "2"], "need --executor ray"),
-    (["--resume", "/nonexistent/run"], "not a run directory"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--articles-per-round", "0"], "articles_per_round must be a positive integer"),
+        (["--k", "0"], "k must be a positive integer"),
+        (["--data", "/nonexistent/articles.json"], "article file not found"),
+        (["--articles-per-round", "1000"], "exceeds the 30 training articles"),
+        (["--epochs", "0"], "epochs must be a positive integer"),
+        (["--template", "nonsense"], "unknown self-edit template"),
+        (["--preset", "huge"], "invalid choice"),
+        (["--workers", "2"], "need --executor ray"),
+        (["--resume", "/nonexistent/run"], "not a run directory"),
+    ],
+)
 def test_bad_settings_exit_with_a_clear_message(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         restem.main(argv + ["--runs-dir", str(tmp_path), "--wandb-mode", "disabled"])

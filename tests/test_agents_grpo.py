@@ -23,8 +23,9 @@ def test_tiny_preset_end_to_end_with_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no API key: "online" must fall back to offline
     for var in ("WANDB_MODE", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.delenv(var, raising=False)
-    results = grpo.main(["--preset", "tiny", "--runs-dir", str(tmp_path), "--name", "g", "--wandb-mode", "online",
-                          "--no-cache"])
+    results = grpo.main(
+        ["--preset", "tiny", "--runs-dir", str(tmp_path), "--name", "g", "--wandb-mode", "online", "--no-cache"]
+    )
     run_dir = tmp_path / "g"
     assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
     for summary in results["rounds"][1:]:

@@ -17,8 +17,11 @@ ARGS = ["--preset", "tiny", "--wandb-mode", "disabled", "--no-cache"]  # every r
 
 
 def records(run_dir, event):
-    return [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()
-            if json.loads(line)["event"] == event]
+    return [
+        json.loads(line)
+        for line in (run_dir / "journal.jsonl").read_text().splitlines()
+        if json.loads(line)["event"] == event
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +34,13 @@ def reference(tmp_path_factory):
 
 def test_select_best_keeps_each_articles_best_above_threshold():
     a, b = (Article(t, "c " + t, (Question("q", "a"),)) for t in "ab")
-    batch = [Experience(a, "a0", 0.1, k=0), Experience(a, "a1", 0.3, k=1), Experience(a, "a2", 0.3, k=2),
-             Experience(b, "b0", -0.2, k=0), Experience(b, "b1", 0.0, k=1)]
+    batch = [
+        Experience(a, "a0", 0.1, k=0),
+        Experience(a, "a1", 0.3, k=1),
+        Experience(a, "a2", 0.3, k=2),
+        Experience(b, "b0", -0.2, k=0),
+        Experience(b, "b1", 0.0, k=1),
+    ]
     assert [e.self_edit for e in restem.select_best(batch, None)] == ["a1", "b1"]
     assert [e.self_edit for e in restem.select_best(batch, 0.0)] == ["a1"]
 
@@ -74,8 +82,11 @@ def test_killed_run_resumes_to_the_same_result(reference, tmp_path, monkeypatch,
         f.write('{"event": "reward", "round": 2, "phase": "tr')
     monkeypatch.setattr(Run, "append", append)
     evaluate = InProcessExecutor.evaluate
-    monkeypatch.setattr(InProcessExecutor, "evaluate",
-                        lambda self, reqs, on_result=None: evaluated.extend(reqs) or evaluate(self, reqs, on_result))
+    monkeypatch.setattr(
+        InProcessExecutor,
+        "evaluate",
+        lambda self, reqs, on_result=None: evaluated.extend(reqs) or evaluate(self, reqs, on_result),
+    )
 
     with pytest.raises(SystemExit, match="2"):  # settings come from the run directory
         restem.main(["--resume", str(run_dir), "--k", "3"])

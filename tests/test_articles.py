@@ -62,15 +62,17 @@ def test_round_trip(bundled):
 
 
 def test_from_dict_strips_and_accepts_squad_answers():
-    a = Article.from_dict({
-        "title": " T ",
-        "context": "  Some context about Zorblat.  ",
-        "questions": [
-            {"question": " Who? ", "answer": " Zorblat "},
-            {"question": "Again?", "answers": [{"text": "Zorblat", "answer_start": 19}]},
-            {"question": "HF?", "answers": {"text": ["context"], "answer_start": [5]}},
-        ],
-    })
+    a = Article.from_dict(
+        {
+            "title": " T ",
+            "context": "  Some context about Zorblat.  ",
+            "questions": [
+                {"question": " Who? ", "answer": " Zorblat "},
+                {"question": "Again?", "answers": [{"text": "Zorblat", "answer_start": 19}]},
+                {"question": "HF?", "answers": {"text": ["context"], "answer_start": [5]}},
+            ],
+        }
+    )
     assert a.title == "T" and a.context == "Some context about Zorblat."
     assert a.questions == (Question("Who?", "Zorblat"), Question("Again?", "Zorblat"), Question("HF?", "context"))
 
@@ -81,8 +83,10 @@ def test_from_dict_strips_and_accepts_squad_answers():
         ({"title": "x", "context": "", "questions": [{"question": "q", "answer": "a"}]}, "context"),
         ({"title": "x", "context": "c", "questions": []}, "questions"),
         ({"title": "x", "context": "c"}, "questions"),
-        ({"title": "x", "context": "c", "questions": [{"question": "q", "answer": "a"}, {"question": "q2"}]},
-         r"questions\[1\]\.answer"),
+        (
+            {"title": "x", "context": "c", "questions": [{"question": "q", "answer": "a"}, {"question": "q2"}]},
+            r"questions\[1\]\.answer",
+        ),
         ({"title": "x", "context": "c", "questions": [{"question": " ", "answer": "a"}]}, r"questions\[0\]\.question"),
         ({"title": 3, "context": "c", "questions": [{"question": "q", "answer": "a"}]}, "title"),
         ("not a dict", "object"),
@@ -193,8 +197,12 @@ def test_squad_grouping_with_fake_hub(monkeypatch):
         "title": ["Foo_Bar", "Foo_Bar", "Baz", "Qux"],
         "context": ["Ctx one about Zed.", "Ctx one about Zed.", "Ctx two about Yam.", "Ctx three."],
         "question": ["Who? ", "Again?", "What?", "Skip?"],
-        "answers": [{"text": ["Zed", "zed"], "answer_start": [14, 14]}, {"text": ["Zed"], "answer_start": [14]},
-                    {"text": ["Yam"], "answer_start": [14]}, {"text": [], "answer_start": []}],
+        "answers": [
+            {"text": ["Zed", "zed"], "answer_start": [14, 14]},
+            {"text": ["Zed"], "answer_start": [14]},
+            {"text": ["Yam"], "answer_start": [14]},
+            {"text": [], "answer_start": []},
+        ],
     }
     seen = {}
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split: seen.update(name=name, split=split) or rows)

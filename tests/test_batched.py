@@ -24,11 +24,16 @@ from seal_env.learner import Learner, length_buckets
 from seal_env.models import load_model
 
 SETTINGS = {**TINY, "timings": False, "reward": "loglik", "max_batch_adapters": 8}
-ART = Article("Tervik Observatory",
-              "The Tervik Observatory sits on Mount Tervik. It was founded in 1911 by Ada Varn, who mapped the "
-              "northern sky for thirty years.",
-              (Question("Where is the Tervik Observatory?", "Mount Tervik"),
-               Question("Who founded it?", "Ada Varn"), Question("When was it founded?", "1911")))
+ART = Article(
+    "Tervik Observatory",
+    "The Tervik Observatory sits on Mount Tervik. It was founded in 1911 by Ada Varn, who mapped the "
+    "northern sky for thirty years.",
+    (
+        Question("Where is the Tervik Observatory?", "Mount Tervik"),
+        Question("Who founded it?", "Ada Varn"),
+        Question("When was it founded?", "1911"),
+    ),
+)
 EDITS = [
     "1. The observatory sits on Mount Tervik.\n2. It was founded in 1911.\n3. Ada Varn founded it.",
     "",  # passage only
@@ -47,8 +52,18 @@ def _assert_same(a, b):
     (ra, ia), (rb, ib) = a, b
     assert ra == pytest.approx(rb, abs=1e-4)
     ia, ib = _strip(ia), _strip(ib)
-    for key in ("accuracy_gain", "f1_gain", "adapter_accuracy", "adapter_f1", "train_steps", "diverged",
-                "n_sequences", "train_tokens", "empty_action", "self_edit_pieces"):
+    for key in (
+        "accuracy_gain",
+        "f1_gain",
+        "adapter_accuracy",
+        "adapter_f1",
+        "train_steps",
+        "diverged",
+        "n_sequences",
+        "train_tokens",
+        "empty_action",
+        "self_edit_pieces",
+    ):
         assert ia[key] == ib[key], key
     assert ia["loglik_gain"] == pytest.approx(ib["loglik_gain"], abs=1e-4)
     assert [q["answer"] for q in ia["questions"]] == [q["answer"] for q in ib["questions"]]
@@ -79,8 +94,9 @@ def test_batched_equals_sequential(env, sequential, k):
 
 def test_passes_are_capped_by_max_batch_adapters(env, sequential):
     before = env.learner.n_slots
-    small = gym.make("seal/KnowledgeIncorporation-v0", **{**SETTINGS, "max_batch_adapters": 2, "timings": True}
-                     ).unwrapped
+    small = gym.make(
+        "seal/KnowledgeIncorporation-v0", **{**SETTINGS, "max_batch_adapters": 2, "timings": True}
+    ).unwrapped
     out = small.evaluate_many(ART, EDITS, SEEDS)
     assert [info["batch_adapters"] for _, info in out] == [2, 2, 2, 2, 1]
     for b, s in zip(out, sequential):
@@ -124,8 +140,7 @@ def test_one_diverged_self_edit_does_not_stop_the_others(env, sequential, monkey
 def test_loss_above_max_loss_diverges_only_that_slot():
     # the random model's loss starts near ln(49152) ~ 10.8; a tiny self-edit piece and a long one differ in loss,
     # but every slot of this env starts above max_loss: all diverge, at step 1, with the defined reward
-    env = gym.make("seal/KnowledgeIncorporation-v0", **{**SETTINGS, "max_loss": 5.0, "diverged_reward": -1.0}
-                   ).unwrapped
+    env = gym.make("seal/KnowledgeIncorporation-v0", **{**SETTINGS, "max_loss": 5.0, "diverged_reward": -1.0}).unwrapped
     out = env.evaluate_many(ART, EDITS[:3], SEEDS[:3])
     assert all(info["diverged"] and r == -1.0 and info["train_steps"] == 0 for r, info in out)
     env.close()
@@ -167,8 +182,13 @@ def test_inprocess_executor_groups_an_articles_requests(env, sequential):
 
 def test_group_requests_by_article_and_condition():
     other = Article("Other", "Text.", (Question("Q?", "A"),))
-    reqs = [RewardRequest(ART, "a"), RewardRequest(other, "b"), RewardRequest(ART, "c"),
-            RewardRequest(ART, "", adapt=False), RewardRequest(ART, "d")]
+    reqs = [
+        RewardRequest(ART, "a"),
+        RewardRequest(other, "b"),
+        RewardRequest(ART, "c"),
+        RewardRequest(ART, "", adapt=False),
+        RewardRequest(ART, "d"),
+    ]
     assert group_requests(reqs, 8) == [[0, 2, 4], [1], [3]]
     assert group_requests(reqs, 2) == [[0, 2], [4], [1], [3]]
 
@@ -207,8 +227,7 @@ def test_adapter_optimizer_matches_mlx_for_each_slot(kind, bias):
     steps = [3, 5]
     params = {"w": mx.array(rng.normal(size=(2, 4, 3)).astype(np.float32))}
     grads_seq = [{"w": mx.array(rng.normal(size=(2, 4, 3)).astype(np.float32))} for _ in range(5)]
-    opt = AdapterOptimizer(kind, steps, 1e-2, schedule="linear", warmup_steps=1, weight_decay=0.1,
-                           bias_correction=bias)
+    opt = AdapterOptimizer(kind, steps, 1e-2, schedule="linear", warmup_steps=1, weight_decay=0.1, bias_correction=bias)
     opt.init(params)
     p = dict(params)
     for t, g in enumerate(grads_seq):
@@ -218,9 +237,11 @@ def test_adapter_optimizer_matches_mlx_for_each_slot(kind, bias):
         warm = optim.linear_schedule(0.0, 1e-2, 1)
         decay = optim.linear_schedule(1e-2, 0.0, total - 1)
         lr = optim.join_schedules([warm, decay], [1])
-        ref = {"adamw": lambda: optim.AdamW(lr, weight_decay=0.1, bias_correction=bias),
-               "adam": lambda: optim.Adam(lr, bias_correction=bias),
-               "sgd": lambda: optim.SGD(lr, weight_decay=0.1)}[kind]()
+        ref = {
+            "adamw": lambda: optim.AdamW(lr, weight_decay=0.1, bias_correction=bias),
+            "adam": lambda: optim.Adam(lr, bias_correction=bias),
+            "sgd": lambda: optim.SGD(lr, weight_decay=0.1),
+        }[kind]()
         w = {"w": params["w"][slot]}
         for g in grads_seq[:total]:
             w = ref.apply_gradients({"w": g["w"][slot]}, w)
@@ -246,8 +267,11 @@ def test_length_buckets_keep_long_rows_apart():
 
 def test_greedy_generate_matches_mlx_lm_batch_generate():
     model, tok = load_model("tiny-random")
-    prompts = [tok.encode("Question: Where is the observatory?\nAnswer:"), tok.encode("Hi"),
-               tok.encode("The Tervik Observatory sits on Mount Tervik and was founded in")]
+    prompts = [
+        tok.encode("Question: Where is the observatory?\nAnswer:"),
+        tok.encode("Hi"),
+        tok.encode("The Tervik Observatory sits on Mount Tervik and was founded in"),
+    ]
     ours = greedy_generate(model, prompts, 8, tok.eos_token_ids)
     theirs = batch_generate(model, tok, prompts, max_tokens=8, return_token_ids=True).token_ids
     assert ours == theirs

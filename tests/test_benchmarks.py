@@ -7,8 +7,21 @@ from benchmarks import inner_loop_speed
 
 def test_inner_loop_speed_reports_every_figure(tmp_path):
     out = tmp_path / "speed.json"
-    inner_loop_speed.main(["--model", "tiny-random", "--rewards", "2", "--no-torch", "--soak", "3",
-                           "--soak-answer-tokens", "2", "--json", str(out)])
+    inner_loop_speed.main(
+        [
+            "--model",
+            "tiny-random",
+            "--rewards",
+            "2",
+            "--no-torch",
+            "--soak",
+            "3",
+            "--soak-answer-tokens",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     figures = json.loads(out.read_text())
     assert figures["setting"]["epochs"] == 10  # the standard setting, whatever the env default
     assert figures["matmul_gflops"]["square_2048"] > 0
@@ -24,8 +37,23 @@ def test_batched_rewards_benchmark_reports_speedup_per_k(tmp_path):
     from benchmarks import batched_rewards
 
     out = tmp_path / "batched.json"
-    batched_rewards.main(["--model", "tiny-random", "--ks", "1,3", "--no-torch", "--set", "epochs=1",
-                          "--set", "answer_max_tokens=4", "--set", "max_sequences=4", "--json", str(out)])
+    batched_rewards.main(
+        [
+            "--model",
+            "tiny-random",
+            "--ks",
+            "1,3",
+            "--no-torch",
+            "--set",
+            "epochs=1",
+            "--set",
+            "answer_max_tokens=4",
+            "--set",
+            "max_sequences=4",
+            "--json",
+            str(out),
+        ]
+    )
     figures = json.loads(out.read_text())
     assert set(figures["k"]) == {"1", "3"}
     for k, row in figures["k"].items():
@@ -51,8 +79,15 @@ def test_torch_baseline_trains_and_quizzes_in_a_child_process():
     _, tok = load_model("tiny-random")
     article = load_articles("bundled")[0]
     data = prepare(cfg, tok, article, "1. A fact.\n2. Another fact.").data
-    job = {"kind": "rewards", "folder": str(resolve_model_path("tiny-random")), "settings": cfg.to_dict(),
-           "threads": 1, "datas": [data], "seeds": [0], "quiz": torch_baseline.quiz_job(tok, article)}
+    job = {
+        "kind": "rewards",
+        "folder": str(resolve_model_path("tiny-random")),
+        "settings": cfg.to_dict(),
+        "threads": 1,
+        "datas": [data],
+        "seeds": [0],
+        "quiz": torch_baseline.quiz_job(tok, article),
+    }
     out = torch_baseline.run(job, threads=1)
     assert len(out["runs"]) == 1 and out["runs"][0]["train_steps"] == len(data)
     assert out["runs"][0]["seconds_total"] >= out["runs"][0]["seconds_train"] > 0

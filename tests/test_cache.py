@@ -13,8 +13,11 @@ from seal_env.articles import Article, Question
 from seal_env.cache import RewardCache, enabled, reward_key
 
 EDIT = "1. The observatory sits on Mount Tervik.\n2. It was founded in 1911."
-ART = Article("Tervik Observatory", "The Tervik Observatory sits on Mount Tervik. It was founded in 1911.",
-              (Question("Where is the Tervik Observatory?", "Mount Tervik"),))
+ART = Article(
+    "Tervik Observatory",
+    "The Tervik Observatory sits on Mount Tervik. It was founded in 1911.",
+    (Question("Where is the Tervik Observatory?", "Mount Tervik"),),
+)
 
 
 @pytest.fixture
@@ -34,7 +37,9 @@ def test_miss_then_hit_is_identical_and_fast(env):
     assert info2["cache_hit"] is True and elapsed < 0.2  # typically ~1 ms
     assert info2["seconds_train"] == 0.0 and info2["seconds_total"] <= elapsed
     assert r2 == r1
-    strip = lambda i: {k: v for k, v in i.items() if not k.startswith("seconds") and k not in ("cache_hit", "batch_adapters")}  # noqa: E731
+    strip = lambda i: {
+        k: v for k, v in i.items() if not k.startswith("seconds") and k not in ("cache_hit", "batch_adapters")
+    }  # noqa: E731
     assert json.loads(json.dumps(strip(info1))) == strip(info2)
 
 
@@ -66,8 +71,9 @@ def test_different_seed_or_settings_miss(env, tmp_path):
     env.evaluate(ART, EDIT, seed=0)
     _, info = env.evaluate(ART, EDIT, seed=1)
     assert info["cache_hit"] is False
-    other = gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, "epochs": 1},
-                     cache_dir=str(tmp_path / "rewards")).unwrapped
+    other = gym.make(
+        "seal/KnowledgeIncorporation-v0", **{**TINY, "epochs": 1}, cache_dir=str(tmp_path / "rewards")
+    ).unwrapped
     _, info = other.evaluate(ART, EDIT, seed=0)
     assert info["cache_hit"] is False
     _, info = other.evaluate(ART, EDIT, seed=0)
@@ -99,8 +105,9 @@ def test_switch_off(tmp_path, monkeypatch):
 def test_custom_grader_is_not_cached(tmp_path, monkeypatch):
     monkeypatch.delenv("SEAL_ENV_REWARD_CACHE", raising=False)
     folder = tmp_path / "rewards"
-    e = gym.make("seal/KnowledgeIncorporation-v0", **TINY, cache_dir=str(folder),
-                 grader=lambda q, gold, pred: 1.0).unwrapped
+    e = gym.make(
+        "seal/KnowledgeIncorporation-v0", **TINY, cache_dir=str(folder), grader=lambda q, gold, pred: 1.0
+    ).unwrapped
     for _ in range(2):
         _, info = e.evaluate(ART, EDIT, seed=0)
         assert info["cache_hit"] is False

@@ -15,12 +15,15 @@ from seal_env.config import REWARD_KINDS
 # ------------------------------------------------------------------------------------------- statistics
 
 
-@pytest.mark.parametrize("p, df, expected", [
-    (0.975, 4, 2.7764451051977934),   # scipy.stats.t.ppf
-    (0.975, 1, 12.706204736174694),
-    (0.975, 30, 2.0422724563012378),
-    (0.9, 2.5, 1.7302509288071766),
-])
+@pytest.mark.parametrize(
+    "p, df, expected",
+    [
+        (0.975, 4, 2.7764451051977934),  # scipy.stats.t.ppf
+        (0.975, 1, 12.706204736174694),
+        (0.975, 30, 2.0422724563012378),
+        (0.9, 2.5, 1.7302509288071766),
+    ],
+)
 def test_t_quantile_matches_reference(p, df, expected):
     assert stats.t_quantile(p, df) == pytest.approx(expected, rel=1e-9)
     assert stats.t_quantile(1 - p, df) == pytest.approx(-expected, rel=1e-9)
@@ -104,8 +107,22 @@ def test_policy_specs_and_values():
     assert parse_value('["all"]') == ["all"]
 
 
-TINY_SETTINGS = ["--model", "tiny-random", "--set", "epochs=1", "--set", "lora_rank=4", "--set", "lora_alpha=8",
-                 "--set", "answer_max_tokens=4", "--set", "max_sequences=3", "--set", "max_sequence_tokens=64"]
+TINY_SETTINGS = [
+    "--model",
+    "tiny-random",
+    "--set",
+    "epochs=1",
+    "--set",
+    "lora_rank=4",
+    "--set",
+    "lora_alpha=8",
+    "--set",
+    "answer_max_tokens=4",
+    "--set",
+    "max_sequences=3",
+    "--set",
+    "max_sequence_tokens=64",
+]
 
 
 @pytest.fixture(scope="module")
@@ -113,18 +130,44 @@ def replay_file(tmp_path_factory):
     """A self-edit file in the format of ../shared/data/self_edits/ for the first bundled articles."""
     path = tmp_path_factory.mktemp("replay") / "facts.json"
     arts = load_articles("bundled", limit=3)
-    path.write_text(json.dumps([{"title": a.title, "context": a.context,
-                                 "completions": [f"1. {a.questions[0].question} {a.questions[0].answer}.",
-                                                 f"{a.title} is notable."]} for a in arts]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "title": a.title,
+                    "context": a.context,
+                    "completions": [f"1. {a.questions[0].question} {a.questions[0].answer}.", f"{a.title} is notable."],
+                }
+                for a in arts
+            ]
+        )
+    )
     return path
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, replay_file):
     out = tmp_path_factory.mktemp("cmp")
-    argv = ["--out", str(out), "--articles", "2", "--seeds", "2", "--quiet", "--max-tokens", "6",
-            "--policy", "none", "--policy", "passage", "--policy", f"facts=replay:{replay_file}",
-            "--policy", "prompt:implications", *TINY_SETTINGS]
+    argv = [
+        "--out",
+        str(out),
+        "--articles",
+        "2",
+        "--seeds",
+        "2",
+        "--quiet",
+        "--max-tokens",
+        "6",
+        "--policy",
+        "none",
+        "--policy",
+        "passage",
+        "--policy",
+        f"facts=replay:{replay_file}",
+        "--policy",
+        "prompt:implications",
+        *TINY_SETTINGS,
+    ]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEAL_ENV_REWARD_CACHE", "off")  # train every reward (no persistent reward cache)
         report = main(argv)
@@ -144,7 +187,9 @@ def test_outputs_table_json_png(tiny_run):
     data = json.loads((out / "results.json").read_text())
     assert len(data["records"]) == 16
     rec = data["records"][0]
-    assert rec["info"]["questions"] and {"answer", "gold", "correct", "f1", "loglik"} <= set(rec["info"]["questions"][0])
+    assert rec["info"]["questions"] and {"answer", "gold", "correct", "f1", "loglik"} <= set(
+        rec["info"]["questions"][0]
+    )
     # 4 policies -> 6 pairs x 3 metrics
     assert len(data["pairs"]) == 6 * len(REWARD_KINDS)  # 4 policies: 6 pairs, per reward kind
 
@@ -162,8 +207,9 @@ def test_conditions_semantics(tiny_run):
     base = {r["article_id"]: r["info"]["baseline_loglik"] for r in passage}
     assert all(r["info"]["baseline_loglik"] == base[r["article_id"]] for r in none + replay)
     # passage only: the empty self-edit plus the passage = one training sequence
-    assert all(r["self_edit"] == "" and r["info"]["n_sequences"] == 1 and r["info"]["train_steps"] == 1
-               for r in passage)
+    assert all(
+        r["self_edit"] == "" and r["info"]["n_sequences"] == 1 and r["info"]["train_steps"] == 1 for r in passage
+    )
     # replay: passage + self-edit pieces
     assert all(r["info"]["n_sequences"] == r["info"]["self_edit_pieces"] + 1 for r in replay)
     # common random numbers: the same inner-loop seed for every policy on (article, k, s)
@@ -201,8 +247,10 @@ def test_resume_skips_done_work(tiny_run):
     edits = [r for r in read_journal(journal) if r.get("type") == "self_edits"]
     assert len(edits) == 8
     # a resumed run reproduces the dropped rewards exactly
-    old = {(r["policy"], r["article_id"], r["k"], r["seed_index"]): r["reward"]
-           for r in map(json.loads, [lines[i] for i in results[-2:]])}
+    old = {
+        (r["policy"], r["article_id"], r["k"], r["seed_index"]): r["reward"]
+        for r in map(json.loads, [lines[i] for i in results[-2:]])
+    }
     new = {(r["policy"], r["article_id"], r["k"], r["seed_index"]): r["reward"] for r in recs}
     for key, reward in old.items():
         assert new[key] == pytest.approx(reward, abs=1e-6)
@@ -234,6 +282,7 @@ def test_paper_check_analysis_on_a_journal(tiny_run, capsys):
     assert n <= 2 and (math.isnan(rho) or -1 <= rho <= 1)
     pre = paper_check.leftover_preamble(records, tab, "facts", "passage")
     assert pre["with"] + pre["without"] == 2
-    paper_check.main([str(out), "--articles", "2", "--order", *order, "--tie", "passage", "facts",
-                      "--preamble", "facts"])
+    paper_check.main(
+        [str(out), "--articles", "2", "--order", *order, "--tie", "passage", "facts", "--preamble", "facts"]
+    )
     assert "paper relations holding" in capsys.readouterr().out

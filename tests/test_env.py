@@ -45,8 +45,19 @@ def test_step_api_and_info(tiny_env):
     obs2, reward, terminated, truncated, info = tiny_env.step(EDIT)
     assert terminated is True and truncated is False and obs2 == obs
     assert math.isfinite(reward) and reward == pytest.approx(info["loglik_gain"])  # the default reward kind
-    for key in ("baseline_accuracy", "adapter_accuracy", "f1_gain", "loglik_gain", "train_losses", "questions",
-                "seconds_train", "seconds_eval", "seed", "train_tokens", "n_sequences"):
+    for key in (
+        "baseline_accuracy",
+        "adapter_accuracy",
+        "f1_gain",
+        "loglik_gain",
+        "train_losses",
+        "questions",
+        "seconds_train",
+        "seconds_eval",
+        "seed",
+        "train_tokens",
+        "n_sequences",
+    ):
         assert key in info
     assert info["n_sequences"] == 3  # two lines + the passage
     assert info["train_steps"] == 3 * TINY["epochs"]
@@ -58,8 +69,13 @@ def test_step_api_and_info(tiny_env):
 
 @pytest.mark.parametrize(
     "action, flag",
-    [("", "empty_action"), ("   \n\t ", "empty_action"), ("a\x00b\x1bc", "removed_control_chars"),
-     ("lone \ud800 surrogate", "replaced_surrogates"), ("x" * 1_000_000, "action_truncated_chars")],
+    [
+        ("", "empty_action"),
+        ("   \n\t ", "empty_action"),
+        ("a\x00b\x1bc", "removed_control_chars"),
+        ("lone \ud800 surrogate", "replaced_surrogates"),
+        ("x" * 1_000_000, "action_truncated_chars"),
+    ],
     ids=["empty", "whitespace", "control-chars", "lone-surrogate", "1MB"],
 )
 def test_bad_actions_have_defined_outcomes(tiny_env, action, flag):
@@ -163,8 +179,11 @@ def test_reset_options_and_randomness_from_np_random(tiny_env):
     _, info_a = tiny_env.reset(seed=11)
     _, info_b = tiny_env.reset(seed=11)
     assert info_a["article_index"] == info_b["article_index"]
-    _, info = tiny_env.reset(options={"article": {"title": "X", "context": "Y is Z.",
-                                                   "questions": [{"question": "What is Y?", "answer": "Z"}]}})
+    _, info = tiny_env.reset(
+        options={
+            "article": {"title": "X", "context": "Y is Z.", "questions": [{"question": "What is Y?", "answer": "Z"}]}
+        }
+    )
     assert info["n_questions"] == 1
     with pytest.raises(IndexError):
         tiny_env.reset(options={"article_index": 10_000})

@@ -15,8 +15,14 @@ FAST = {**TINY, "epochs": 1, "max_sequence_tokens": 64, "max_action_chars": 2000
 from seal_env.config import SealConfig
 from seal_env.articles import select_articles
 from seal_env.env import KnowledgeIncorporationEnv
-from seal_env.executors import (InProcessExecutor, RewardRequest, add_executor_args, blas_threads,
-                                executor_from_args, make_executor)
+from seal_env.executors import (
+    InProcessExecutor,
+    RewardRequest,
+    add_executor_args,
+    blas_threads,
+    executor_from_args,
+    make_executor,
+)
 
 SETTINGS = {**FAST, "reward": "loglik"}
 ARTICLES = select_articles(SealConfig(**SETTINGS))

@@ -28,8 +28,11 @@ def learner():
 
 
 def _data(tok, n=3):
-    texts = ["The observatory sits on Mount Tervik, far above the valley.", "It was founded in 1911.",
-             "Its first director was Ada Varn, who mapped the northern sky for thirty years."][:n]
+    texts = [
+        "The observatory sits on Mount Tervik, far above the valley.",
+        "It was founded in 1911.",
+        "Its first director was Ada Varn, who mapped the northern sky for thirty years.",
+    ][:n]
     head = tok.encode("Tervik\n")
     return [(head + tok.encode(t, add_special_tokens=False) + [tok.eos_token_id], len(head)) for t in texts]
 
@@ -55,8 +58,7 @@ def test_loss_and_grads_agree_with_plain_path(learner):
             learner.set_levers(**levers)
             positions, weights = loss_positions(mask, levers["head_on_positions"])
             groups = mx.ones((1, positions.shape[0]))
-            (loss, _, ntoks), grads = learner.loss_and_grad(mx.array([0]), inputs, targets, positions, weights,
-                                                            groups)
+            (loss, _, ntoks), grads = learner.loss_and_grad(mx.array([0]), inputs, targets, positions, weights, groups)
             results[name] = (loss.item(), ntoks.item(), {k: np.asarray(v) for k, v in tree_flatten(grads)})
     finally:
         learner.model.eval()
@@ -156,7 +158,9 @@ def test_keep_freed_memory_serves_large_blocks_from_the_heap():
         env = {k: v for k, v in os.environ.items() if k != "SEAL_ENV_MALLOC_TUNING"}
         if switch:
             env["SEAL_ENV_MALLOC_TUNING"] = switch
-        out = subprocess.run([sys.executable, "-c", MALLINFO_PROBE], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", MALLINFO_PROBE], env=env, capture_output=True, text=True, check=True
+        )
         return out.stdout.split()[-1]
 
     # tuned: a 16 MB block comes from (and goes back to) the heap, so reusing it does not fault fresh pages in;

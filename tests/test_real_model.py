@@ -10,8 +10,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def real_env():
     # no passage appended, so the two conditions differ only by the self-edit; 3 epochs keep it to about a minute
-    return KnowledgeIncorporationEnv(model="smollm2-135m", split="all", reward="loglik", epochs=3,
-                                     include_passage=False, answer_max_tokens=16)
+    return KnowledgeIncorporationEnv(
+        model="smollm2-135m", split="all", reward="loglik", epochs=3, include_passage=False, answer_max_tokens=16
+    )
 
 
 def test_answer_stating_self_edit_beats_unrelated_text(real_env):
@@ -29,12 +30,21 @@ def test_batched_rewards_equal_sequential_on_smollm2():
     # With Adam's bias correction (as SEAL's PyTorch AdamW), training is well conditioned: batching changes float
     # rounding only. (Without it the first steps are 3-6x larger and a 1e-7 rounding difference grows to ~0.05 in
     # the reward within 18 steps: benchmarks/RESULTS.md, "Batched rewards".)
-    real_env = KnowledgeIncorporationEnv(model="smollm2-135m", split="all", reward="loglik", epochs=3,
-                                         include_passage=False, answer_max_tokens=16, adam_bias_correction=True)
+    real_env = KnowledgeIncorporationEnv(
+        model="smollm2-135m",
+        split="all",
+        reward="loglik",
+        epochs=3,
+        include_passage=False,
+        answer_max_tokens=16,
+        adam_bias_correction=True,
+    )
     article = real_env.articles[1]
-    edits = ["\n".join(f"{q.question} {q.answer}." for q in article.questions),
-             "The weather in the mountains changes quickly.",
-             article.context.split(". ")[0] + "."]
+    edits = [
+        "\n".join(f"{q.question} {q.answer}." for q in article.questions),
+        "The weather in the mountains changes quickly.",
+        article.context.split(". ")[0] + ".",
+    ]
     seeds = [3, 4, 5]
     sequential = [real_env.evaluate(article, e, s) for e, s in zip(edits, seeds)]
     batched = real_env.evaluate_many(article, edits, seeds)

@@ -10,9 +10,16 @@ from seal_env.articles import Article, Question
 from seal_env.config import LOGLIK_KINDS, SealConfig
 from seal_env.reward import quiz, summarize
 
-ART = Article("Tervik", "Tervik Observatory sits on Mount Tervik; Ada Varn founded it in 1911.",
-              (Question("Where is it?", "Mount Tervik"), Question("Who founded it?", "Ada Varn"),
-               Question("When?", "1911"), Question("On which mountain?", "Mount Tervik")))
+ART = Article(
+    "Tervik",
+    "Tervik Observatory sits on Mount Tervik; Ada Varn founded it in 1911.",
+    (
+        Question("Where is it?", "Mount Tervik"),
+        Question("Who founded it?", "Ada Varn"),
+        Question("When?", "1911"),
+        Question("On which mountain?", "Mount Tervik"),
+    ),
+)
 
 
 class FakeLearner:
@@ -31,15 +38,21 @@ class FakeLearner:
 
 
 def test_kinds_agree_with_a_hand_computation():
-    scores = [[-1.0, -3.0, -2.0],   # "Where is it?": gold Mount Tervik is the most likely
-              [-1.0, -1.5, -4.0],   # "Who founded it?": gold Ada Varn is not
-              [-2.0, -2.0, -2.0],   # "When?": a tie is not a choice
-              [-0.5, -2.5, -0.5],   # "On which mountain?": gold Mount Tervik (index 0), tie with 1911
-              [-2.0, -1.0, -3.0]]   # topic alone
+    scores = [
+        [-1.0, -3.0, -2.0],  # "Where is it?": gold Mount Tervik is the most likely
+        [-1.0, -1.5, -4.0],  # "Who founded it?": gold Ada Varn is not
+        [-2.0, -2.0, -2.0],  # "When?": a tie is not a choice
+        [-0.5, -2.5, -0.5],  # "On which mountain?": gold Mount Tervik (index 0), tie with 1911
+        [-2.0, -1.0, -3.0],
+    ]  # topic alone
     rows = quiz(FakeLearner(scores), ART, max_tokens=0)[0]
     assert [r["loglik"] for r in rows] == [-1.0, -1.5, -2.0, -0.5]
-    assert [r["margin"] for r in rows] == [-1.0 - (-3.0 - 2.0) / 2, -1.5 - (-1.0 - 4.0) / 2, 0.0,
-                                           -0.5 - (-2.5 - 0.5) / 2]
+    assert [r["margin"] for r in rows] == [
+        -1.0 - (-3.0 - 2.0) / 2,
+        -1.5 - (-1.0 - 4.0) / 2,
+        0.0,
+        -0.5 - (-2.5 - 0.5) / 2,
+    ]
     assert [r["choice"] for r in rows] == [1.0, 0.0, 0.0, 0.0]
     assert [r["pmi"] for r in rows] == [-1.0 + 2.0, -1.5 + 1.0, -2.0 + 3.0, -0.5 + 2.0]
     summary = summarize(rows)
@@ -50,8 +63,10 @@ def test_kinds_agree_with_a_hand_computation():
 @pytest.fixture(scope="module")
 def learning_env():
     # enough steps that the tiny random model measurably learns stated facts
-    env = gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, "timings": False, "include_passage": False,
-                                                         "learning_rate": 3e-3, "epochs": 6}).unwrapped
+    env = gym.make(
+        "seal/KnowledgeIncorporation-v0",
+        **{**TINY, "timings": False, "include_passage": False, "learning_rate": 3e-3, "epochs": 6},
+    ).unwrapped
     yield env
     env.close()
 

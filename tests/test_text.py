@@ -24,8 +24,13 @@ def test_grade_rejects_out_of_range_grader():
 
 
 def test_templates_are_seals():
-    assert set(SELF_EDIT_TEMPLATES) == {"implications", "implications-long", "implications-very-long", "rewrite",
-                                        "self-qa"}
+    assert set(SELF_EDIT_TEMPLATES) == {
+        "implications",
+        "implications-long",
+        "implications-very-long",
+        "rewrite",
+        "self-qa",
+    }
     text = self_edit_prompt("T", "C", "implications")
     assert text.endswith("Passage:\nT\nC\n\nImplications:\n")
     assert resolve_template("Facts about {title}: {context}") == "Facts about {title}: {context}"

@@ -20,8 +20,9 @@ KI = "seal/KnowledgeIncorporation-v0"
 
 @pytest.fixture(scope="module")
 def sync_env():
-    envs = gym.make_vec(KI, num_envs=2, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **SETTINGS)
+    envs = gym.make_vec(
+        KI, num_envs=2, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **SETTINGS
+    )
     yield envs
     envs.close()
 
@@ -87,8 +88,7 @@ def test_make_vec_with_vector_entry_point():
 
 
 def test_sync_vector_env_with_continual_pretraining():
-    envs = gym.make_vec("seal/ContinualPretraining-v0", num_envs=2, vectorization_mode="sync",
-                        **FAST, n_articles=2)
+    envs = gym.make_vec("seal/ContinualPretraining-v0", num_envs=2, vectorization_mode="sync", **FAST, n_articles=2)
     obs, _ = envs.reset(seed=0)
     _, rewards, terminated, _, _ = envs.step(ACTIONS)
     assert not terminated.any() and (rewards == 0).all()
