@@ -14,9 +14,10 @@ import json
 import os
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from seal_env.config import SealConfig
 from seal_env.prompts import resolve_template

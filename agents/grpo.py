@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env.config import SEAL_PAPER_SETTINGS
+from seal_env.learner import make_batch
+
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -26,14 +29,14 @@ from tqdm.auto import tqdm
 
 from agents.base import Experience
 from agents.config import TINY, RunConfig
-from agents.run import LoRAPolicy, main as run_main
-from seal_env.config import SEAL_PAPER_SETTINGS
-from seal_env.learner import make_batch
+from agents.run import LoRAPolicy
+from agents.run import main as run_main
 
 
 @dataclass
 class GRPOConfig(RunConfig):
-    """GRPO's settings, on top of the shared ones in :class:`agents.config.RunConfig` (whose update defaults it changes)."""
+    """GRPO's settings, on top of the shared ones in :class:`agents.config.RunConfig` (it changes their update
+    defaults)."""
 
     # Policy update: a LoRA on the policy, folded into its weights after each round
     policy_lora_rank: int = 16

@@ -10,17 +10,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env.prompts import resolve_template, self_edit_prompt, uses_chat
+
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.sample_utils import apply_top_p
 from tqdm.auto import tqdm
 
 from agents.base import Observation, derive_seed
-from seal_env.prompts import resolve_template, self_edit_prompt, uses_chat
 
 POLICY_SPECS = ("none", "passage", "prompt:TEMPLATE", "replay:PATH", "checkpoint:RUN_DIR[:ROUND]")
 
@@ -162,7 +164,8 @@ class PromptPolicy:
 def make_policy(
     spec: str, *, model: str = "smollm2-135m", loaded: tuple[Any, Any] | None = None, **sampling: Any
 ) -> Any:
-    """A policy from a spec: ``none``, ``passage``, ``prompt:TEMPLATE``, ``replay:PATH`` or ``checkpoint:RUN_DIR[:ROUND]``.
+    """A policy from a spec: ``none``, ``passage``, ``prompt:TEMPLATE``, ``replay:PATH`` or
+    ``checkpoint:RUN_DIR[:ROUND]``.
 
     ``prompt:`` samples ``model`` (a :func:`seal_env.models.load_model` spec; or pass ``loaded=(model, tokenizer)``);
     ``checkpoint:`` samples the policy saved by an ``agents`` run after ``ROUND`` (default: its last), with the

@@ -18,10 +18,12 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from seal_env.config import SEAL_PAPER_SETTINGS
+
 from agents.base import Experience
 from agents.config import TINY, RunConfig
-from agents.run import LoRAPolicy, main as run_main, train_with_progress
-from seal_env.config import SEAL_PAPER_SETTINGS
+from agents.run import LoRAPolicy, train_with_progress
+from agents.run import main as run_main
 
 
 @dataclass
@@ -34,7 +36,8 @@ class ReSTEMConfig(RunConfig):
 
 #: ``demo`` is the dataclass defaults; ``paper`` is SEAL's knowledge-incorporation ReSTEM (50 articles x 5
 #: self-edits x 3 inner loops, 2 rounds, SFT with LoRA r=64 on all linear layers, lr 3e-4, 2 epochs, batch 5,
-#: and SEAL's inner loop: the SealConfig defaults + SEAL_PAPER_SETTINGS, with SEAL's accuracy reward); ``tiny`` is the tiny-random model, for tests.
+#: and SEAL's inner loop: the SealConfig defaults + SEAL_PAPER_SETTINGS, with SEAL's accuracy reward); ``tiny`` is
+#: the tiny-random model, for tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     "paper": {

@@ -17,10 +17,16 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env.articles import Article, select_articles
+from seal_env.executors import InProcessExecutor, RewardRequest
+from seal_env.learner import Learner
+from seal_env.models import load_model
+
 import mlx.core as mx
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,10 +34,6 @@ from tqdm.auto import tqdm
 from agents.base import Agent, Experience, Policy, derive_seed, observation
 from agents.config import RunConfig, build_parser, parse_args, read_meta
 from agents.policies import PromptPolicy
-from seal_env.articles import Article, select_articles
-from seal_env.executors import InProcessExecutor, RewardRequest
-from seal_env.learner import Learner
-from seal_env.models import load_model
 
 # ------------------------------------------------------------------------------------------------ run directory
 
@@ -383,7 +385,7 @@ def rollout(
             "event": "samples",
             "round": round,
             "phase": phase,
-            "self_edits": {a.id: list(p) for a, p in zip(articles, proposed)},
+            "self_edits": {a.id: list(p) for a, p in zip(articles, proposed, strict=True)},
         }
         run.append(record)
         seconds["sample"] = time.perf_counter() - t0
@@ -541,7 +543,8 @@ def _round_line(summary: dict[str, Any]) -> str:
 
 def print_summary(results: dict[str, Any]) -> None:
     print(
-        f"\n{results['algorithm']} finished: {len(results['rounds']) - 1} rounds, {results['seconds']:.0f} s this session"
+        f"\n{results['algorithm']} finished: {len(results['rounds']) - 1} rounds, "
+        f"{results['seconds']:.0f} s this session"
     )
     print(f"{'round':>5}  {'train reward (mean, max, >0)':34} {'held-out reward':34}")
     for s in results["rounds"]:

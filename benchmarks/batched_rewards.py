@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
+from seal_env.articles import Article, load_articles  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 
 from benchmarks.compare_policies import parse_value  # noqa: E402
-from seal_env.articles import Article, load_articles  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCES = ("qwen2.5-7b_base_dev100.json", "gpt-4.1_dev100.json", "seal_round2_dev100.json")
@@ -87,9 +87,10 @@ def sampled_self_edits(env: Any, k: int) -> tuple[Article, list[str]]:
 
 def torch_rewards(env: Any, article: Article, edits: list[str], seeds: list[int], threads: int) -> dict[str, Any]:
     """The same rewards one after another with PyTorch + PEFT (child process)."""
-    from benchmarks import torch_baseline
     from seal_env.models import resolve_model_path
     from seal_env.pipeline import prepare
+
+    from benchmarks import torch_baseline
 
     cfg, tok = env.cfg, env.learner.tokenizer
     job = {
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seeds = list(range(100, 100 + k))
         with PeakRSS() as rss_seq:
             t0 = time.perf_counter()
-            seq = [env.evaluate(article, e, s) for e, s in zip(edits[:k], seeds)]
+            seq = [env.evaluate(article, e, s) for e, s in zip(edits[:k], seeds, strict=True)]
             t_seq = time.perf_counter() - t0
         with PeakRSS() as rss_bat:
             t0 = time.perf_counter()
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "rewards_per_hour_batched": 3600 * k / t_bat,
             "peak_rss_mb_sequential": rss_seq.peak,
             "peak_rss_mb_batched": rss_bat.peak,
-            "max_abs_reward_difference": max(abs(a[0] - b[0]) for a, b in zip(seq, bat)),
+            "max_abs_reward_difference": max(abs(a[0] - b[0]) for a, b in zip(seq, bat, strict=True)),
             "train_steps": [info["train_steps"] for _, info in bat],
             "seconds_train_sequential": sum(i["seconds_train"] for _, i in seq),
             "seconds_train_batched": sum(i["seconds_train"] for _, i in bat),

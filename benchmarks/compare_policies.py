@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import json
 import math
 import os
@@ -40,15 +41,16 @@ import platform
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env.articles import Article, select_articles
+from seal_env.config import REWARD_KINDS, SEAL_PAPER_SETTINGS, SealConfig
 
 from agents.base import derive_seed, observation
 from benchmarks import stats
-from seal_env.articles import Article, select_articles
-from seal_env.config import REWARD_KINDS, SEAL_PAPER_SETTINGS, SealConfig
 
 METRICS = REWARD_KINDS  # every reward kind is in every info (journals of older versions read nan for new kinds)
 METRIC_NAMES = {
@@ -307,9 +309,9 @@ def _evaluate(
     edits: dict[tuple[str, str], list[str]],
     journal: Journal,
 ) -> int:
-    from tqdm.auto import tqdm
-
     from seal_env.executors import InProcessExecutor, RewardRequest, executor_from_args
+
+    from tqdm.auto import tqdm
 
     K = args.self_edits
     # 1. self-edits (journaled, so a resumed run does not sample them again)
@@ -324,7 +326,7 @@ def _evaluate(
             print(f"{p.label}: self-edits for {len(need)} article(s)", file=sys.stderr)
         policy = build_policy(p, args, settings)
         proposed = policy.propose([observation(a) for a in need], k=K, seed=args.seed)
-        for a, texts in zip(need, proposed):
+        for a, texts in zip(need, proposed, strict=True):
             edits[(p.label, a.id)] = list(texts)
             journal.write(
                 {"type": "self_edits", "policy": p.label, "spec": p.spec, "article_id": a.id, "self_edits": list(texts)}
@@ -546,7 +548,7 @@ def markdown(
         for m in METRICS:
             order = sorted(ranked, key=lambda lab: summary[lab][f"{m}_gain"])
             text = order[0]
-            for prev, lab in zip(order, order[1:]):
+            for prev, lab in itertools.pairwise(order):
                 same = abs(summary[lab][f"{m}_gain"] - summary[prev][f"{m}_gain"]) <= 1e-12
                 text += (" = " if same else " < ") + lab
             lines.append(f"Ranking by mean {METRIC_NAMES[m]} gain (low to high): {text}  ")
@@ -601,7 +603,7 @@ def plot_gains(analysis: dict[str, Any], labels: list[str], path: Path, title: s
     cols = 3
     rows = math.ceil(len(METRICS) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 + 1.4 * len(labels) * 1.5, 4.2 * rows), squeeze=False)
-    for ax, m in zip(axes.flat, METRICS):
+    for ax, m in zip(axes.flat, METRICS, strict=True):
         means = [summary[lab][f"{m}_gain"] for lab in labels]
         err = [
             [

@@ -12,7 +12,8 @@ Figures, all measured in one process (timings on a shared machine are noisy: com
     ``2 * V * d`` per loss position + attention ``4 * T^2 * d`` per layer + LoRA; backward the same again (input
     gradients through the frozen weights) plus the LoRA weight gradients.
 (c) seconds per reward at the standard setting (SmolLM2-135M, env defaults = SEAL's LoRA r=32/alpha=64 on q,v,
-    but SEAL's 10 epochs (the env default is 3), batch 1, 5 training sequences of ~140 tokens, 5 questions, answers up to 32 tokens), split into
+    but SEAL's 10 epochs (the env default is 3), batch 1, 5 training sequences of ~140 tokens, 5 questions, answers
+    up to 32 tokens), split into
     baseline (first reward of an article only), reset, train and eval.
 (d) peak RSS, and with ``--soak N`` the RSS after each of N cheaper rewards (1 epoch, new sequence lengths every
     reward) and its slope.
@@ -36,12 +37,11 @@ from typing import Any
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from seal_env import _blas
+from seal_env.articles import Article, Question, load_articles  # noqa: E402
+from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
-
-from seal_env.articles import Article, Question, load_articles  # noqa: E402
-from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig  # noqa: E402
 
 SEQ_TOKENS = 140
 #: The issue's standard setting trains SEAL's 10 epochs (the env default is 3).
@@ -326,8 +326,9 @@ def _standard_sequences(tok: Any, cfg: SealConfig, seed: int) -> tuple[Article, 
 
 def section_torch(env: Any, rewards: int, threads: int) -> dict[str, Any]:
     """The same rewards with PyTorch + PEFT (benchmarks.torch_baseline, in a child process)."""
-    from benchmarks import torch_baseline
     from seal_env.models import resolve_model_path
+
+    from benchmarks import torch_baseline
 
     cfg, tok = env.cfg, env.learner.tokenizer
     article, _ = benchmark_data(tok, SEQ_TOKENS, N_SEQUENCES)
@@ -351,8 +352,9 @@ def section_torch(env: Any, rewards: int, threads: int) -> dict[str, Any]:
 
 def section_torch_steps(env: Any, threads: int) -> dict[str, Any]:
     """PyTorch + PEFT training-step time (wall and CPU) on the standard data, like :func:`_step_throughput`."""
-    from benchmarks import torch_baseline
     from seal_env.models import resolve_model_path
+
+    from benchmarks import torch_baseline
 
     cfg = env.cfg
     job = {

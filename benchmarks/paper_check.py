@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         pre = leftover_preamble(records, tab, args.preamble, "passage")
         print(
             f"\n{args.preamble}: {pre['with']} self-edits still start with a non-list piece after the preamble drop "
-            f"(log-lik. gain over passage {pre['gain_with']:+.3f}), {pre['without']} do not ({pre['gain_without']:+.3f})"
+            f"(log-lik. gain over passage {pre['gain_with']:+.3f}), {pre['without']} do not "
+            f"({pre['gain_without']:+.3f})"
         )
     nz = noise(records, tab, trained, args.noise_articles)
     print(f"\nSeed sd of one reward ({nz['articles']} articles x >= 2 seeds):\n")

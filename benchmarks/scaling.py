@@ -32,9 +32,8 @@ import time
 from typing import Any
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
-from seal_env.articles import Article
+from seal_env.articles import Article, select_articles
 from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig
-from seal_env.articles import select_articles
 from seal_env.executors import RewardRequest, blas_threads, make_executor
 
 CHEAP = dict(epochs=2, max_sequences=5, answer_max_tokens=16)
@@ -76,9 +75,9 @@ def run_config(name: str, settings: dict[str, Any], requests: list[RewardRequest
         cpu = cpu_seconds(ex) - cpu0
         broadcast = None
         if kind == "ray":  # one base-weight broadcast (what every outer-loop round costs)
-            from mlx.utils import tree_flatten
-
             from seal_env.env import KnowledgeIncorporationEnv
+
+            from mlx.utils import tree_flatten
 
             env = KnowledgeIncorporationEnv(**settings)
             weights = {k: v for k, v in tree_flatten(env.learner.model.parameters()) if "lora_" not in k}
@@ -207,7 +206,7 @@ def markdown(report: dict[str, Any]) -> str:
         same, diff = "-", "-"
         if ref is not None and c is not ref:
             same = "equal" if c["reward_values"] == ref["reward_values"] else "differ"
-            diff = f"{max(abs(a - b) for a, b in zip(c['loglik_gains'], ref['loglik_gains'])):.1e}"
+            diff = f"{max(abs(a - b) for a, b in zip(c['loglik_gains'], ref['loglik_gains'], strict=True)):.1e}"
         lines.append(
             f"| {c['config']} | {c['workers']} x {c['threads_per_worker']} | {c['startup_seconds']:.1f} | "
             f"{c['wall_seconds']:.1f} | {c['rewards_per_hour']:.0f} | {c['cpu_seconds_per_reward']:.1f} | "
@@ -242,7 +241,7 @@ def markdown(report: dict[str, Any]) -> str:
             lo, hi = f"{row['hours_low']:.1f}", f"{row['hours_high']:.1f}"
             return lo if lo == hi else f"{lo}-{hi}"
 
-        for quiet, loaded in zip(report["projection_quiet"], report["projection"]):
+        for quiet, loaded in zip(report["projection_quiet"], report["projection"], strict=True):
             lines.append(f"| {quiet['workers']} | {fmt(quiet)} | {fmt(loaded)} | {quiet['utilisation']:.0%} |")
     return "\n".join(lines)
 

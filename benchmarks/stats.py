@@ -15,7 +15,7 @@ through the regularised incomplete beta function.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -167,7 +167,8 @@ def paired_bootstrap(
 
 
 def binom_two_sided(k: int, n: int) -> float:
-    """Exact two-sided p-value of ``k`` successes in ``n`` fair coin flips: ``2 * P(X <= min(k, n - k))``, capped at 1."""
+    """Exact two-sided p-value of ``k`` successes in ``n`` fair coin flips: ``2 * P(X <= min(k, n - k))``, capped
+    at 1."""
     if n == 0:
         return 1.0
     low = min(k, n - k)

@@ -103,7 +103,7 @@ def rewards(
     import torch
 
     pad, runs = quiz["pad"], []
-    for data, seed in zip(datas, seeds):
+    for data, seed in zip(datas, seeds, strict=True):
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         _reset(model)
@@ -111,7 +111,7 @@ def rewards(
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
         total = settings["epochs"] * len(data)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / max(total, 1)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, total=total: max(0.0, 1 - s / max(total, 1)))
         model.train()
         rng = np.random.default_rng(seed)
         t0 = time.perf_counter()
@@ -135,7 +135,7 @@ def rewards(
                     do_sample=False,
                     pad_token_id=pad,
                 )
-            rows = [e + a for e, a in zip(enc, quiz["answers"])]
+            rows = [e + a for e, a in zip(enc, quiz["answers"], strict=True)]
             width = max(map(len, rows))
             x = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
             torch.log_softmax(model(input_ids=x).logits.float(), -1)

@@ -72,7 +72,7 @@ class AdapterOptimizer:
         lr = np.array(
             [
                 schedule_lr(int(s), t, self.learning_rate, self.schedule, self.warmup_steps)
-                for s, t in zip(self.steps, self.total_steps)
+                for s, t in zip(self.steps, self.total_steps, strict=True)
             ],
             np.float32,
         )

@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class Article:
     @property
     def id(self) -> str:
         """Stable content hash: first 16 hex digits of sha256(title + context)."""
-        digest = hashlib.sha256(f"{self.title}\n{self.context}".encode("utf-8"))
+        digest = hashlib.sha256(f"{self.title}\n{self.context}".encode())
         return digest.hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +148,9 @@ def _load_squad(split: str, limit: int | None) -> list[Article]:
             f"Use source='bundled' or a JSON file instead; {DATASETS_HELP}"
         ) from e
     groups: dict[str, tuple[str, list[Question]]] = {}
-    for title, context, question, answers in zip(ds["title"], ds["context"], ds["question"], ds["answers"]):
+    for title, context, question, answers in zip(
+        ds["title"], ds["context"], ds["question"], ds["answers"], strict=True
+    ):
         context, question = context.strip(), question.strip()
         texts = answers.get("text", []) if isinstance(answers, dict) else []
         if not context or not question or not texts or not texts[0].strip():

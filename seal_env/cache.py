@@ -53,9 +53,9 @@ def _canonical(obj: Any) -> str:
 
 def reward_key(model_fingerprint: str, article: Any, self_edit: str, settings: dict[str, Any], seed: int) -> str:
     """SHA-256 (hex) of everything that decides a reward. ``article`` is an Article (title, context, questions)."""
-    import mlx.core as mx
-
     import seal_env
+
+    import mlx.core as mx
 
     payload = {
         "cache_version": CACHE_VERSION,

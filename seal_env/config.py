@@ -139,7 +139,7 @@ class SealConfig:
             raise ValueError("diverged_reward must be finite")
 
     @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> "SealConfig":
+    def from_kwargs(cls, **kwargs: Any) -> SealConfig:
         """Build from keyword arguments; an unknown name raises TypeError listing the valid ones."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(kwargs) - names)

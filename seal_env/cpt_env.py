@@ -20,9 +20,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import gymnasium as gym
-from gymnasium import spaces
-
 from seal_env.articles import Article, select_articles
 from seal_env.config import SealConfig
 from seal_env.grading import Grader
@@ -30,6 +27,9 @@ from seal_env.learner import TrainRow
 from seal_env.pipeline import KINDS, QUESTION_SCORES, RewardPipeline, prepare
 from seal_env.reward import gain, mean_std, quiz, summarize
 from seal_env.spaces import UnicodeText
+
+import gymnasium as gym
+from gymnasium import spaces
 
 TRAIN_MODES = ("pooled", "online")
 
@@ -190,10 +190,10 @@ class ContinualPretrainingEnv(gym.Env):
             return [None] * len(run_seeds)
         out = self.learner.train([data if t else [] for t in train], [s + i for s in run_seeds])
         self._t["train"] += sum(rep["train_seconds"] for rep in out)
-        for run, rep, t in zip(reports, out, train):
+        for run, rep, t in zip(reports, out, train, strict=True):
             if t:
                 run.append(rep)
-        return [rep if t else None for rep, t in zip(out, train)]
+        return [rep if t else None for rep, t in zip(out, train, strict=True)]
 
     def _runs(self) -> list[dict[str, Any]]:
         """Train every run ``r`` of ``eval_times`` (seed ``seed + r``, a fresh adapter each) and quiz it."""
@@ -240,7 +240,7 @@ class ContinualPretrainingEnv(gym.Env):
         reward, reward_std = mean_std(rewards)
         adapted = [summarize([q for res in run["results"] for q in res]) for run in runs]
         articles = []
-        for j, (article, base) in enumerate(zip(self.episode, bases)):
+        for j, (article, base) in enumerate(zip(self.episode, bases, strict=True)):
             per_run = [summarize(run["results"][j]) for run in runs]
             b = base["summary"]
             articles.append(
@@ -259,7 +259,7 @@ class ContinualPretrainingEnv(gym.Env):
                             "baseline_correct": bq["correct"],
                             **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES},
                         }
-                        for q, bq in zip(runs[-1]["results"][j], base["results"])
+                        for q, bq in zip(runs[-1]["results"][j], base["results"], strict=True)
                     ],
                 }
             )

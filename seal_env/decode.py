@@ -14,12 +14,12 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+from seal_env.kernels import split_head
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.cache import BatchKVCache
-
-from seal_env.kernels import split_head
 
 
 def _hidden_and_head(model: nn.Module) -> tuple[Any, Any]:
@@ -37,7 +37,9 @@ def prefill(model: nn.Module, prompts: Sequence[Sequence[int]], room: int) -> tu
         raise ValueError("prefill needs at least one prompt, each with at least one token")
     width = max(len(p) for p in prompts)
     padding = [width - len(p) for p in prompts]
-    tokens = mx.array([[0] * pad + [int(t) for t in p] for p, pad in zip(prompts, padding)], dtype=mx.int32)
+    tokens = mx.array(
+        [[0] * pad + [int(t) for t in p] for p, pad in zip(prompts, padding, strict=True)], dtype=mx.int32
+    )
     cache = [BatchKVCache(padding) for _ in model.layers]
     for c in cache:
         c.step = width + room  # one allocation that holds the prompt and everything after it

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import gymnasium as gym
-from gymnasium import spaces
-
 from seal_env.articles import Article, select_articles
 from seal_env.config import SealConfig
 from seal_env.grading import Grader
 from seal_env.pipeline import RewardPipeline
 from seal_env.spaces import UnicodeText
+
+import gymnasium as gym
+from gymnasium import spaces
 
 
 class KnowledgeIncorporationEnv(gym.Env):

@@ -13,7 +13,8 @@ Both group the requests by article (:func:`group_requests`): one group is one ba
 
 Both return the same rewards and infos for the same requests: a reward depends only on (article, self-edit, seed)
 and the settings (the inner loop is deterministic on CPU), never on which worker computed it. Bit for bit, that
-holds for the same groups and the same BLAS thread count: OpenBLAS splits matrix products differently with another thread count, which
+holds for the same groups and the same BLAS thread count: OpenBLAS splits matrix products differently with another
+thread count, which
 moves losses and log-likelihoods in about the 7th significant digit (accuracy rewards practically never change).
 A Ray worker uses ``cpus_per_worker`` threads; :func:`blas_threads` sets this process's count.
 :func:`make_executor` picks one by name (``--executor ray --workers N`` on the command line, see
@@ -26,8 +27,9 @@ import argparse
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 from seal_env.articles import Article
 
@@ -108,7 +110,7 @@ class InProcessExecutor:
                 [requests[i].seed for i in group],
                 adapt=first.adapt,
             )
-            for i, result in zip(group, results):
+            for i, result in zip(group, results, strict=True):
                 out[i] = result
                 if on_result is not None:
                     on_result(i, *result)
@@ -378,7 +380,7 @@ class RayExecutor:
                     idle.append(slot)
                     continue
                 idle.append(slot)
-                for i, (reward, info) in zip(groups[g], value):
+                for i, (reward, info) in zip(groups[g], value, strict=True):
                     results[i] = (reward, info)
                     self.stats["completed"] += 1
                     if on_result is not None:
@@ -411,7 +413,7 @@ class RayExecutor:
             ray.shutdown()
         self._owns_ray = False
 
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import re
 import string
-from typing import Callable
+from collections.abc import Callable
 
 #: A pluggable grader: ``grader(question, gold_answer, predicted_answer) -> score in [0, 1]``.
 #: Use it for an LLM judge (SEAL grades with GPT-4.1); the default is :func:`lenient_match`.

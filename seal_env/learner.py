@@ -19,14 +19,9 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator
-
-import mlx.core as mx
-import mlx.nn as nn
-import numpy as np
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from typing import Any
 
 from seal_env.adapter_optim import AdapterOptimizer
 from seal_env.config import SealConfig
@@ -35,6 +30,11 @@ from seal_env.kernels import cross_entropy, position_logits, use_fast_kernels
 from seal_env.lora import MultiLoRALinear, add_multi_lora, init_adapters, resolve_lora_keys
 from seal_env.memory import keep_freed_memory, release_memory
 from seal_env.prompts import uses_chat
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 #: A training sequence: token ids and the index of the first token the loss is on.
 TrainRow = tuple[list[int], int]
@@ -252,7 +252,7 @@ class Learner:
             raise ValueError(f"train: {len(datas)} data sets and {len(seeds)} seeds for {n} adapter slots")
         bs = cfg.batch_size
         plans: list[list[np.ndarray]] = []  # every slot's batches, epoch after epoch, in its own seeded order
-        for data, seed in zip(datas, seeds):
+        for data, seed in zip(datas, seeds, strict=True):
             rng = np.random.default_rng(seed)
             plan = []
             for _ in range(cfg.epochs if data else 0):
@@ -280,8 +280,8 @@ class Learner:
                     (_, per_slot, ntoks), g = self._bucket_loss_and_grad(bucket, batches)
                     grads = g if grads is None else tree_map(mx.add, grads, g)
                     mx.eval(grads, per_slot, ntoks)  # one pass's activations at a time in memory
-                    values.update(zip(bucket, per_slot.tolist()))
-                    counts.update(zip(bucket, (int(c) for c in ntoks.tolist())))
+                    values.update(zip(bucket, per_slot.tolist(), strict=True))
+                    counts.update(zip(bucket, (int(c) for c in ntoks.tolist()), strict=True))
                 stepping = []
                 for k in active:
                     if math.isfinite(values[k]) and values[k] <= cfg.max_loss:
@@ -387,7 +387,7 @@ class Learner:
             tokens = greedy_continue(
                 self.model, select_rows(cache, keep), last[keep], max_tokens, self.tokenizer.eos_token_ids
             )
-            for row, t in zip(asked, tokens):
+            for row, t in zip(asked, tokens, strict=True):
                 answers[row // q][row % q] = self.tokenizer.decode(t).split("\nQuestion:")[0].strip()
         return answers, scores
 

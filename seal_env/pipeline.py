@@ -140,7 +140,7 @@ def reward_info(
                 "baseline_correct": bq["correct"],
                 **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES},
             }
-            for q, bq in zip(last["results"], base["results"])
+            for q, bq in zip(last["results"], base["results"], strict=True)
         ],
         "train_losses": last["train_losses"],
         "train_steps": last["train_steps"],
@@ -208,7 +208,7 @@ class RewardPipeline:
         for edit in self_edits:
             if not isinstance(edit, str):
                 raise TypeError(f"a self-edit must be a str, got {type(edit).__name__}")
-        requests = [_Request(edit, int(seed)) for edit, seed in zip(self_edits, seeds)]
+        requests = [_Request(edit, int(seed)) for edit, seed in zip(self_edits, seeds, strict=True)]
         results: list[tuple[float, dict[str, Any]] | None] = [None] * len(requests)
         store = None
         if adapt and reward_cache.enabled(cfg.cache) and self.grader is None:
@@ -277,7 +277,7 @@ class RewardPipeline:
         t0 = time.perf_counter()
         quizzes = quiz(learner, article, self.cfg.answer_max_tokens, self.grader)
         t_eval = time.perf_counter() - t0
-        for (i, r), report, results in zip(jobs, reports, quizzes):
+        for (i, r), report, results in zip(jobs, reports, quizzes, strict=True):
             req = requests[i]
             req.runs[r] = {**report, "results": results}
             req.seconds["reset"] += t_reset / n

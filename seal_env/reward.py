@@ -47,7 +47,7 @@ def quiz(
     )
     unanswered = {"correct": 0.0, "em": 0.0, "f1": 0.0}
     out = []
-    for slot_answers, slot_scores in zip(answers, scores):
+    for slot_answers, slot_scores in zip(answers, scores, strict=True):
         topic = slot_scores[-1]
         rows = []
         for i, q in enumerate(article.questions):

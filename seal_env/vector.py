@@ -18,17 +18,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from seal_env.articles import Article, select_articles
+from seal_env.config import SealConfig
+from seal_env.executors import Executor, RewardRequest, make_executor
+from seal_env.spaces import UnicodeText
+
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
-
-from seal_env.articles import Article
-from seal_env.config import SealConfig
-from seal_env.articles import select_articles
-from seal_env.executors import Executor, RewardRequest, make_executor
-from seal_env.spaces import UnicodeText
 
 
 class KnowledgeIncorporationVectorEnv(VectorEnv):

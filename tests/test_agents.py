@@ -2,15 +2,16 @@
 
 import json
 
+import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env.articles import load_articles
+from seal_env.models import load_model
+
 import pytest
 
-import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from agents import grpo, restem
 from agents.base import Agent, Experience, Policy, derive_seed
 from agents.policies import EmptyPolicy, PassagePolicy, PromptPolicy, ReplayPolicy, make_policy
 from agents.run import Run
-from seal_env.articles import load_articles
-from seal_env.models import load_model
 
 OBS = [
     {"title": "Tervik Observatory", "context": "Tervik Observatory stands on Mount Hallegrim."},

@@ -2,14 +2,15 @@
 
 import json
 
-import mlx.core as mx
-
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env.articles import Article, Question
+from seal_env.models import load_model
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
 from agents import grpo
 from agents.base import Experience
-from mlx.utils import tree_flatten
-from seal_env.models import load_model
-from seal_env.articles import Article, Question
 
 
 def test_group_advantages_are_normalised_within_each_article():

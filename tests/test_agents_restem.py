@@ -2,16 +2,17 @@
 
 import json
 
+import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env.articles import Article, Question
+from seal_env.executors import InProcessExecutor
+
 import mlx.core as mx
 import pytest
 
-import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from agents import restem
 from agents.base import Experience
 from agents.policies import PromptPolicy, make_policy
 from agents.run import Run
-from seal_env.articles import Article, Question
-from seal_env.executors import InProcessExecutor
 
 ARGS = ["--preset", "tiny", "--wandb-mode", "disabled", "--no-cache"]  # every reward computed, none reused
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from seal_env.articles import (
     DATASETS_HELP,
     Article,
@@ -14,6 +12,8 @@ from seal_env.articles import (
     load_articles,
     split_articles,
 )
+
+import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -6,6 +6,14 @@ The batch shapes change how matrix products round, so log-likelihoods agree to 1
 
 import math
 
+from seal_env.adapter_optim import AdapterOptimizer, schedule_lr
+from seal_env.articles import Article, Question
+from seal_env.config import SealConfig
+from seal_env.decode import greedy_generate
+from seal_env.executors import InProcessExecutor, RewardRequest, group_requests
+from seal_env.learner import Learner, length_buckets
+from seal_env.models import load_model
+
 import gymnasium as gym
 import mlx.core as mx
 import mlx.optimizers as optim
@@ -15,13 +23,6 @@ from mlx.utils import tree_flatten
 from mlx_lm.generate import batch_generate
 
 from conftest import TINY
-from seal_env.adapter_optim import AdapterOptimizer, schedule_lr
-from seal_env.articles import Article, Question
-from seal_env.config import SealConfig
-from seal_env.decode import greedy_generate
-from seal_env.executors import InProcessExecutor, RewardRequest, group_requests
-from seal_env.learner import Learner, length_buckets
-from seal_env.models import load_model
 
 SETTINGS = {**TINY, "timings": False, "reward": "loglik", "max_batch_adapters": 8}
 ART = Article(
@@ -80,14 +81,14 @@ def env():
 
 @pytest.fixture(scope="module")
 def sequential(env):
-    return [env.evaluate(ART, e, s) for e, s in zip(EDITS, SEEDS)]
+    return [env.evaluate(ART, e, s) for e, s in zip(EDITS, SEEDS, strict=True)]
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_batched_equals_sequential(env, sequential, k):
     batched = env.evaluate_many(ART, EDITS[:k], SEEDS[:k])
     assert len(batched) == k
-    for b, s in zip(batched, sequential):
+    for b, s in zip(batched, sequential[:k], strict=True):
         _assert_same(b, s)
     assert sequential[1][1]["empty_action"] and sequential[1][1]["n_sequences"] == 1  # the passage only
 
@@ -99,7 +100,7 @@ def test_passes_are_capped_by_max_batch_adapters(env, sequential):
     ).unwrapped
     out = small.evaluate_many(ART, EDITS, SEEDS)
     assert [info["batch_adapters"] for _, info in out] == [2, 2, 2, 2, 1]
-    for b, s in zip(out, sequential):
+    for b, s in zip(out, sequential, strict=True):
         _assert_same(b, s)
     small.close()
     assert env.learner.n_slots == before
@@ -107,9 +108,9 @@ def test_passes_are_capped_by_max_batch_adapters(env, sequential):
 
 def test_eval_times_repeats_are_slots_of_the_same_pass():
     env = gym.make("seal/KnowledgeIncorporation-v0", **{**SETTINGS, "eval_times": 2}).unwrapped
-    seq = [env.evaluate(ART, e, s) for e, s in zip(EDITS[:2], SEEDS[:2])]
+    seq = [env.evaluate(ART, e, s) for e, s in zip(EDITS[:2], SEEDS[:2], strict=True)]
     bat = env.evaluate_many(ART, EDITS[:2], SEEDS[:2])
-    for b, s in zip(bat, seq):
+    for b, s in zip(bat, seq, strict=True):
         _assert_same(b, s)
         assert len(b[1]["rewards"]) == 2 and b[1]["rewards"] == pytest.approx(s[1]["rewards"], abs=1e-4)
     env.close()
@@ -153,7 +154,7 @@ def test_no_adaptation_is_the_baseline_once(env):
     env.evaluate_many(ART, EDITS[:2], SEEDS[:2])
     assert env.baselines.computed == computed + 1  # one baseline quiz for both calls
     off = gym.make("seal/KnowledgeIncorporation-v0", **{**SETTINGS, "include_passage": False}).unwrapped
-    for (reward, info), seed in zip(none, [1, 2]):
+    for (reward, info), seed in zip(none, [1, 2], strict=True):
         expected = off.evaluate(ART, "", seed)
         assert reward == 0.0 and info["train_steps"] == 0 and info["adapter_accuracy"] == info["baseline_accuracy"]
         assert _strip(info) == _strip(expected[1])
@@ -170,13 +171,13 @@ def test_inprocess_executor_groups_an_articles_requests(env, sequential):
 
     env.evaluate_many = counting
     try:
-        requests = [RewardRequest(ART, e, s) for e, s in zip(EDITS, SEEDS)]
+        requests = [RewardRequest(ART, e, s) for e, s in zip(EDITS, SEEDS, strict=True)]
         got = []
         out = InProcessExecutor(env=env).evaluate(requests, lambda i, r, info: got.append(i))
     finally:
         del env.evaluate_many
     assert calls == [5] and sorted(got) == list(range(5))
-    for b, s in zip(out, sequential):
+    for b, s in zip(out, sequential, strict=True):
         _assert_same(b, s)
 
 
@@ -216,7 +217,7 @@ def test_slot_init_matches_a_single_adapter_reset():
     learner.reset([3])
     single = [np.array(m.lora_a[0]) for m in learner.adapters]
     learner.reset([9, 3, 4])
-    for m, a in zip(learner.adapters, single):
+    for m, a in zip(learner.adapters, single, strict=True):
         assert np.array_equal(np.array(m.lora_a[1]), a) and not np.array_equal(np.array(m.lora_a[0]), a)
         assert float(mx.abs(m.lora_b).max()) == 0.0
 
@@ -237,11 +238,12 @@ def test_adapter_optimizer_matches_mlx_for_each_slot(kind, bias):
         warm = optim.linear_schedule(0.0, 1e-2, 1)
         decay = optim.linear_schedule(1e-2, 0.0, total - 1)
         lr = optim.join_schedules([warm, decay], [1])
-        ref = {
-            "adamw": lambda: optim.AdamW(lr, weight_decay=0.1, bias_correction=bias),
-            "adam": lambda: optim.Adam(lr, bias_correction=bias),
-            "sgd": lambda: optim.SGD(lr, weight_decay=0.1),
-        }[kind]()
+        if kind == "adamw":
+            ref = optim.AdamW(lr, weight_decay=0.1, bias_correction=bias)
+        elif kind == "adam":
+            ref = optim.Adam(lr, bias_correction=bias)
+        else:
+            ref = optim.SGD(lr, weight_decay=0.1)
         w = {"w": params["w"][slot]}
         for g in grads_seq[:total]:
             w = ref.apply_gradients({"w": g["w"][slot]}, w)

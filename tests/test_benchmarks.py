@@ -69,11 +69,12 @@ def test_torch_baseline_trains_and_quizzes_in_a_child_process():
     pytest.importorskip("torch")
     pytest.importorskip("peft")
     pytest.importorskip("transformers")
-    from benchmarks import torch_baseline
     from seal_env.articles import load_articles
     from seal_env.config import SealConfig
     from seal_env.models import load_model, resolve_model_path
     from seal_env.pipeline import prepare
+
+    from benchmarks import torch_baseline
 
     cfg = SealConfig(model="tiny-random", epochs=1, answer_max_tokens=3)
     _, tok = load_model("tiny-random")

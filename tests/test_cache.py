@@ -5,12 +5,13 @@ import multiprocessing as mp
 import threading
 import time
 
+from seal_env.articles import Article, Question
+from seal_env.cache import RewardCache, enabled, reward_key
+
 import gymnasium as gym
 import pytest
 
 from conftest import TINY
-from seal_env.articles import Article, Question
-from seal_env.cache import RewardCache, enabled, reward_key
 
 EDIT = "1. The observatory sits on Mount Tervik.\n2. It was founded in 1911."
 ART = Article(
@@ -37,9 +38,12 @@ def test_miss_then_hit_is_identical_and_fast(env):
     assert info2["cache_hit"] is True and elapsed < 0.2  # typically ~1 ms
     assert info2["seconds_train"] == 0.0 and info2["seconds_total"] <= elapsed
     assert r2 == r1
-    strip = lambda i: {
-        k: v for k, v in i.items() if not k.startswith("seconds") and k not in ("cache_hit", "batch_adapters")
-    }  # noqa: E731
+
+    def strip(info):
+        return {
+            k: v for k, v in info.items() if not k.startswith("seconds") and k not in ("cache_hit", "batch_adapters")
+        }
+
     assert json.loads(json.dumps(strip(info1))) == strip(info2)
 
 

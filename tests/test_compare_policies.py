@@ -3,14 +3,15 @@
 import json
 import math
 
+import seal_env  # noqa: F401  (OpenBLAS before mlx)
+from seal_env.articles import load_articles
+from seal_env.config import REWARD_KINDS
+
 import numpy as np
 import pytest
 
-import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from benchmarks import stats
 from benchmarks.compare_policies import JOURNAL, PolicySpec, main, parse_value, read_journal, seconds_of
-from seal_env.articles import load_articles
-from seal_env.config import REWARD_KINDS
 
 # ------------------------------------------------------------------------------------------- statistics
 

@@ -5,15 +5,8 @@ import argparse
 import os
 import signal
 
-import numpy as np
-import pytest
-
-from conftest import TINY
-
-# short sequences, one epoch, no reward cache (results must really be recomputed): plumbing, not learning
-FAST = {**TINY, "epochs": 1, "max_sequence_tokens": 64, "max_action_chars": 2000, "timings": False, "cache": False}
-from seal_env.config import SealConfig
 from seal_env.articles import select_articles
+from seal_env.config import SealConfig
 from seal_env.env import KnowledgeIncorporationEnv
 from seal_env.executors import (
     InProcessExecutor,
@@ -23,6 +16,14 @@ from seal_env.executors import (
     executor_from_args,
     make_executor,
 )
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+
+# short sequences, one epoch, no reward cache (results must really be recomputed): plumbing, not learning
+FAST = {**TINY, "epochs": 1, "max_sequence_tokens": 64, "max_action_chars": 2000, "timings": False, "cache": False}
 
 SETTINGS = {**FAST, "reward": "loglik"}
 ARTICLES = select_articles(SealConfig(**SETTINGS))

@@ -5,16 +5,17 @@ import os
 import subprocess
 import sys
 
+from seal_env.config import SealConfig
+from seal_env.kernels import fast_exp
+from seal_env.learner import Learner, loss_positions, make_batch
+from seal_env.models import load_model
+
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
 from conftest import TINY
-from seal_env.config import SealConfig
-from seal_env.kernels import fast_exp
-from seal_env.learner import Learner, loss_positions, make_batch
-from seal_env.models import load_model
 
 PLAIN = dict(fast_kernels=False, head_on_positions=False, compile=False)
 FAST = dict(fast_kernels=True, head_on_positions=True, compile=True)
@@ -100,7 +101,9 @@ def test_answer_logliks_from_the_prefilled_cache_match_full_logits(learner):
     cached = learner.answer_logliks(prompts, answers)[0]
     tok = learner.tokenizer
     reference = []
-    for p, a in zip(prompts, answers):  # one full forward of prompt + answer, log-softmax over every position
+    for p, a in zip(
+        prompts, answers, strict=True
+    ):  # one full forward of prompt + answer, log-softmax over every position
         head = learner._encode_prompt(p)
         ids = head + tok.encode(a, add_special_tokens=False)
         logp = nn.log_softmax(learner.model(mx.array([ids[:-1]])).astype(mx.float32), axis=-1)[0]
@@ -118,7 +121,7 @@ def test_fast_attention_and_mlp_match_stock_modules(learner):
         out[on] = (np.asarray(layer.self_attn(x, mask="causal")), np.asarray(layer.mlp(x)))
         learner.model.eval()
     learner.set_levers(**FAST)
-    for a, b in zip(out[False], out[True]):
+    for a, b in zip(out[False], out[True], strict=True):
         assert np.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 

@@ -6,13 +6,12 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from seal_env import models
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
+import pytest
 from mlx.utils import tree_flatten  # noqa: E402
 
 HELLO_WORLD_IDS = [19556, 905]  # "Hello", "Ġworld" in SmolLM2's vocabulary

@@ -1,8 +1,8 @@
 """SmolLM2-135M, few steps: the reward must prefer a self-edit that states the answers over unrelated text."""
 
-import pytest
-
 from seal_env.env import KnowledgeIncorporationEnv
+
+import pytest
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,9 @@ def test_batched_rewards_equal_sequential_on_smollm2():
         article.context.split(". ")[0] + ".",
     ]
     seeds = [3, 4, 5]
-    sequential = [real_env.evaluate(article, e, s) for e, s in zip(edits, seeds)]
+    sequential = [real_env.evaluate(article, e, s) for e, s in zip(edits, seeds, strict=True)]
     batched = real_env.evaluate_many(article, edits, seeds)
-    for (rs, si), (rb, bi) in zip(sequential, batched):
+    for (rs, si), (rb, bi) in zip(sequential, batched, strict=True):
         assert rb == pytest.approx(rs, abs=1e-4)
         assert bi["train_steps"] == si["train_steps"] and bi["adapter_accuracy"] == si["adapter_accuracy"]
         assert [q["answer"] for q in bi["questions"]] == [q["answer"] for q in si["questions"]]

@@ -2,13 +2,14 @@
 
 import math
 
+from seal_env.articles import Article, Question
+from seal_env.config import LOGLIK_KINDS, SealConfig
+from seal_env.reward import quiz, summarize
+
 import gymnasium as gym
 import pytest
 
 from conftest import TINY
-from seal_env.articles import Article, Question
-from seal_env.config import LOGLIK_KINDS, SealConfig
-from seal_env.reward import quiz, summarize
 
 ART = Article(
     "Tervik",

@@ -1,10 +1,10 @@
 """Pure-text parts: grading, prompts, self-edit -> training sequences, action sanitising."""
 
-import pytest
-
 from seal_env.grading import exact_match, f1_score, grade, lenient_match, normalize_answer
 from seal_env.prompts import SELF_EDIT_TEMPLATES, answer_prompt, resolve_template, self_edit_prompt
 from seal_env.sequences import build_sequences, sanitize_action, split_self_edit
+
+import pytest
 
 
 def test_normalize_and_matches():

@@ -2,6 +2,8 @@
 
 import math
 
+from seal_env.vector import KnowledgeIncorporationVectorEnv
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -11,7 +13,6 @@ from conftest import TINY
 
 # short sequences, one epoch, no reward cache (results must really be recomputed): plumbing, not learning
 FAST = {**TINY, "epochs": 1, "max_sequence_tokens": 64, "max_action_chars": 2000, "timings": False, "cache": False}
-from seal_env.vector import KnowledgeIncorporationVectorEnv
 
 SETTINGS = {**FAST, "reward": "loglik"}
 ACTIONS = ("1. The observatory sits on Mount Tervik.\n2. It was founded in 1911.", "A single line of facts.")
@@ -57,7 +58,7 @@ def test_batched_vector_env_equals_sync_vector_env(sync_env, batched_env):
     assert batched_env.action_space == sync_env.action_space
     a, b = rollout(sync_env, seed=4), rollout(batched_env, seed=4)
     assert a[0][0] == b[0][0] and list(a[0][1]["article_index"]) == list(b[0][1]["article_index"])
-    for (obs_a, r_a, *_, info_a), (obs_b, r_b, *_, info_b) in zip(a[1:], b[1:]):
+    for (obs_a, r_a, *_, info_a), (obs_b, r_b, *_, info_b) in zip(a[1:], b[1:], strict=True):
         assert obs_a == obs_b  # the autoreset drew the same next articles
         assert np.array_equal(r_a, r_b)
         assert list(info_a["final_info"]["seed"]) == list(info_b["final_info"]["seed"])
