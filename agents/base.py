@@ -65,7 +65,8 @@ class Agent(Protocol):
     names); they are the round checkpoints, and a restored state must sample exactly as before.
     """
 
-    policy: Policy
+    @property
+    def policy(self) -> Policy: ...  # read-only here, so an agent may hold a more specific policy
 
     def learn(self, batch: list[Experience], seed: int) -> dict[str, float]: ...
 

@@ -169,7 +169,9 @@ class GRPO:
                     )
                     opt.update(model, grads)
                     mx.eval(model.trainable_parameters(), opt.state)
-                    losses.append(loss.item()), pgs.append(pg.item()), kls.append(kl.item())
+                    losses.append(loss.item())
+                    pgs.append(pg.item())
+                    kls.append(kl.item())
                     bar.update(1)
         finally:
             model.eval()

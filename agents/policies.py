@@ -181,7 +181,8 @@ def make_policy(
     if kind == "prompt" and arg:
         from seal_env.models import load_model
 
-        return PromptPolicy(*(loaded or load_model(model)), template=arg, **sampling)
+        lm, tokenizer = loaded or load_model(model)
+        return PromptPolicy(lm, tokenizer, template=arg, **sampling)
     if kind == "checkpoint" and arg:
         from agents.run import load_policy
 

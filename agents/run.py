@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, cast
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.articles import Article, select_articles
@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 from agents.base import Agent, Experience, Policy, derive_seed, observation
 from agents.config import RunConfig, build_parser, parse_args, read_meta
 from agents.policies import PromptPolicy
+
+C = TypeVar("C", bound=RunConfig)  #: an agent's own RunConfig subclass
 
 # ------------------------------------------------------------------------------------------------ run directory
 
@@ -131,7 +133,7 @@ def load_policy(run_dir: str | Path, round: int | None = None, **sampling: Any) 
         path = Path(run_dir) / "rounds" / f"{round:03d}" / "policy.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint for round {round} in {run_dir} (have {rounds})")
-        model.load_weights(list(mx.load(str(path)).items()), strict=False)
+        model.load_weights(list(cast(dict[str, mx.array], mx.load(str(path))).items()), strict=False)
         mx.eval(model.parameters())
     settings = {
         "template": cfg["template"],
@@ -154,7 +156,7 @@ def _has_wandb_key() -> bool:
         from urllib.parse import urlparse
 
         host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-        return netrc.netrc().authenticators(host) is not None
+        return netrc.netrc().authenticators(host or "") is not None
     except Exception:
         return False
 
@@ -193,7 +195,7 @@ class Logger:
                     id=run_id,
                     dir=str(run_dir),
                     config=config,
-                    mode=attempt,
+                    mode=cast(Literal["online", "offline", "disabled"], attempt),  # RunConfig.validate checks it
                     resume="allow",
                     settings=settings,
                 )
@@ -222,7 +224,7 @@ class Logger:
             try:
                 import wandb
 
-                self.run.log({key: wandb.Table(columns=columns, data=rows), **extra})
+                self.run.log({key: wandb.Table(columns=cast("list[str | int]", columns), data=rows), **extra})
             except Exception as e:
                 self._fail(e)
 
@@ -306,7 +308,8 @@ class Rewards:
     """An executor whose base-weight updates are held back until a reward is actually needed (cheap resumes)."""
 
     def __init__(self, executor: Any):
-        self.executor, self.pending = executor, None
+        self.executor = executor
+        self.pending: dict[str, Any] | None = None
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
         self.pending = weights
@@ -435,6 +438,7 @@ def rollout(
     for a in articles:
         for j in range(k):
             rec = run.get("reward", round, phase, a.id, j)
+            assert rec is not None  # journaled before or by on_result just above
             batch.append(Experience(a, rec["self_edit"], rec["reward"], rec["info"], j))
     return batch, seconds
 
@@ -448,7 +452,7 @@ def train(
     rewards, t_start = Rewards(executor), time.perf_counter()
     learned = [r for r in range(1, cfg.rounds + 1) if run.get("learn", r) and run.checkpoint(r).is_file()]
     if learned:  # resume from the last policy update
-        agent.load_state(dict(mx.load(str(run.checkpoint(learned[-1])))))
+        agent.load_state(dict(cast(dict[str, mx.array], mx.load(str(run.checkpoint(learned[-1]))))))
         if cfg.inner_loop_learner == "policy":
             rewards.set_base_weights(agent.state())
     summaries = []
@@ -456,7 +460,9 @@ def train(
         if done := run.get("round", rnd):
             summaries.append(done["summary"])
             continue
-        t0, summary, batch = time.perf_counter(), {"round": rnd}, []
+        t0 = time.perf_counter()
+        summary: dict[str, Any] = {"round": rnd}
+        batch: list[Experience] = []
         seconds: dict[str, float] = {}
         if rnd >= 1:
             batch, seconds = rollout(
@@ -554,8 +560,8 @@ def print_summary(results: dict[str, Any]) -> None:
 
 def run_agent(
     algorithm: str,
-    cfg: RunConfig,
-    make_agent: Callable[[RunConfig], Agent],
+    cfg: C,
+    make_agent: Callable[[C], Agent],
     *,
     preset: str = "",
     resume: Path | str | None = None,
@@ -604,9 +610,9 @@ def run_agent(
 
 def main(
     algorithm: str,
-    cls: type,
+    cls: type[C],
     presets: dict[str, dict[str, Any]],
-    make_agent: Callable[[RunConfig], Agent],
+    make_agent: Callable[[C], Agent],
     description: str,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def reward_key(model_fingerprint: str, article: Any, self_edit: str, settings: d
     payload = {
         "cache_version": CACHE_VERSION,
         "seal_env": seal_env.__version__,
-        "mlx": mx.__version__,
+        "mlx": mx.__version__,  # type: ignore[attr-defined]  # mlx.core has it; its stubs omit it
         "model": model_fingerprint,
         "article": article.to_dict(),
         "self_edit": self_edit,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from seal_env.kernels import split_head
 
@@ -52,8 +52,8 @@ def select_rows(cache: list[BatchKVCache], rows: mx.array) -> list[BatchKVCache]
     """A copy of ``cache`` with only ``rows`` (int array), for the same prompts without the others."""
     out = []
     for c in cache:
-        r = copy.copy(c)
-        r.keys, r.values = c.keys[rows], c.values[rows]
+        r: Any = copy.copy(c)  # mlx-lm leaves keys/values unannotated (None until a prefill): mypy types them None
+        r.keys, r.values = r.keys[rows], r.values[rows]
         r.offset, r.left_padding = c.offset[rows], c.left_padding[rows]
         out.append(r)
     return out
@@ -63,8 +63,8 @@ def _repeat(cache: list[BatchKVCache], n: int) -> list[BatchKVCache]:
     """Each row of ``cache`` repeated ``n`` times, consecutively (row-major: row i -> rows i*n .. i*n+n-1)."""
     out = []
     for c in cache:
-        r = copy.copy(c)
-        r.keys, r.values = mx.repeat(c.keys, n, axis=0), mx.repeat(c.values, n, axis=0)
+        r: Any = copy.copy(c)  # keys/values: see select_rows
+        r.keys, r.values = mx.repeat(r.keys, n, axis=0), mx.repeat(r.values, n, axis=0)
         r.offset, r.left_padding = mx.repeat(c.offset, n, axis=0), mx.repeat(c.left_padding, n, axis=0)
         out.append(r)
     return out
@@ -117,7 +117,7 @@ def greedy_continue(
         nxt = step(y) if i_step + 1 < max_tokens else None
         if nxt is not None:
             mx.async_eval(nxt)
-        for i, t in enumerate(y.tolist()):
+        for i, t in enumerate(cast(list[int], y.tolist())):
             if running[i]:
                 if t in stop:
                     running[i] = False

@@ -94,6 +94,7 @@ class KnowledgeIncorporationEnv(gym.Env):
         return "\n".join(lines)
 
     def _observation(self) -> dict[str, str]:
+        assert self.article is not None  # called by reset and step, after an article is picked
         return {"title": self.article.title, "context": self.article.context}
 
     # ----------------------------------------------------------------- the inner loop

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from seal_env.articles import Article
 
@@ -114,7 +114,7 @@ class InProcessExecutor:
                 out[i] = result
                 if on_result is not None:
                     on_result(i, *result)
-        return out  # type: ignore[return-value]
+        return cast(list[tuple[float, dict[str, Any]]], out)  # every request is in one group
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
         self.env.set_base_weights(weights)
@@ -386,7 +386,7 @@ class RayExecutor:
                     if on_result is not None:
                         on_result(i, reward, info)
             assign()
-        return results  # type: ignore[return-value]
+        return cast(list[tuple[float, dict[str, Any]]], results)  # every group completed (or we raised)
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
         """Put ``weights`` in the object store once and load them in every actor (and in future replacements)."""

@@ -9,7 +9,7 @@ softmax) and :func:`cross_entropy` use it. :func:`position_logits` applies the o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -68,7 +68,7 @@ class FastMLP(llama.MLP):
         if not (self.training and getattr(self, "fast", True)):
             return super().__call__(x)
         gate = self.gate_proj(x)
-        return self.down_proj(gate / (1.0 + fast_exp(-gate)) * self.up_proj(x))
+        return self.down_proj(gate / (1.0 + cast(mx.array, fast_exp(-gate))) * self.up_proj(x))
 
 
 _CAUSAL: dict[int, tuple[mx.array, mx.array]] = {}
@@ -94,7 +94,9 @@ class FastAttention(llama.Attention):
         if not (self.training and getattr(self, "fast", True)) or cache is not None or mask not in (None, "causal"):
             return super().__call__(x, mask, cache)
         b, n, _ = x.shape
-        kv, rep = self.n_kv_heads, self.n_heads // self.n_kv_heads
+        kv = self.n_kv_heads
+        assert kv is not None  # llama.ModelArgs.__post_init__ defaults it to num_attention_heads
+        rep = self.n_heads // kv
         q = self.rope(self.q_proj(x).reshape(b, n, self.n_heads, -1).transpose(0, 2, 1, 3))
         k = self.rope(self.k_proj(x).reshape(b, n, kv, -1).transpose(0, 2, 1, 3))
         v = self.v_proj(x).reshape(b, n, kv, -1).transpose(0, 2, 1, 3)
@@ -102,7 +104,7 @@ class FastAttention(llama.Attention):
         if mask == "causal":
             add, keep = _causal(n)
             scores = scores + add
-        e = fast_exp(scores - mx.stop_gradient(scores.max(-1, keepdims=True)))
+        e = cast(mx.array, fast_exp(scores - mx.stop_gradient(scores.max(-1, keepdims=True))))
         if mask == "causal":
             e = e * keep
         p = (e / e.sum(-1, keepdims=True)).reshape(b, kv, rep * n, n)
@@ -120,7 +122,7 @@ def use_fast_kernels(model: nn.Module, on: bool = True) -> int:
     for layer in getattr(getattr(model, "model", None), "layers", None) or []:
         for name, plain, fast in (("mlp", llama.MLP, FastMLP), ("self_attn", llama.Attention, FastAttention)):
             module = getattr(layer, name, None)
-            if type(module) in (plain, fast):
+            if module is not None and type(module) in (plain, fast):
                 module.__class__ = fast
                 module.fast = on
                 count += 1
@@ -143,7 +145,7 @@ def cross_entropy(logits: mx.array, targets: mx.array, fast: bool) -> mx.array:
     if not fast:
         return nn.losses.cross_entropy(logits, targets)
     top = mx.stop_gradient(logits.max(-1, keepdims=True))
-    lse = mx.log(fast_exp(logits - top).sum(-1)) + top[:, 0]
+    lse = mx.log(cast(mx.array, fast_exp(logits - top)).sum(-1)) + top[:, 0]
     return lse - mx.take_along_axis(logits, targets[:, None], -1)[:, 0]
 
 

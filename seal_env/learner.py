@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from seal_env.adapter_optim import AdapterOptimizer
 from seal_env.config import SealConfig
@@ -280,8 +280,8 @@ class Learner:
                     (_, per_slot, ntoks), g = self._bucket_loss_and_grad(bucket, batches)
                     grads = g if grads is None else tree_map(mx.add, grads, g)
                     mx.eval(grads, per_slot, ntoks)  # one pass's activations at a time in memory
-                    values.update(zip(bucket, per_slot.tolist(), strict=True))
-                    counts.update(zip(bucket, (int(c) for c in ntoks.tolist()), strict=True))
+                    values.update(zip(bucket, cast(list[float], per_slot.tolist()), strict=True))
+                    counts.update(zip(bucket, (int(c) for c in cast(list[float], ntoks.tolist())), strict=True))
                 stepping = []
                 for k in active:
                     if math.isfinite(values[k]) and values[k] <= cfg.max_loss:
@@ -289,6 +289,7 @@ class Learner:
                     else:
                         diverged[k] = True
                 if stepping:
+                    assert apply is not None  # a slot steps only if it has a plan
                     mask_slots = [k in stepping for k in range(n)]
                     apply(grads, *opt.step_inputs(mask_slots))
                     mx.eval(model.trainable_parameters(), opt.state)
@@ -339,7 +340,7 @@ class Learner:
         for m in self.adapters:
             for p in (m.lora_a, m.lora_b):
                 ok = ok & mx.isfinite(p).reshape(self.n_slots, -1).all(axis=1)
-        return [bool(x) for x in ok.tolist()]
+        return [bool(x) for x in cast(list[bool], ok.tolist())]
 
     # ----------------------------------------------------------------------------------------------- the quiz
     def _encode_prompt(self, prompt: str) -> list[int]:
@@ -441,15 +442,16 @@ class Learner:
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the base weights (names, shapes, dtypes, bytes) and the vocabulary: the model's identity
         for the reward cache. Computed once (~0.6 s for SmolLM2-135M) and again after :meth:`set_base_weights`."""
-        if getattr(self, "_fingerprint", None) is None:
+        fingerprint = getattr(self, "_fingerprint", None)
+        if fingerprint is None:
             h = hashlib.sha256()
-            for name, value in sorted(tree_flatten(self.model.parameters())):
+            for name, value in sorted(cast(list[tuple[str, mx.array]], tree_flatten(self.model.parameters()))):
                 if "lora_" in name:
                     continue
                 array = np.ascontiguousarray(np.array(value, copy=False))
                 h.update(f"{name}:{array.dtype}:{array.shape};".encode())
-                h.update(memoryview(array).cast("B"))
+                h.update(array.data.cast("B"))
             vocab = getattr(self.tokenizer, "vocab", None) or {}
             h.update(json.dumps(sorted(vocab.items()) if isinstance(vocab, dict) else [], ensure_ascii=True).encode())
-            self._fingerprint = h.hexdigest()
-        return self._fingerprint  # type: ignore[return-value]
+            fingerprint = self._fingerprint = h.hexdigest()
+        return fingerprint

@@ -56,7 +56,12 @@ class MultiLoRALinear(nn.Module):
 
     def to_lora(self, slot: int) -> LoRALinear:
         """Slot ``slot`` as mlx-lm's single-adapter ``LoRALinear`` (same frozen linear, copies of its A and B)."""
-        lora = LoRALinear.from_base(self.linear, r=self.rank, dropout=self.dropout_p, scale=self.scale)
+        lora = LoRALinear.from_base(
+            self.linear,  # type: ignore[arg-type]  # typed nn.Linear; mlx-lm also takes (checks for) QuantizedLinear
+            r=self.rank,
+            dropout=self.dropout_p,
+            scale=self.scale,
+        )
         lora.lora_a, lora.lora_b = self.lora_a[slot], self.lora_b[slot]
         return lora
 
@@ -114,7 +119,7 @@ def init_adapters(layers: Sequence[MultiLoRALinear], seeds: Sequence[int]) -> No
     mx.eval([(m.lora_a, m.lora_b) for m in layers])
 
 
-def _unflatten(pairs: list[tuple[str, nn.Module]]) -> dict:
+def _unflatten(pairs: Sequence[tuple[str, nn.Module]]) -> dict:
     """``[("self_attn.q_proj", m), ...]`` -> ``{"self_attn": {"q_proj": m}}`` for ``Module.update_modules``."""
     tree: dict = {}
     for key, module in pairs:

@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 
@@ -134,10 +134,10 @@ def load_model(spec: str = DEFAULT_SPEC, *, quantize: int | None = None) -> tupl
     import mlx_lm
     from mlx.utils import tree_flatten, tree_map
 
-    model, tokenizer = mlx_lm.load(str(folder))
+    model, tokenizer = cast("tuple[nn.Module, TokenizerWrapper]", mlx_lm.load(str(folder)))  # no return_config
     half = (mx.float16, mx.bfloat16)
     params = model.parameters()
-    if any(p.dtype in half for _, p in tree_flatten(params)):
+    if any(p.dtype in half for _, p in cast("list[tuple[str, mx.array]]", tree_flatten(params))):
         model.update(tree_map(lambda p: p.astype(mx.float32) if p.dtype in half else p, params))
     if quantize is not None:
         nn.quantize(model, group_size=64, bits=quantize)
@@ -202,7 +202,7 @@ def perplexity(model: nn.Module, tokenizer: TokenizerWrapper, text: str) -> floa
     tokens = mx.array(ids)[None]
     logits = model(tokens[:, :-1]).astype(mx.float32)
     loss = nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="mean")
-    return float(math.exp(loss.item()))
+    return float(math.exp(cast(float, loss.item())))
 
 
 # ------------------------------------------------------------------------------------------------ building folders
@@ -246,7 +246,9 @@ def _build_once(name: str, build: Any) -> Path:
 def _read_gguf() -> tuple[dict, dict]:
     import mlx.core as mx
 
-    weights, metadata = mx.load(str(gguf_path()), return_metadata=True)
+    weights, metadata = cast(
+        "tuple[dict[str, mx.array], dict[str, Any]]", mx.load(str(gguf_path()), return_metadata=True)
+    )
     return weights, metadata
 
 
@@ -375,7 +377,7 @@ def smollm2_path() -> Path:
         _write_tokenizer(folder, metadata)
         mx.save_safetensors(str(folder / "model.safetensors"), _dequantize_gguf(weights), metadata={"format": "mlx"})
         del weights
-        model, tokenizer = mlx_lm.load(str(folder))
+        model, tokenizer = cast("tuple[nn.Module, TokenizerWrapper]", mlx_lm.load(str(folder)))
         ppl = perplexity(model, tokenizer, CHECK_TEXT)
         if not ppl < MAX_CHECK_PPL:
             raise RuntimeError(f"SmolLM2 conversion check failed: perplexity {ppl:.1f} >= {MAX_CHECK_PPL}")
@@ -399,7 +401,9 @@ def tiny_random_path(seed: int = 0) -> Path:
         _write_config(folder, TINY_CONFIG)
         model = llama.Model(llama.ModelArgs.from_dict(TINY_CONFIG))
         rng = np.random.default_rng(seed)
-        shapes = sorted((k, tuple(v.shape)) for k, v in tree_flatten(model.parameters()))
+        shapes = sorted(
+            (k, tuple(v.shape)) for k, v in cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters()))
+        )
         weights = {
             k: mx.array(
                 np.ones(s, np.float32)

@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from seal_env import cache as reward_cache
 from seal_env.articles import Article
@@ -232,7 +232,7 @@ class RewardPipeline:
                 results[i] = (reward, info)
         todo = [i for i, r in enumerate(results) if r is None]
         if not todo:
-            return results  # type: ignore[return-value]
+            return cast(list[tuple[float, dict[str, Any]]], results)  # every one a cache hit
         t0 = time.perf_counter()  # 2. the baseline (its seconds go to the first request that needed it)
         base = self.baselines.get(article)
         requests[todo[0]].seconds["baseline"] = time.perf_counter() - t0
@@ -253,7 +253,9 @@ class RewardPipeline:
         extra = max(time.perf_counter() - t_call - sum(sum(requests[i].seconds.values()) for i in todo), 0.0)
         for i in todo:  # 4. rewards and infos
             req = requests[i]
-            reward, info = reward_info(cfg, article, req.seed, base, req.runs, req.prep)  # type: ignore[arg-type]
+            assert req.prep is not None  # step 3 prepared every request of todo and filled all its runs
+            runs = cast(list[dict[str, Any]], req.runs)
+            reward, info = reward_info(cfg, article, req.seed, base, runs, req.prep)
             if store is not None and req.key is not None:
                 store.put(req.key, reward, info)  # without timings: they belong to this call
             if cfg.timings:
@@ -264,7 +266,7 @@ class RewardPipeline:
                     batch_adapters=req.batch_adapters,
                 )
             results[i] = (reward, info)
-        return results  # type: ignore[return-value]
+        return cast(list[tuple[float, dict[str, Any]]], results)  # all filled: cache hits, then todo
 
     def _pass(self, article: Article, requests: list[_Request], jobs: list[tuple[int, int]]) -> None:
         """Train and quiz one batch of inner loops (request, repeat) together; fills their runs and seconds."""
@@ -273,7 +275,7 @@ class RewardPipeline:
         t0 = time.perf_counter()
         learner.reset(seeds)
         t_reset = time.perf_counter() - t0
-        reports = learner.train([requests[i].prep.data for i, _ in jobs], seeds)  # type: ignore[union-attr]
+        reports = learner.train([cast(Prepared, requests[i].prep).data for i, _ in jobs], seeds)  # all prepared
         t0 = time.perf_counter()
         quizzes = quiz(learner, article, self.cfg.answer_max_tokens, self.grader)
         t_eval = time.perf_counter() - t0

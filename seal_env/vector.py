@@ -91,7 +91,7 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
                 self._rngs[i] = seeding.np_random(s)[0]
         options = options or {}
         if "article_indices" in options:
-            picks = [int(j) for j in options["article_indices"]]
+            picks: list[int | None] = [int(j) for j in options["article_indices"]]
             if len(picks) != self.num_envs:
                 raise ValueError(f"{len(picks)} article_indices for {self.num_envs} envs")
         elif "article_index" in options:
@@ -115,7 +115,9 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
                 raise TypeError(f"a self-edit must be a str, got {type(action).__name__} (env {i})")
         requests = []
         for i, action in enumerate(actions):
-            seed = int(self._rngs[i].integers(2**31 - 1))  # as KnowledgeIncorporationEnv.step
+            rng = self._rngs[i]
+            assert rng is not None  # reset() seeded every sub-env before self._current was filled
+            seed = int(rng.integers(2**31 - 1))  # as KnowledgeIncorporationEnv.step
             requests.append(RewardRequest(self._current[i][0], action, seed))
         results = self.executor.evaluate(requests)
         final_obs = self._observations()
@@ -139,7 +141,9 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
     # ----------------------------------------------------------------- internals
     def _pick(self, i: int, index: int | None) -> dict[str, Any]:
         if index is None:
-            index = int(self._rngs[i].integers(len(self.articles)))  # as KnowledgeIncorporationEnv.reset
+            rng = self._rngs[i]
+            assert rng is not None  # reset() seeds every sub-env before picking
+            index = int(rng.integers(len(self.articles)))  # as KnowledgeIncorporationEnv.reset
         if not 0 <= index < len(self.articles):
             raise IndexError(f"article_index {index} out of range [0, {len(self.articles)})")
         article = self.articles[index]
