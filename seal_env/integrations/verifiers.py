@@ -1,0 +1,250 @@
+"""seal-env in verifiers: one single-turn task per article, its reward the SEAL inner loop's.
+
+    from seal_env.integrations.verifiers import load_environment
+
+    env = load_environment(model="smollm2-135m", epochs=1)   # SealConfig settings + the options below
+    tasks = list(env.taskset)                                 # one task per article
+
+``load_environment(**settings)`` takes the environment settings (the fields of :class:`seal_env.config.SealConfig`)
+and these options: ``articles`` (a :func:`seal_env.articles.load_articles` source, default ``"bundled"``),
+``template`` (the self-edit prompt, default ``"implications"``), ``executor`` (where rewards are computed:
+``"subprocess"``, the default, ``"inprocess"`` or ``"ray"``), ``seed`` (base of the inner-loop seeds) and ``api``.
+
+APIs (``api="auto"``: v1 where ``verifiers.v1`` has ``SingleAgentEnv``, i.e. verifiers >= 0.3, else classic):
+
+* ``"v1"`` (``verifiers.v1``, the only API of verifiers 0.4): a ``SingleAgentEnv`` over :class:`SealTaskset`,
+  taskset id :data:`TASKSET_ID`. A task's data holds the prompt (the SEAL prompt as the user message) and the
+  article's ``title``, ``context``, ``questions`` and ``article_id``; its ``seal_reward`` scores the trace's
+  ``last_reply`` as the self-edit, records the gains as metrics ``seal_<name>`` and the whole info in
+  ``trace.info["seal"]``. The agent is a single chat turn (the ``null`` harness, ``max_turns=1``, a local runtime).
+  The taskset is found by id like any verifiers plugin: importing this module registers it as the module
+  ``seal_env_verifiers``, so ``vf.load_environment``, ``resolve_env_config`` and replays work in this process (a
+  fresh process, e.g. ``vf-eval seal-env-verifiers``, would need a real top-level module of that name).
+* ``"classic"`` (verifiers 0.2.x top level, 0.3.x ``verifiers.legacy``): ``vf.SingleTurnEnv`` over a dataset with
+  ``prompt`` (chat messages) and ``info`` (the article's columns), its rubric the reward function ``seal_reward``.
+
+Processes: verifiers' event loop never waits for an inner loop: rewards run in one worker thread of this module, in
+arrival order, through a :class:`~seal_env.integrations.common.RewardSource` (one per settings, started on first
+use, closed at exit or by :func:`close_reward_sources`). With the default ``executor="subprocess"`` the environment
+(mlx and its model) lives in a child process (:mod:`seal_env.worker`); ``"ray"`` uses one Ray actor,
+``"inprocess"`` this process. The inner-loop seed of a rollout is ``request_seed(seed, 0, article_id, 0)``: every
+rollout of an article trains with the same seed, so a group's rewards differ by their self-edits only and a
+re-scored trace gets its reward again. It is in ``RewardSource.history`` and ``info["seed"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from seal_env.articles import Article
+from seal_env.config import SealConfig
+from seal_env.integrations.common import (
+    RewardSource,
+    article_columns,
+    article_from_columns,
+    completion_text,
+    prompt_text,
+    resolve_articles,
+)
+from seal_env.integrations.trl import LOGGED
+from seal_env.prompts import resolve_template
+
+import verifiers.v1 as vf
+from pydantic import field_validator
+
+__all__ = [
+    "TASKSET_ID",
+    "SealData",
+    "SealTask",
+    "SealTaskConfig",
+    "SealTaskset",
+    "SealTasksetConfig",
+    "close_reward_sources",
+    "load_environment",
+    "reward_source",
+]
+
+TASKSET_ID = "seal-env-verifiers"  #: the taskset's verifiers id; verifiers imports it as ``seal_env_verifiers``
+EXECUTORS = ("subprocess", "inprocess", "ray")
+
+_sources: dict[str, RewardSource] = {}
+_sources_lock = threading.Lock()
+_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal-reward")
+
+
+def reward_source(settings: dict[str, Any], executor: str = "subprocess", seed: int = 0) -> RewardSource:
+    """This process's reward source for ``settings`` (blocking: the first call starts it)."""
+    key = json.dumps([settings, executor, seed], sort_keys=True)
+    with _sources_lock:
+        if key not in _sources:
+            _sources[key] = RewardSource(settings, executor, seed)
+        return _sources[key]
+
+
+def close_reward_sources() -> None:
+    with _sources_lock:
+        for source in _sources.values():
+            source.close()
+        _sources.clear()
+
+
+atexit.register(close_reward_sources)
+
+
+async def score_self_edit(
+    article: Article, self_edit: str, settings: dict[str, Any], executor: str = "subprocess", seed: int = 0
+) -> tuple[float, dict[str, Any]]:
+    """``(reward, info)`` of one self-edit, computed in the reward thread while the event loop goes on."""
+
+    def run() -> tuple[float, dict[str, Any]]:
+        return reward_source(settings, executor, seed).rewards([article], [self_edit])[0]
+
+    return await asyncio.get_running_loop().run_in_executor(_worker, run)
+
+
+def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` if they are valid environment settings; else TypeError (unknown names) or ValueError."""
+    SealConfig.from_kwargs(**settings)
+    return settings
+
+
+class SealTaskConfig(vf.TaskConfig):
+    """How rewards are computed (``--env.taskset.task.*``)."""
+
+    settings: dict[str, Any] = {}  #: environment settings (SealConfig fields)
+    executor: Literal["subprocess", "inprocess", "ray"] = "subprocess"
+    seed: int = 0
+
+    @field_validator("settings")
+    @classmethod
+    def _check_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return check_settings(settings)
+        except TypeError as err:  # pydantic reports ValueErrors only
+            raise ValueError(str(err)) from None
+
+
+class SealTasksetConfig(vf.TasksetConfig):
+    """Which articles and which prompt (``--env.taskset.*``)."""
+
+    id: str = TASKSET_ID
+    articles: str = "bundled"  #: a load_articles source
+    template: str = "implications"  #: a SEAL template name or a template with {title} and {context}
+    task: SealTaskConfig = SealTaskConfig()
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, template: str) -> str:
+        resolve_template(template)
+        return template
+
+
+class SealData(vf.TaskData):
+    """A task's data: the prompt (TaskData) and the article."""
+
+    title: str
+    context: str
+    questions: list[dict[str, str]]
+    article_id: str
+
+    @property
+    def article(self) -> Article:
+        return article_from_columns(self.title, self.context, self.questions)
+
+
+class SealTask(vf.Task[SealData, vf.State, SealTaskConfig]):
+    """One article; the reply is a self-edit, rewarded by the SEAL inner loop."""
+
+    @vf.reward
+    async def seal_reward(self, trace: vf.Trace) -> float:
+        cfg = self.config
+        reward, info = await score_self_edit(self.data.article, trace.last_reply, cfg.settings, cfg.executor, cfg.seed)
+        trace.info["seal"] = info
+        trace.record_metrics({f"seal_{name}": float(info[name]) for name in LOGGED if name in info})
+        return reward
+
+
+class SealTaskset(vf.Taskset[SealTask, SealTasksetConfig]):
+    """A task per article of ``config.articles`` (loaded when the taskset is built)."""
+
+    def __init__(self, config: SealTasksetConfig):
+        super().__init__(config)
+        self.articles = resolve_articles(config.articles)
+        if not self.articles:
+            raise ValueError(f"no articles in {config.articles!r}")
+
+    def load(self) -> Iterator[SealTask]:
+        for article in self.articles:
+            data = SealData(
+                id=article.id,
+                name=article.title,
+                prompt=prompt_text(article, self.config.template),
+                **article_columns(article),
+            )
+            yield SealTask(data, self.config.task)
+
+
+# verifiers imports a taskset by id (a top-level module name); this module is that module.
+sys.modules.setdefault(TASKSET_ID.replace("-", "_"), sys.modules[__name__])
+
+
+def load_environment(
+    articles: str = "bundled",
+    template: str = "implications",
+    executor: str = "subprocess",
+    seed: int = 0,
+    api: str = "auto",
+    **settings: Any,
+) -> Any:
+    """A verifiers environment for SEAL (see the module docstring); ``settings`` are SealConfig fields.
+
+    An unknown setting raises TypeError (listing the valid ones), a bad value, executor, template, article source
+    or api ValueError; no reward source starts here.
+    """
+    check_settings(settings)
+    resolve_template(template)
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}: use one of {list(EXECUTORS)}")
+    has_v1 = hasattr(vf, "SingleAgentEnvConfig")  # verifiers >= 0.3
+    if api == "auto":
+        api = "v1" if has_v1 else "classic"
+    if api == "classic":
+        return classic_environment(articles, template, executor, seed, settings)
+    if api != "v1":
+        raise ValueError(f"unknown api {api!r}: use 'auto', 'v1' or 'classic'")
+    if not has_v1:
+        raise ImportError("the verifiers.v1 API of this verifiers has no SingleAgentEnv (verifiers >= 0.3 has)")
+    task = SealTaskConfig(settings=settings, executor=executor, seed=seed)
+    config = vf.SingleAgentEnvConfig(
+        taskset=SealTasksetConfig(articles=articles, template=template, task=task),
+        agent=vf.AgentConfig(harness={"id": "null"}, runtime=vf.SubprocessConfig(), max_turns=1),
+    )
+    return vf.load_environment(config)
+
+
+def classic_environment(articles: str, template: str, executor: str, seed: int, settings: dict[str, Any]) -> Any:
+    """A classic ``vf.SingleTurnEnv`` (verifiers 0.2.x, 0.3.x)."""
+    import verifiers as classic  # 0.3.x: aliases of verifiers.legacy
+    from datasets import Dataset
+
+    if not hasattr(classic, "SingleTurnEnv"):
+        raise ImportError(f"verifiers {classic.__version__} has no classic API (vf.SingleTurnEnv); use api='v1'")
+    rows = [
+        {"prompt": [{"role": "user", "content": prompt_text(a, template)}], "info": article_columns(a)}
+        for a in resolve_articles(articles)
+    ]
+    if not rows:
+        raise ValueError(f"no articles in {articles!r}")
+
+    async def seal_reward(completion: Any, info: dict[str, Any], **_: Any) -> float:
+        article = article_from_columns(info["title"], info["context"], info["questions"])
+        return (await score_self_edit(article, completion_text(completion), settings, executor, seed))[0]
+
+    return classic.SingleTurnEnv(dataset=Dataset.from_list(rows), rubric=classic.Rubric(funcs=[seal_reward]))
