@@ -8,13 +8,12 @@ rounds of sampling, rewards from an executor, learning and held-out evaluation.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from seal_env.articles import Article
+from seal_env.seeding import derive_seed  # noqa: F401  (part of the agent interface)
 
 Observation = dict[str, str]  #: ``{"title": ..., "context": ...}``, as returned by the env's ``reset``
 
@@ -22,12 +21,6 @@ Observation = dict[str, str]  #: ``{"title": ..., "context": ...}``, as returned
 def observation(article: Article) -> Observation:
     """The environment's observation of an article (title and passage, never the questions)."""
     return {"title": article.title, "context": article.context}
-
-
-def derive_seed(*parts: Any) -> int:
-    """A deterministic seed in ``[0, 2**31 - 2**16)`` from JSON-serialisable parts (room for ``eval_times`` repeats)."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") % (2**31 - 2**16)
 
 
 @runtime_checkable

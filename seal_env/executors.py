@@ -33,7 +33,7 @@ from typing import Any, Protocol, cast
 
 from seal_env.articles import Article
 
-EXECUTOR_KINDS = ("inprocess", "ray")
+EXECUTOR_KINDS = ("inprocess", "subprocess", "ray")
 #: Environment variables that cap a worker's math-library threads (set before the worker imports numpy/mlx).
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
@@ -428,14 +428,19 @@ def make_executor(
     address: str | None = None,
     **kwargs: Any,
 ) -> Executor:
-    """An executor by name: ``"inprocess"`` (one worker, this process) or ``"ray"`` (``workers`` actors).
+    """An executor by name: ``"inprocess"`` (one worker, this process), ``"subprocess"`` (one worker, a child
+    process: :class:`seal_env.worker.SubprocessExecutor`) or ``"ray"`` (``workers`` actors).
 
     ``settings`` are the environment settings; ``address`` a Ray cluster address (``None``: a local Ray);
     extra keyword arguments go to :class:`RayExecutor` (``cpus_per_worker``, ``max_retries``, ``ray_init_kwargs``).
     """
-    if kind == "inprocess":
+    if kind in ("inprocess", "subprocess"):
         if workers != 1 or address is not None or kwargs:
-            raise ValueError("the in-process executor has exactly one worker and no address; use kind='ray'")
+            raise ValueError(f"the {kind} executor has exactly one worker and no address; use kind='ray'")
+        if kind == "subprocess":
+            from seal_env.worker import SubprocessExecutor
+
+            return SubprocessExecutor(settings)
         return InProcessExecutor(settings)
     if kind == "ray":
         return RayExecutor(settings, workers=workers, address=address, **kwargs)

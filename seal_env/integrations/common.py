@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from seal_env.articles import Article, load_articles
-from seal_env.executors import Executor, RewardRequest
+from seal_env.executors import Executor, RewardRequest, make_executor
 from seal_env.prompts import resolve_template
+from seal_env.seeding import derive_seed
 
 
 def prompt_text(article: Article, template: str = "implications") -> str:
@@ -49,20 +49,18 @@ def completion_text(completion: Any) -> str:
     raise TypeError(f"a completion must be a str or a list of chat messages, got {type(completion).__name__}")
 
 
-def request_seed(base: int, *parts: Any) -> int:
-    """A deterministic inner-loop seed in ``[0, 2**31 - 2**16)`` from ``base`` and JSON-like parts."""
-    digest = hashlib.sha256(repr((base, *parts)).encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "little") % (2**31 - 2**16)
+#: Info fields the integrations log per completion (``seal_<name>``) and as batch means (``seal/<name>``).
+LOGGED = ("accuracy_gain", "f1_gain", "loglik_gain", "train_steps")
 
 
 class RewardSource:
     """Rewards for (article, self-edit) pairs through an :class:`~seal_env.executors.Executor`.
 
-    ``executor`` is an executor or a kind for :func:`make_reward_executor` (``"subprocess"``, the default: the
-    environment lives in a child process; ``"inprocess"``; ``"ray"``) built from ``settings``. The inner-loop seed of
-    a request is ``request_seed(seed, step, article id, index in the call)``. ``history`` keeps every evaluated
-    request as ``{"step", "article_id", "self_edit", "seed", "reward", "info"}`` (the last ``keep_history`` ones).
-    Thread-safe: calls are serialised.
+    ``executor`` is an executor or a kind for :func:`seal_env.executors.make_executor` built from ``settings``:
+    ``"subprocess"`` (the default: the environment lives in a child process), ``"inprocess"`` or ``"ray"``.
+    The inner-loop seed of a request is ``derive_seed(seed, step, article id, index in the call)``. ``history``
+    keeps every evaluated request as ``{"step", "article_id", "self_edit", "seed", "reward", "info"}`` (the last
+    ``keep_history`` ones). Thread-safe: calls are serialised.
     """
 
     def __init__(
@@ -76,9 +74,7 @@ class RewardSource:
         self.settings = dict(settings or {})
         self.seed, self.keep_history = seed, keep_history
         self._owns = isinstance(executor, str)
-        self.executor = (
-            make_reward_executor(executor, self.settings, workers) if isinstance(executor, str) else executor
-        )
+        self.executor = make_executor(executor, self.settings, workers) if isinstance(executor, str) else executor
         self.history: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
@@ -87,7 +83,7 @@ class RewardSource:
     ) -> list[tuple[float, dict[str, Any]]]:
         """``(reward, info)`` for each (article, self-edit); an article's requests are evaluated together."""
         requests = [
-            RewardRequest(a, e, request_seed(self.seed, step, a.id, i))
+            RewardRequest(a, e, derive_seed(self.seed, step, a.id, i))
             for i, (a, e) in enumerate(zip(articles, self_edits, strict=True))
         ]
         with self._lock:
@@ -109,16 +105,3 @@ class RewardSource:
     def close(self) -> None:
         if self._owns:
             self.executor.close()
-
-
-def make_reward_executor(kind: str, settings: dict[str, Any], workers: int = 1) -> Executor:
-    """``"subprocess"`` (one child process), ``"inprocess"`` or ``"ray"`` (``workers`` actors)."""
-    if kind == "subprocess":
-        from seal_env.worker import SubprocessExecutor
-
-        if workers != 1:
-            raise ValueError("the subprocess executor has one worker; use executor='ray' for more")
-        return SubprocessExecutor(settings)
-    from seal_env.executors import make_executor
-
-    return make_executor(kind, settings, workers=workers)

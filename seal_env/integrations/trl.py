@@ -31,6 +31,7 @@ from typing import Any
 from seal_env.articles import Article
 from seal_env.executors import Executor
 from seal_env.integrations.common import (
+    LOGGED,
     RewardSource,
     article_columns,
     article_from_columns,
@@ -38,9 +39,6 @@ from seal_env.integrations.common import (
     prompt_text,
     resolve_articles,
 )
-
-#: Info fields logged per completion (``seal_<name>``) and as batch means (``seal/<name>``).
-LOGGED = ("accuracy_gain", "f1_gain", "loglik_gain", "train_steps")
 
 
 def seal_dataset(

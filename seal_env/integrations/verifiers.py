@@ -27,7 +27,7 @@ Processes: verifiers' event loop never waits for an inner loop: rewards run in o
 arrival order, through a :class:`~seal_env.integrations.common.RewardSource` (one per settings, started on first
 use, closed at exit or by :func:`close_reward_sources`). With the default ``executor="subprocess"`` the environment
 (mlx and its model) lives in a child process (:mod:`seal_env.worker`); ``"ray"`` uses one Ray actor,
-``"inprocess"`` this process. The inner-loop seed of a rollout is ``request_seed(seed, 0, article_id, 0)``: every
+``"inprocess"`` this process. The inner-loop seed of a rollout is ``derive_seed(seed, 0, article_id, 0)``: every
 rollout of an article trains with the same seed, so a group's rewards differ by their self-edits only and a
 re-scored trace gets its reward again. It is in ``RewardSource.history`` and ``info["seed"]``.
 """
@@ -46,6 +46,7 @@ from typing import Any, Literal
 from seal_env.articles import Article
 from seal_env.config import SealConfig
 from seal_env.integrations.common import (
+    LOGGED,
     RewardSource,
     article_columns,
     article_from_columns,
@@ -53,7 +54,6 @@ from seal_env.integrations.common import (
     prompt_text,
     resolve_articles,
 )
-from seal_env.integrations.trl import LOGGED
 from seal_env.prompts import resolve_template
 
 import verifiers.v1 as vf
