@@ -42,7 +42,7 @@ class SealConfig:
     eval_times: int = 1  #: repeats of the whole inner loop with seeds seed, seed+1, ...; reward is their mean
     answer_max_tokens: int = 32  #: 0 = generate no answers (reward "loglik" only; accuracy, em and f1 read 0)
     diverged_reward: float = 0.0  #: reward when the inner loop's loss is non-finite or above max_loss
-    timings: bool = True  #: put seconds per phase in info (off for exact info comparisons, e.g. check_env)
+    timings: bool = True  #: seconds per phase in the infos of evaluate / evaluate_many (never in step infos)
     cache: bool = True  #: reuse rewards from the persistent reward cache (seal_env.cache); off = always train
     cache_dir: str | None = None  #: reward cache folder; None = seal_env.models.cache_dir() / "rewards"
     max_batch_adapters: int = 8  #: inner loops (self-edits x eval_times) of one article trained and quizzed together

@@ -81,6 +81,8 @@ class ContinualPretrainingEnv(gym.Env):
         self._pos = 0
         self._done = True
         self._last: dict[str, Any] | None = None
+        #: The last episode's wall-clock seconds per phase (kept out of the infos).
+        self.last_timings: dict[str, float] = {}
 
     # ----------------------------------------------------------------- Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -123,9 +125,7 @@ class ContinualPretrainingEnv(gym.Env):
         self._chunks.append(prep.data)
         if self.train_mode == "online":
             report = self._train_chunk(len(self._chunks) - 1, [self._seed], [self._online])[0]
-            info["step_train"] = (
-                None if report is None else {k: v for k, v in report.items() if k != "train_seconds" or cfg.timings}
-            )
+            info["step_train"] = None if report is None else {k: v for k, v in report.items() if k != "train_seconds"}
         self._pos += 1
         if self._pos < len(self.episode):
             return self._observation(), 0.0, False, False, info
@@ -283,11 +283,11 @@ class ContinualPretrainingEnv(gym.Env):
             "total_train_tokens": sum(len(ids) for c in self._chunks for ids, _ in c),
             "diverged": any(rep["diverged"] for run in runs for rep in run["reports"]),
         }
-        if cfg.timings:
-            summary.update(
-                seconds_baseline=self._t["baseline"],
-                seconds_train=self._t["train"],
-                seconds_eval=self._t["eval"],
-                seconds_finish=time.perf_counter() - t_start,
-            )
+        # wall-clock seconds stay out of the info (check_env compares infos exactly)
+        self.last_timings = {
+            "seconds_baseline": self._t["baseline"],
+            "seconds_train": self._t["train"],
+            "seconds_eval": self._t["eval"],
+            "seconds_finish": time.perf_counter() - t_start,
+        }
         return reward, summary

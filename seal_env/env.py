@@ -13,7 +13,7 @@ from typing import Any
 from seal_env.articles import Article, select_articles
 from seal_env.config import SealConfig
 from seal_env.grading import Grader
-from seal_env.pipeline import RewardPipeline
+from seal_env.pipeline import RewardPipeline, split_timings
 from seal_env.spaces import UnicodeText
 
 import gymnasium as gym
@@ -45,6 +45,8 @@ class KnowledgeIncorporationEnv(gym.Env):
         self.article: Article | None = None
         self._done = True
         self._last: dict[str, Any] | None = None
+        #: The last step's wall-clock fields (``seconds_*``, ``cache_hit``, ``batch_adapters``), kept out of its info.
+        self.last_timings: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -71,6 +73,7 @@ class KnowledgeIncorporationEnv(gym.Env):
             raise TypeError(f"a self-edit must be a str, got {type(action).__name__}")
         seed = int(self.np_random.integers(2**31 - 1))
         reward, info = self.evaluate(self.article, action, seed=seed)
+        info, self.last_timings = split_timings(info)  # step infos stay deterministic (check_env compares them)
         self._done, self._last = True, info
         return self._observation(), reward, True, False, info
 

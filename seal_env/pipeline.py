@@ -30,6 +30,14 @@ from seal_env.reward import gain, mean_std, quiz, summarize
 from seal_env.sequences import build_sequences, sanitize_action, tokenize_sequences
 
 PHASES = ("reset", "train", "eval")
+#: Info keys that describe how a reward was computed (wall-clock seconds, cache hit, batch size), not the reward.
+TIMING_KEYS = ("cache_hit", "batch_adapters")
+
+
+def split_timings(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(info without its timing fields, the timing fields)``: ``seconds_*`` and :data:`TIMING_KEYS`."""
+    timing = {k: v for k, v in info.items() if k.startswith("seconds_") or k in TIMING_KEYS}
+    return {k: v for k, v in info.items() if k not in timing}, timing
 #: The scores whose baseline, adapted value and gain every info carries (REWARD_KINDS).
 KINDS = REWARD_KINDS
 #: Per-question scores besides ``correct`` that the info's questions carry for the base model too.

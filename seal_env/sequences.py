@@ -92,6 +92,21 @@ def build_sequences(
     return [TrainSequence(prefix, p) for p in pieces], info
 
 
+def encode_prefix(tokenizer: Any, text: str, max_tokens: int) -> tuple[list[int], int]:
+    """Token ids of ``text``, tokenizing only as much of it as ``max_tokens`` tokens need: a prefix of
+    ``8 * max_tokens`` characters, doubled until it gives ``max_tokens + 16`` tokens (the margin keeps the cut away
+    from the tokens kept) or is the whole text. Returns the ids and the number of characters never tokenized.
+
+    So a huge piece (e.g. a 100,000-character line) costs a few thousand characters of tokenizing, not all of it.
+    """
+    chars = 8 * max_tokens
+    while True:
+        ids = tokenizer.encode(text[:chars], add_special_tokens=False)
+        if chars >= len(text) or len(ids) >= max_tokens + 16:
+            return ids, max(0, len(text) - chars)
+        chars *= 2
+
+
 def tokenize_sequences(
     sequences: list[TrainSequence],
     tokenizer: Any,
@@ -102,18 +117,22 @@ def tokenize_sequences(
 ) -> tuple[list[tuple[list[int], int]], dict[str, Any]]:
     """Token ids and the index where the loss starts, per sequence; caps tokens and reports what it cut.
 
-    ``loss_on="text"`` trains on the piece (and the end-of-sequence token) only; ``"all"`` on every token.
+    ``loss_on="text"`` trains on the piece (and the end-of-sequence token) only; ``"all"`` on every token. Pieces are
+    tokenized only as far as ``max_sequence_tokens`` needs (:func:`encode_prefix`): ``truncated_tokens`` counts the
+    tokens cut from what was tokenized and ``truncated_chars`` the characters never tokenized.
     """
     if loss_on not in ("text", "all"):
         raise ValueError(f"loss_on must be 'text' or 'all', got {loss_on!r}")
     eos = tokenizer.eos_token_id
     out: list[tuple[list[int], int]] = []
-    cut_tokens = dropped = total = 0
+    cut_tokens = cut_chars = dropped = total = 0
     for seq in sequences:
         head = tokenizer.encode(seq.prefix) if seq.prefix else []
         if not head and tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
             head = [tokenizer.bos_token_id]
-        ids = head + tokenizer.encode(seq.text, add_special_tokens=False) + ([eos] if eos is not None else [])
+        body, unread = encode_prefix(tokenizer, seq.text, max_sequence_tokens)
+        cut_chars += unread
+        ids = head + body + ([eos] if eos is not None else [])
         if len(ids) > max_sequence_tokens:
             cut_tokens += len(ids) - max_sequence_tokens
             ids = ids[:max_sequence_tokens]
@@ -122,5 +141,10 @@ def tokenize_sequences(
             continue
         total += len(ids)
         out.append((ids, 0 if loss_on == "all" else max(len(head), 1)))
-    info = {"train_tokens": total, "truncated_tokens": cut_tokens, "dropped_sequences": dropped}
+    info = {
+        "train_tokens": total,
+        "truncated_tokens": cut_tokens,
+        "truncated_chars": cut_chars,
+        "dropped_sequences": dropped,
+    }
     return out, info
