@@ -38,6 +38,8 @@ def split_timings(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     """``(info without its timing fields, the timing fields)``: ``seconds_*`` and :data:`TIMING_KEYS`."""
     timing = {k: v for k, v in info.items() if k.startswith("seconds_") or k in TIMING_KEYS}
     return {k: v for k, v in info.items() if k not in timing}, timing
+
+
 #: The scores whose baseline, adapted value and gain every info carries (REWARD_KINDS).
 KINDS = REWARD_KINDS
 #: Per-question scores besides ``correct`` that the info's questions carry for the base model too.
