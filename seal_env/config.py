@@ -36,6 +36,7 @@ class SealConfig:
     heldout: float = 0.25  #: fraction (or count, if >= 1) of articles held out, split deterministically
     split_seed: int = 0
     quantize: int | None = None  #: 4 or 8 quantizes the frozen backbone (QLoRA); slow on CPU
+    dtype: str = "auto"  #: frozen weights: "auto" (fp32 on CPU, the model's half dtype on GPU), "float32", ...
 
     # Reward
     reward: str = "loglik"  #: "loglik", "choice", "margin", "pmi" (log-likelihood kinds), "accuracy" or "f1"
@@ -129,6 +130,8 @@ class SealConfig:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise ValueError("warmup_steps and weight_decay must be >= 0")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
         if self.quantize not in (None, 4, 8):
             raise ValueError(f"quantize must be None, 4 or 8, got {self.quantize!r}")
         if not self.lora_modules:
@@ -152,7 +155,12 @@ class SealConfig:
 
     def eval_key(self) -> dict[str, Any]:
         """The settings that decide the baseline (un-adapted) answers of an article."""
-        return {"model": self.model, "quantize": self.quantize, "answer_max_tokens": self.answer_max_tokens}
+        return {
+            "model": self.model,
+            "quantize": self.quantize,
+            "dtype": self.dtype,
+            "answer_max_tokens": self.answer_max_tokens,
+        }
 
     def inner_loop_key(self) -> dict[str, Any]:
         """The settings that decide a reward (for caching), everything but where the articles come from."""

@@ -142,7 +142,9 @@ class Learner:
         compile: bool = True,
     ):
         """``fast_kernels``, ``head_on_positions`` and ``compile`` are the speed levers (all on by default; off =
-        the plain mlx-lm path, kept for tests and benchmarks: results agree to float rounding)."""
+        the plain mlx-lm path, kept for tests and benchmarks: results agree to float rounding). The fast kernels are
+        float32 code for CPUs: with half-precision weights they stay off. The adapters and their optimizer state are
+        float32 whatever the weights' dtype."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         model.freeze()
         keys = resolve_lora_keys(model, cfg.lora_modules)
@@ -153,6 +155,9 @@ class Learner:
         #: Trainable parameters of one adapter slot.
         self.n_trainable = sum(m.in_dims * m.rank + m.rank * m.out_dims for m in self.adapters)
         self.n_slots = 0
+        #: The dtype the frozen weights compute in (seal_env.models.compute_dtype).
+        self.dtype = self.adapters[0].linear.weight.dtype if self.adapters else mx.float32
+        fast_kernels = fast_kernels and self.dtype == mx.float32
         self.set_levers(fast_kernels=fast_kernels, head_on_positions=head_on_positions, compile=compile)
         keep_freed_memory()
         self.reset([])

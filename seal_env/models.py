@@ -118,13 +118,39 @@ def gguf_path() -> Path:
 # ---------------------------------------------------------------------------------------------------------- loading
 
 
-def load_model(spec: str = DEFAULT_SPEC, *, quantize: int | None = None) -> tuple[nn.Module, TokenizerWrapper]:
-    """Load ``spec`` (see the module docstring) as an fp32 mlx-lm model and its ``TokenizerWrapper``.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-    Half-precision parameters are cast to float32 (on CPU, fp16/bf16 matmuls are 10-20x slower). ``quantize=4`` or
-    ``8`` then quantizes the backbone with ``mlx.nn.quantize`` (group size 64), e.g. as a QLoRA starting point;
-    quantized matmuls are very slow on CPU (SmolLM2 forward ~30x slower than fp32 with OpenBLAS): use it on
-    Metal / CUDA.
+
+def on_gpu() -> bool:
+    """Whether mlx computes on a GPU (Metal or CUDA) by default."""
+    import mlx.core as mx
+
+    return mx.default_device().type == mx.DeviceType.gpu
+
+
+def compute_dtype(requested: str = "auto", stored: Any = None, gpu: bool | None = None) -> Any:
+    """The mlx dtype the frozen weights are computed in: ``requested`` (``"float32"``, ``"bfloat16"``,
+    ``"float16"``) or, for ``"auto"``, float32 on a CPU (half-precision matmuls are 10-30x slower there) and on a GPU
+    the checkpoint's own half dtype ``stored`` (bfloat16 if the checkpoint is float32)."""
+    import mlx.core as mx
+
+    if requested not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {requested!r}")
+    if requested != "auto":
+        return getattr(mx, requested)
+    if not (on_gpu() if gpu is None else gpu):
+        return mx.float32
+    return stored if stored in (mx.bfloat16, mx.float16) else mx.bfloat16
+
+
+def load_model(
+    spec: str = DEFAULT_SPEC, *, quantize: int | None = None, dtype: str = "auto"
+) -> tuple[nn.Module, TokenizerWrapper]:
+    """Load ``spec`` (see the module docstring) as an mlx-lm model and its ``TokenizerWrapper``.
+
+    Floating-point weights are cast to :func:`compute_dtype` (``dtype="auto"``: float32 on CPU, the checkpoint's half
+    dtype on Metal / CUDA). ``quantize=4`` or ``8`` then quantizes the backbone with ``mlx.nn.quantize`` (group size
+    64), the QLoRA starting point on GPUs; quantized matmuls are very slow on CPU.
     """
     if quantize not in (None, 4, 8):
         raise ValueError(f"quantize must be None, 4 or 8, not {quantize!r}")
@@ -135,10 +161,12 @@ def load_model(spec: str = DEFAULT_SPEC, *, quantize: int | None = None) -> tupl
     from mlx.utils import tree_flatten, tree_map
 
     model, tokenizer = cast("tuple[nn.Module, TokenizerWrapper]", mlx_lm.load(str(folder)))  # no return_config
-    half = (mx.float16, mx.bfloat16)
+    floats = (mx.float32, mx.float16, mx.bfloat16)
     params = model.parameters()
-    if any(p.dtype in half for _, p in cast("list[tuple[str, mx.array]]", tree_flatten(params))):
-        model.update(tree_map(lambda p: p.astype(mx.float32) if p.dtype in half else p, params))
+    stored = [p.dtype for _, p in cast("list[tuple[str, mx.array]]", tree_flatten(params)) if p.dtype in floats]
+    target = compute_dtype(dtype, stored[0] if stored else None)
+    if any(d != target for d in stored):
+        model.update(tree_map(lambda p: p.astype(target) if p.dtype in floats else p, params))
     if quantize is not None:
         nn.quantize(model, group_size=64, bits=quantize)
     mx.eval(model.parameters())

@@ -185,7 +185,7 @@ class RewardPipeline:
         """Load ``cfg.model`` (seal_env.models.load_model) and wrap it in a :class:`Learner`."""
         from seal_env.models import load_model
 
-        model, tokenizer = load_model(cfg.model, quantize=cfg.quantize)
+        model, tokenizer = load_model(cfg.model, quantize=cfg.quantize, dtype=cfg.dtype)
         return cls(Learner(model, tokenizer, cfg), cfg, grader)
 
     def set_config(self, cfg: SealConfig) -> None:
