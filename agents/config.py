@@ -1,25 +1,24 @@
 """Settings of the agents and their command line, generated from the config dataclasses.
 
 Each field of an agent's config (a :class:`RunConfig` subclass) and of :class:`seal_env.config.SealConfig` becomes
-a flag (``articles_per_round`` -> ``--articles-per-round``); the ``# Section`` comments of the dataclass become the
-groups of ``--help`` and the ``#:`` comments their help text. A preset sets every field; flags override it.
+a flag (``articles_per_round`` -> ``--articles-per-round``); the fields' metadata (:func:`seal_env.config.setting`)
+give the groups of ``--help`` and the help texts. A preset sets every field; flags override it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
+import functools
 import json
 import os
-import re
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seal_env.config import SealConfig
+from seal_env.config import SealConfig, parse_setting, setting
 from seal_env.prompts import resolve_template
 
 #: Inner-loop settings of the ``demo`` preset (on top of the SealConfig defaults): 2 epochs (SEAL: 10) and short
@@ -71,43 +70,80 @@ RESUME_OVERRIDES = (
 class RunConfig:
     """Settings shared by every agent: the run, the rollouts, the policy's LoRA update, and the environment."""
 
-    # Run
-    name: str = ""  #: run directory name under --runs-dir (default: <algorithm>-<preset>-<date>-<time>)
-    runs_dir: str = "runs"  #: where run directories are created
-    seed: int = 0  #: seeds the article order, sampling, the inner loop and the policy update
-    wandb_mode: str = "online"  #: online logs offline when there is no API key or no network
-    wandb_project: str = "seal-env"  #: wandb project
-    executor: str = "inprocess"  #: where rewards are computed (seal_env.executors)
-    workers: int = 1  #: reward workers, one model copy each (--executor ray)
-    ray_address: str | None = None  #: Ray cluster address for --executor ray (none: start a local Ray)
-    progress: bool = True  #: show progress bars
-
-    # Rollouts
-    rounds: int = 2  #: rounds of sample -> reward -> update
-    articles_per_round: int = 2  #: training articles per round: the next slice of the shuffled train split
-    k: int = 3  #: self-edits sampled per article
-    heldout_articles: int = 2  #: held-out articles evaluated before training and after each round (-1 all, 0 none)
-    heldout_k: int = 1  #: self-edits sampled per held-out article
-    template: str = (
-        "implications"  #: self-edit prompt: a name in seal_env.prompts.SELF_EDIT_TEMPLATES or a text with {context}
+    name: str = setting(
+        "", "run directory name under --runs-dir (default: <algorithm>-<preset>-<date>-<time>)", group="Run"
     )
-    temperature: float = 1.0  #: sampling temperature of self-edits (0 = greedy)
-    top_p: float = 1.0  #: nucleus sampling of self-edits
-    self_edit_max_tokens: int = 64  #: token budget of a self-edit
-    sample_batch_size: int = 32  #: self-edits generated together
-    inner_loop_learner: str = (
-        "policy"  #: policy: the updated policy is also the inner loop's model (SEAL); base: the original model
+    runs_dir: str = setting("runs", "where run directories are created", group="Run")
+    seed: int = setting(0, "seeds the article order, sampling, the inner loop and the policy update", group="Run")
+    wandb_mode: str = setting("online", "online logs offline when there is no API key or no network", group="Run")
+    wandb_project: str = setting("seal-env", "wandb project", group="Run")
+    executor: str = setting("inprocess", "where rewards are computed (seal_env.executors)", group="Run")
+    workers: int = setting(1, "reward workers, one model copy each (--executor ray)", group="Run")
+    ray_address: str | None = setting(
+        None, "Ray cluster address for --executor ray (none: start a local Ray)", group="Run"
+    )
+    progress: bool = setting(True, "show progress bars", group="Run")
+
+    rounds: int = setting(2, "rounds of sample -> reward -> update", group="Rollouts")
+    articles_per_round: int = setting(
+        2, "training articles per round: the next slice of the shuffled train split", group="Rollouts"
+    )
+    k: int = setting(3, "self-edits sampled per article", group="Rollouts")
+    heldout_articles: int = setting(
+        2, "held-out articles evaluated before training and after each round (-1 all, 0 none)", group="Rollouts"
+    )
+    heldout_k: int = setting(1, "self-edits sampled per held-out article", group="Rollouts")
+    template: str = setting(
+        "implications",
+        "self-edit prompt: a name in seal_env.prompts.SELF_EDIT_TEMPLATES or a text with {context}",
+        group="Rollouts",
+    )
+    temperature: float = setting(1.0, "sampling temperature of self-edits (0 = greedy)", group="Rollouts")
+    top_p: float = setting(1.0, "nucleus sampling of self-edits", group="Rollouts")
+    self_edit_max_tokens: int = setting(64, "token budget of a self-edit", group="Rollouts")
+    sample_batch_size: int = setting(32, "self-edits generated together", group="Rollouts")
+    inner_loop_learner: str = setting(
+        "policy",
+        "policy: the updated policy is also the inner loop's model (SEAL); base: the original model",
+        group="Rollouts",
     )
 
-    # Policy update: a LoRA on the policy, folded into its weights after each round
-    policy_lora_rank: int = 64  #: LoRA rank of the policy update
-    policy_lora_alpha: float = 128.0  #: LoRA alpha of the policy update
-    policy_lora_modules: list[str] = field(default_factory=lambda: ["all"])  #: modules with LoRA (short names or all)
-    policy_learning_rate: float = 3e-4  #: learning rate of the policy update (AdamW, linear decay)
-    policy_epochs: int = 1  #: epochs over a round's training data
-    policy_batch_size: int = 1  #: sequences per policy update step
+    policy_lora_rank: int = setting(
+        64,
+        "LoRA rank of the policy update",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
+    policy_lora_alpha: float = setting(
+        128.0,
+        "LoRA alpha of the policy update",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
+    policy_lora_modules: list[str] = setting(
+        factory=lambda: ["all"],
+        help="modules with LoRA (short names or all)",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
+    policy_learning_rate: float = setting(
+        3e-4,
+        "learning rate of the policy update (AdamW, linear decay)",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
+    policy_epochs: int = setting(
+        1,
+        "epochs over a round's training data",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
+    policy_batch_size: int = setting(
+        1,
+        "sequences per policy update step",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
 
-    env: SealConfig = field(default_factory=lambda: SealConfig(**DEMO_ENV))  #: the environment (inner loop)
+    env: SealConfig = setting(
+        factory=lambda: SealConfig(**DEMO_ENV),
+        help="the environment (inner loop)",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting (the env validated itself when it was built)."""
@@ -158,29 +194,29 @@ class RunConfig:
 
 
 def _sections(cls: type) -> list[tuple[str, list[tuple[str, str]]]]:
-    """``[(section, [(field, doc)])]`` read from the ``# Section`` and ``#: doc`` comments of a dataclass source."""
+    """``[(group, [(field, help)])]`` from the fields' metadata (:func:`seal_env.config.setting`), in field order; a
+    subclass field that only changes a default keeps the base class's help and group."""
+    inherited: dict[str, dict[str, str]] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            for f in dataclasses.fields(klass):
+                base = inherited.get(f.name, {})
+                inherited[f.name] = {k: f.metadata.get(k) or base.get(k, "") for k in ("help", "group")}
     sections: list[tuple[str, list[tuple[str, str]]]] = []
-    seen: set[str] = set()
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
-        title = klass.__name__
-        try:
-            source = inspect.getsource(klass).splitlines()[1:]
-        except OSError:  # no source (e.g. a frozen install): plain field names, no help text
-            source = [f"    {f.name}: x = x" for f in dataclasses.fields(klass) if f.name not in seen]
-        for line in source:
-            if m := re.match(r"\s{4}# (\S.*)$", line):
-                title = m.group(1)
-            elif m := re.match(r"\s{4}(\w+): [^=]+=.*?(?:#: (.*))?$", line):
-                name, doc = m.group(1), m.group(2) or ""
-                if name in seen:  # a subclass changed the default: keep the base's place, take a new doc
-                    for _, fields in sections:
-                        fields[:] = [(n, doc or d) if n == name else (n, d) for n, d in fields]
-                    continue
-                seen.add(name)
-                if not sections or sections[-1][0] != title:
-                    sections.append((title, []))
-                sections[-1][1].append((name, doc))
+    for f in dataclasses.fields(cls):
+        meta = inherited[f.name]
+        group = meta["group"] or cls.__name__
+        if not sections or sections[-1][0] != group:
+            sections.append((group, []))
+        sections[-1][1].append((f.name, meta["help"]))
     return sections
+
+
+def _env_value(name: str, text: str) -> Any:
+    try:
+        return parse_setting(name, text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _converter(hint: Any) -> tuple[Callable[[str], Any], dict[str, Any]]:
@@ -212,6 +248,8 @@ def _add_fields(
                 group.add_argument(*flags, choices=CHOICES[name], default=argparse.SUPPRESS, help=text)
             else:
                 convert, extra = _converter(hints[name])
+                if cls is SealConfig and not extra:  # environment settings: parsed as everywhere else
+                    convert = functools.partial(_env_value, name)
                 group.add_argument(
                     *flags, type=convert, default=argparse.SUPPRESS, help=text, metavar=name.upper(), **extra
                 )

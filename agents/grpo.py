@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
-from seal_env.config import SEAL_PAPER_SETTINGS
+from seal_env.config import SEAL_PAPER_SETTINGS, setting
 from seal_env.learner import make_batch
 
 import mlx.core as mx
@@ -38,18 +38,36 @@ class GRPOConfig(RunConfig):
     """GRPO's settings, on top of the shared ones in :class:`agents.config.RunConfig` (it changes their update
     defaults)."""
 
-    # Policy update: a LoRA on the policy, folded into its weights after each round
-    policy_lora_rank: int = 16
-    policy_lora_alpha: float = 32.0
-    policy_lora_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    policy_learning_rate: float = 5e-5  #: learning rate of the policy update (AdamW, constant)
-    policy_epochs: int = 1  #: passes over a round's self-edits (> 1 makes the ratio clipping matter)
-    policy_batch_size: int = 3  #: self-edits per gradient step
+    policy_lora_rank: int = setting(
+        16, "", group="Policy update: a LoRA on the policy, folded into its weights after each round"
+    )
+    policy_lora_alpha: float = setting(
+        32.0, "", group="Policy update: a LoRA on the policy, folded into its weights after each round"
+    )
+    policy_lora_modules: list[str] = setting(
+        factory=lambda: ["q_proj", "v_proj"],
+        help="",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
+    policy_learning_rate: float = setting(
+        5e-5,
+        "learning rate of the policy update (AdamW, constant)",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
+    policy_epochs: int = setting(
+        1,
+        "passes over a round's self-edits (> 1 makes the ratio clipping matter)",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
+    policy_batch_size: int = setting(
+        3,
+        "self-edits per gradient step",
+        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+    )
 
-    # GRPO
-    kl_coef: float = 0.04  #: weight of the KL penalty to the initial policy (0: none)
-    clip_eps: float = 0.2  #: the probability ratio is clipped to [1 - clip_eps, 1 + clip_eps]
-    adv_eps: float = 1e-6  #: added to a group's reward standard deviation
+    kl_coef: float = setting(0.04, "weight of the KL penalty to the initial policy (0: none)", group="GRPO")
+    clip_eps: float = setting(0.2, "the probability ratio is clipped to [1 - clip_eps, 1 + clip_eps]", group="GRPO")
+    adv_eps: float = setting(1e-6, "added to a group's reward standard deviation", group="GRPO")
 
     def validate(self) -> None:
         super().validate()

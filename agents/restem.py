@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from seal_env.config import SEAL_PAPER_SETTINGS
+from seal_env.config import SEAL_PAPER_SETTINGS, setting
 
 from agents.base import Experience
 from agents.config import TINY, RunConfig
@@ -30,8 +30,9 @@ from agents.run import main as run_main
 class ReSTEMConfig(RunConfig):
     """ReSTEM's settings, on top of the shared ones in :class:`agents.config.RunConfig`."""
 
-    # ReSTEM
-    threshold: float | None = None  #: keep an article's best self-edit only if its reward > threshold (none: always)
+    threshold: float | None = setting(
+        None, "keep an article's best self-edit only if its reward > threshold (none: always)", group="ReSTEM"
+    )
 
 
 #: ``demo`` is the dataclass defaults; ``paper`` is SEAL's knowledge-incorporation ReSTEM (50 articles x 5

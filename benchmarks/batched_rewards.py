@@ -26,10 +26,9 @@ from typing import Any
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from seal_env.articles import Article, load_articles  # noqa: E402
+from seal_env.config import parse_assignments
 
 import mlx.core as mx  # noqa: E402
-
-from benchmarks.compare_policies import parse_value  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCES = ("qwen2.5-7b_base_dev100.json", "gpt-4.1_dev100.json", "seal_round2_dev100.json")
@@ -120,9 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     ks = [int(x) for x in args.ks.split(",")]
     settings: dict[str, Any] = {"model": args.model, "cache": False, "split": "all"}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        settings[name] = parse_value(value)
+    settings.update(parse_assignments(args.set))
     settings["max_batch_adapters"] = max(settings.get("max_batch_adapters", 8), max(ks))
 
     from seal_env.env import KnowledgeIncorporationEnv

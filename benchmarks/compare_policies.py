@@ -47,7 +47,7 @@ from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.articles import Article, select_articles
-from seal_env.config import REWARD_KINDS, SEAL_PAPER_SETTINGS, SealConfig
+from seal_env.config import REWARD_KINDS, SEAL_PAPER_SETTINGS, SealConfig, parse_assignments
 
 from agents.base import derive_seed, observation
 from benchmarks import stats
@@ -186,23 +186,12 @@ def result_key(policy: str, article_id: str, k: int, s: int) -> tuple[str, str, 
 
 
 # --------------------------------------------------------------------------------------------------- settings
-def parse_value(text: str) -> Any:
-    """A --set value: JSON if it parses (numbers, true/false, null, lists), else the string itself."""
-    for candidate in (text, text.lower()):
-        try:
-            return json.loads(candidate)
-        except json.JSONDecodeError:
-            pass
-    return text
-
-
 def build_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {"dataset": args.data, "split": args.split, **PRESETS[args.preset]}
-    for item in args.set or []:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes NAME=VALUE, got {item!r}")
-        settings[name.strip()] = parse_value(value.strip())
+    try:
+        settings.update(parse_assignments(args.set or []))
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"bad --set: {err}") from None
     if args.model:
         settings["model"] = args.model
     try:

@@ -20,10 +20,9 @@ from typing import Any
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx on Linux CPUs)
 from seal_env.articles import load_articles
+from seal_env.config import parse_assignments
 
 import mlx.core as mx
-
-from benchmarks.compare_policies import parse_value
 
 EDITS = [
     "1. {title} is the subject of the passage.\n2. The passage describes {title} in detail.",
@@ -51,9 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "split": "all",
         "max_batch_adapters": max(8, args.k),
     }
-    for item in args.set:
-        name, _, value = item.partition("=")
-        settings[name] = parse_value(value)
+    settings.update(parse_assignments(args.set))
 
     from seal_env.env import KnowledgeIncorporationEnv
 

@@ -7,8 +7,10 @@ round-trips through JSON. README.md has the same table with the reasons behind t
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 REWARD_KINDS = ("accuracy", "f1", "loglik", "choice", "margin", "pmi")
@@ -25,59 +27,117 @@ LOGLIK_KINDS = ("loglik", "choice", "margin", "pmi")
 SEAL_PAPER_SETTINGS: dict[str, Any] = {"epochs": 10, "loss_on": "all", "answer_max_tokens": 64}
 
 
+def setting(
+    default: Any = MISSING, help: str = "", *, group: str = "", factory: Callable[[], Any] | None = None
+) -> Any:
+    """A dataclass field whose help text and ``--help`` group live in its metadata (as mlx-lm's ``TrainingArgs``
+    keeps them): the one place a setting is documented, for README's table, the agents' CLI and ``--set``."""
+    metadata = {"help": help, "group": group}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class SealConfig:
     """Settings of one SEAL inner loop: data, learner, training-sequence construction, LoRA, optimiser, grading."""
 
-    # What to learn from and with
-    model: str = "smollm2-135m"  #: model spec, see seal_env.models.load_model
-    dataset: str = "bundled"  #: "bundled", a SEAL/SQuAD JSON path, or "squad[:split]" (online)
-    split: str = "train"  #: "train", "heldout" or "all" articles of the data set
-    heldout: float = 0.25  #: fraction (or count, if >= 1) of articles held out, split deterministically
-    split_seed: int = 0
-    quantize: int | None = None  #: 4 or 8 quantizes the frozen backbone (QLoRA); slow on CPU
-    dtype: str = "auto"  #: frozen weights: "auto" (fp32 on CPU, the model's half dtype on GPU), "float32", ...
+    model: str = setting(
+        "smollm2-135m", "model spec, see seal_env.models.load_model", group="What to learn from and with"
+    )
+    dataset: str = setting(
+        "bundled", '"bundled", a SEAL/SQuAD JSON path, or "squad[:split]" (online)', group="What to learn from and with"
+    )
+    split: str = setting(
+        "train", '"train", "heldout" or "all" articles of the data set', group="What to learn from and with"
+    )
+    heldout: float = setting(
+        0.25,
+        "fraction (or count, if >= 1) of articles held out, split deterministically",
+        group="What to learn from and with",
+    )
+    split_seed: int = setting(0, "seed of the deterministic train/held-out split", group="What to learn from and with")
+    quantize: int | None = setting(
+        None, "4 or 8 quantizes the frozen backbone (QLoRA); slow on CPU", group="What to learn from and with"
+    )
+    dtype: str = setting(
+        "auto",
+        'frozen weights: "auto" (fp32 on CPU, the model\'s half dtype on GPU), "float32", ...',
+        group="What to learn from and with",
+    )
 
-    # Reward
-    reward: str = "loglik"  #: "loglik", "choice", "margin", "pmi" (log-likelihood kinds), "accuracy" or "f1"
-    eval_times: int = 1  #: repeats of the whole inner loop with seeds seed, seed+1, ...; reward is their mean
-    answer_max_tokens: int = 32  #: 0 = generate no answers (reward "loglik" only; accuracy, em and f1 read 0)
-    diverged_reward: float = 0.0  #: reward when the inner loop's loss is non-finite or above max_loss
-    timings: bool = True  #: seconds per phase in the infos of evaluate / evaluate_many (never in step infos)
-    cache: bool = True  #: reuse rewards from the persistent reward cache (seal_env.cache); off = always train
-    cache_dir: str | None = None  #: reward cache folder; None = seal_env.models.cache_dir() / "rewards"
-    max_batch_adapters: int = 8  #: inner loops (self-edits x eval_times) of one article trained and quizzed together
+    reward: str = setting(
+        "loglik", '"loglik", "choice", "margin", "pmi" (log-likelihood kinds), "accuracy" or "f1"', group="Reward"
+    )
+    eval_times: int = setting(
+        1, "repeats of the whole inner loop with seeds seed, seed+1, ...; reward is their mean", group="Reward"
+    )
+    answer_max_tokens: int = setting(
+        32, '0 = generate no answers (reward "loglik" only; accuracy, em and f1 read 0)', group="Reward"
+    )
+    diverged_reward: float = setting(
+        0.0, "reward when the inner loop's loss is non-finite or above max_loss", group="Reward"
+    )
+    timings: bool = setting(
+        True, "seconds per phase in the infos of evaluate / evaluate_many (never in step infos)", group="Reward"
+    )
+    cache: bool = setting(
+        True, "reuse rewards from the persistent reward cache (seal_env.cache); off = always train", group="Reward"
+    )
+    cache_dir: str | None = setting(
+        None, 'reward cache folder; None = seal_env.models.cache_dir() / "rewards"', group="Reward"
+    )
+    max_batch_adapters: int = setting(
+        8, "inner loops (self-edits x eval_times) of one article trained and quizzed together", group="Reward"
+    )
 
-    # Self-edit -> training sequences
-    split_mode: str = "lines"  #: "lines", "segments" (---) or "none"
-    title_prefix: bool = True
-    include_passage: bool = True  #: SEAL appends the passage itself as one more training sequence
-    drop_preamble: bool = True
-    loss_on: str = "text"  #: "text" (not the title prefix) or "all"
-    max_sequences: int = 30
-    max_sequence_tokens: int = 512
-    max_total_tokens: int = 8192
-    max_action_chars: int = 100_000
+    split_mode: str = setting("lines", '"lines", "segments" (---) or "none"', group="Self-edit -> training sequences")
+    title_prefix: bool = setting(
+        True,
+        'prefix every piece with "{title}\\n" (SEAL\'s training-sequence template)',
+        group="Self-edit -> training sequences",
+    )
+    include_passage: bool = setting(
+        True, "SEAL appends the passage itself as one more training sequence", group="Self-edit -> training sequences"
+    )
+    drop_preamble: bool = setting(
+        True,
+        'drop a first line before a numbered list ("Certainly! Here are...")',
+        group="Self-edit -> training sequences",
+    )
+    loss_on: str = setting("text", '"text" (not the title prefix) or "all"', group="Self-edit -> training sequences")
+    max_sequences: int = setting(
+        30, "pieces kept from one self-edit (SEAL: 30)", group="Self-edit -> training sequences"
+    )
+    max_sequence_tokens: int = setting(512, "tokens per training sequence", group="Self-edit -> training sequences")
+    max_total_tokens: int = setting(8192, "tokens per self-edit", group="Self-edit -> training sequences")
+    max_action_chars: int = setting(100_000, "characters of the action kept", group="Self-edit -> training sequences")
 
-    # LoRA (SEAL: r=32, alpha=64, q_proj and v_proj, no dropout)
-    lora_rank: int = 32
-    lora_alpha: float = 64.0
-    lora_dropout: float = 0.0
-    lora_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    lora_layers: int = -1  #: how many of the last transformer blocks carry LoRA; -1 = all
+    lora_rank: int = setting(32, "LoRA rank", group="LoRA")
+    lora_alpha: float = setting(64.0, "LoRA alpha (scale = alpha / rank, as in PEFT)", group="LoRA")
+    lora_dropout: float = setting(0.0, "LoRA dropout", group="LoRA")
+    lora_modules: list[str] = setting(
+        factory=lambda: ["q_proj", "v_proj"],
+        help='linear layers that carry LoRA (short names, or ["all"])',
+        group="LoRA",
+    )
+    lora_layers: int = setting(-1, "how many of the last transformer blocks carry LoRA; -1 = all", group="LoRA")
 
-    # Optimiser (SEAL: HF Trainer defaults = AdamW, linear decay, no warm-up; lr 1e-3, 10 epochs, batch 1)
-    # epochs: 3, not SEAL's 10: with SmolLM2-135M, 10 epochs overfit (the gold answers' log-likelihood gain is
-    # about 0 on average with a huge spread), 3 give the clearest reward at a third of the cost (PAPER_CHECK.md)
-    optimizer: str = "adamw"  #: "adamw", "adam" or "sgd"
-    learning_rate: float = 1e-3
-    lr_schedule: str = "linear"  #: "linear" (decay to 0) or "constant", after warmup_steps
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    adam_bias_correction: bool = False  #: Adam(W) bias correction (PyTorch/HF always apply it; mlx's default: off)
-    epochs: int = 3
-    batch_size: int = 1
-    max_loss: float = 50.0  #: training stops (diverged) when the loss exceeds this or is not finite
+    optimizer: str = setting("adamw", '"adamw", "adam" or "sgd"', group="Optimiser")
+    learning_rate: float = setting(1e-3, "peak learning rate", group="Optimiser")
+    lr_schedule: str = setting("linear", '"linear" (decay to 0) or "constant", after warmup_steps', group="Optimiser")
+    warmup_steps: int = setting(0, "linear warm-up steps", group="Optimiser")
+    weight_decay: float = setting(0.0, "AdamW / SGD weight decay", group="Optimiser")
+    adam_bias_correction: bool = setting(
+        False, "Adam(W) bias correction (PyTorch/HF always apply it; mlx's default: off)", group="Optimiser"
+    )
+    epochs: int = setting(
+        3, "passes over the training sequences (SEAL: 10; 3 by benchmarks/PAPER_CHECK.md)", group="Optimiser"
+    )
+    batch_size: int = setting(1, "sequences per optimizer step", group="Optimiser")
+    max_loss: float = setting(
+        50.0, "training stops (diverged) when the loss exceeds this or is not finite", group="Optimiser"
+    )
 
     def __post_init__(self) -> None:
         self.lora_modules = list(self.lora_modules)
@@ -166,3 +226,45 @@ class SealConfig:
         """The settings that decide a reward (for caching), everything but where the articles come from."""
         skip = {"dataset", "split", "heldout", "split_seed", "timings", "cache", "cache_dir", "max_batch_adapters"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_setting(name: str, text: str) -> Any:
+    """The value of :class:`SealConfig` setting ``name`` from command-line text, by the field's type: booleans
+    ``true/false/yes/no/on/off/1/0``, ``none`` for optional ones, numbers, lists as JSON (``["all"]``) or
+    comma-separated (``q_proj,v_proj``). An unknown name raises ``TypeError``, an unparsable value ``ValueError``."""
+    import typing
+
+    hints = typing.get_type_hints(SealConfig)
+    if name not in hints:
+        raise TypeError(f"unknown setting {name!r}; valid settings: {sorted(hints)}")
+    hint, text = hints[name], text.strip()
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint):
+        if text.lower() in ("none", "null"):
+            return None
+        hint = args[0]
+    try:
+        if hint is bool:
+            if text.lower() in _TRUE + _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError("not a boolean")
+        if typing.get_origin(hint) is list:
+            value = json.loads(text) if text.startswith("[") else [x.strip() for x in text.split(",") if x.strip()]
+            return list(value)
+        return hint(text)
+    except ValueError as err:
+        raise ValueError(f"setting {name}: cannot read {text!r} as {getattr(hint, '__name__', hint)} ({err})") from None
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``["epochs=3", "reward=f1"]`` -> ``{"epochs": 3, "reward": "f1"}`` (each value by :func:`parse_setting`)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"a setting is NAME=VALUE, got {item!r}")
+        out[name.strip()] = parse_setting(name.strip(), value)
+    return out
