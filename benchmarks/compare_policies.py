@@ -298,7 +298,8 @@ def _evaluate(
     edits: dict[tuple[str, str], list[str]],
     journal: Journal,
 ) -> int:
-    from seal_env.executors import InProcessExecutor, RewardRequest, executor_from_args
+    from seal_env.cli import executor_from_args
+    from seal_env.executors import InProcessExecutor, RewardRequest
 
     from tqdm.auto import tqdm
 
@@ -668,7 +669,7 @@ def write_report(
 
 # --------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    from seal_env.executors import add_executor_args
+    from seal_env.cli import add_executor_args
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.compare_policies",
@@ -765,9 +766,12 @@ def report_only(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.articles == 0 or args.self_edits < 1 or args.seeds < 1:
-        raise SystemExit("--articles must be non-zero, --self-edits and --seeds positive")
+        parser.error("--articles must be non-zero, --self-edits and --seeds positive")
+    if args.executor == "inprocess" and args.ray_address is None and args.workers != 1:
+        parser.error("--workers > 1 needs --executor ray")
     t0 = time.perf_counter()
     report = report_only(args) if args.report_only else run(args)
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)

@@ -15,6 +15,8 @@ import os
 import sys
 import warnings
 
+from seal_env.environ import ON, switch
+
 CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
@@ -36,8 +38,8 @@ _attempted = False
 
 def _candidates() -> list[str]:
     chosen = os.environ.get("SEAL_ENV_BLAS", "").strip()
-    if chosen:
-        return [] if chosen.lower() in ("none", "0", "off") else [chosen]
+    if chosen and chosen.lower() not in ON:
+        return [chosen]
     found = ctypes.util.find_library("openblas")
     return [p for p in (*CANDIDATES, found) if p]
 
@@ -48,7 +50,7 @@ def load_fast_blas() -> str | None:
     if _attempted or not sys.platform.startswith("linux"):
         return loaded_path
     _attempted = True
-    if os.environ.get("SEAL_ENV_BLAS", "").strip().lower() in ("none", "0", "off"):
+    if not switch("SEAL_ENV_BLAS"):
         return None
     for path in _candidates():
         try:

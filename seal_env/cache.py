@@ -27,23 +27,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from seal_env.environ import OFF, ON, cache_dir, switch
+
 #: Bump when the reward computation changes in a way the key does not capture: old entries are then ignored.
 CACHE_VERSION = 1
 ENV_VAR = "SEAL_ENV_REWARD_CACHE"
-_OFF = ("0", "off", "false", "no", "none")
 
 
 def enabled(setting: bool = True) -> bool:
     """Whether caching is on: the env setting, unless ``SEAL_ENV_REWARD_CACHE`` turns it off."""
-    return bool(setting) and os.environ.get(ENV_VAR, "").strip().lower() not in _OFF
+    return bool(setting) and switch(ENV_VAR)
 
 
 def default_dir() -> Path:
+    """``$SEAL_ENV_REWARD_CACHE`` if that is a folder (not an on/off value), else ``<cache dir>/rewards``."""
     chosen = os.environ.get(ENV_VAR, "").strip()
-    if chosen and chosen.lower() not in _OFF and chosen.lower() not in ("1", "on", "true", "yes"):
+    if chosen and chosen.lower() not in OFF + ON:
         return Path(chosen).expanduser()
-    from seal_env.models import cache_dir
-
     return cache_dir() / "rewards"
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 from typing import Any
+
+from seal_env.environ import switch
 
 import mlx.core as mx
 
@@ -32,7 +33,7 @@ def keep_freed_memory() -> None:
     threshold, a step takes ~6% less wall time at the same peak RSS (``benchmarks/RESULTS.md``);
     :func:`release_memory` still trims after each fine-tune. Process-wide; ``SEAL_ENV_MALLOC_TUNING=off`` skips it.
     """
-    if _LIBC is None or not hasattr(_LIBC, "mallopt") or os.environ.get("SEAL_ENV_MALLOC_TUNING") == "off":
+    if _LIBC is None or not hasattr(_LIBC, "mallopt") or not switch("SEAL_ENV_MALLOC_TUNING"):
         return
     _LIBC.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
     _LIBC.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
