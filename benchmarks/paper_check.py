@@ -188,9 +188,74 @@ def noise(
     return {"articles": len(multi), "seed_sd": seed_sd, "pairs": pairs}
 
 
+def fidelity(
+    outs: dict[str, Path],
+    order: list[str],
+    ties: set[frozenset[str]],
+    n_articles: int,
+    kinds: tuple[str, ...] = METRICS,
+) -> list[dict[str, Any]]:
+    """The "fidelity per second" rows: for every protocol (a compare_policies output folder) and reward kind, the
+    measured order, the paper's relations that hold and the bootstrap P(all hold), passage - none and
+    GPT-4.1 - Qwen-base (mean, paired-bootstrap 95 % CI, d_z), and the seconds per trained reward."""
+    rows = []
+    for name, out in outs.items():
+        records = load(out)
+        tab = table(records, order, n_articles)
+        rank = ranking(tab, order, ties)
+        trained = [r for r in records if r["policy"] in order and r["policy"] != "none" and r["article_id"] in tab]
+        seconds = float(np.nanmean([stats_seconds(r["info"]) for r in trained])) if trained else math.nan
+        for m in kinds:
+            row: dict[str, Any] = {
+                "protocol": name,
+                "kind": m,
+                "articles": len(tab),
+                "seconds_per_reward": seconds,
+                **{k: rank[m][k] for k in ("order", "held", "relations", "p_all_hold")},
+            }
+            for a, b in (("none", "passage"), ("qwen-base", "gpt-4.1")):
+                if a in order and b in order:
+                    xa = [tab[x][a].get(GAIN[m], math.nan) for x in tab]
+                    xb = [tab[x][b].get(GAIN[m], math.nan) for x in tab]
+                    boot = stats.paired_bootstrap(xa, xb, n_boot=5000)
+                    row[f"{b}-{a}"] = {
+                        "mean": boot["mean_diff"],
+                        "ci": [boot["ci_low"], boot["ci_high"]],
+                        "dz": stats.effect_size_dz(xa, xb),
+                    }
+            rows.append(row)
+    return rows
+
+
+def stats_seconds(info: dict[str, Any]) -> float:
+    """Seconds of one reward without the article's baseline quiz (nan without timings)."""
+    if "seconds_total" not in info or info.get("cache_hit"):
+        return math.nan
+    return float(info["seconds_total"] - info.get("seconds_baseline", 0.0))
+
+
+def print_fidelity(rows: list[dict[str, Any]]) -> None:
+    print(
+        "| protocol | reward | measured order (low to high) | relations | P(all hold) | passage - none [95% CI] (d_z) "
+        "| GPT-4.1 - Qwen-base [95% CI] (d_z) | s / reward |"
+    )
+    print("| --- | --- | --- | ---: | ---: | --- | --- | ---: |")
+    for r in rows:
+        cells = []
+        for key in ("passage-none", "gpt-4.1-qwen-base"):
+            d = r.get(key)
+            cells.append(
+                "-" if d is None else f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] ({d['dz']:+.2f})"
+            )
+        print(
+            f"| {r['protocol']} | {r['kind']} | {' < '.join(r['order'])} | {r['held']}/{r['relations']} | "
+            f"{r['p_all_hold']:.2f} | {cells[0]} | {cells[1]} | {r['seconds_per_reward']:.1f} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out", type=Path)
+    ap.add_argument("out", type=Path, nargs="?")
     ap.add_argument("--articles", type=int, default=30)
     ap.add_argument("--noise-articles", type=int, default=6)
     ap.add_argument("--order", nargs="+", default=["none", "passage", "qwen-base", "gpt-4.1", "seal-r2"])
@@ -198,8 +263,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--preamble", default="gpt-4.1", help="policy whose leftover preamble lines are counted ('' = skip)"
     )
+    ap.add_argument(
+        "--fidelity",
+        nargs="+",
+        metavar="NAME=DIR",
+        help="only the fidelity-per-second table over these compare_policies outputs (protocols)",
+    )
     args = ap.parse_args(argv)
     ties = {frozenset(t) for t in (args.tie if args.tie is not None else [["gpt-4.1", "seal-r2"]])}
+    if args.fidelity:
+        outs = dict(item.split("=", 1) if "=" in item else (Path(item).name, item) for item in args.fidelity)
+        print_fidelity(fidelity({k: Path(v) for k, v in outs.items()}, args.order, ties, args.articles))
+        return
     records = load(args.out)
     tab = table(records, args.order, args.articles)
     print(f"{len(tab)} articles with every condition (seed index 0)\n")
