@@ -3,13 +3,16 @@
 import json
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
-from seal_env.articles import load_articles
+from seal_env.articles import Article, Question, load_articles
+from seal_env.config import SealConfig
 from seal_env.models import load_model
 
+import mlx.core as mx
 import pytest
 
 from agents import grpo, restem
 from agents.base import Agent, Experience, Policy, derive_seed
+from agents.config import TINY_ENV
 from agents.policies import EmptyPolicy, PassagePolicy, PromptPolicy, ReplayPolicy, make_policy
 from agents.run import Run
 
@@ -17,6 +20,7 @@ OBS = [
     {"title": "Tervik Observatory", "context": "Tervik Observatory stands on Mount Hallegrim."},
     {"title": "Kelmsund", "context": "Kelmsund is a town with a lens workshop."},
 ]
+TINY_AGENT = {"env": SealConfig(**TINY_ENV)}  # the tiny preset, with its env as the SealConfig the CLI would build
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +33,40 @@ def test_fixed_policies_follow_the_protocol():
     assert PassagePolicy().propose(OBS, k=1) == [[OBS[0]["context"]], [OBS[1]["context"]]]
     assert isinstance(EmptyPolicy(), Policy) and isinstance(make_policy("passage"), PassagePolicy)
     assert isinstance(make_policy("none"), EmptyPolicy)
-    assert isinstance(restem.ReSTEM, type) and hasattr(restem.ReSTEM, "learn") and hasattr(grpo.GRPO, "state")
-    assert Agent is not None and Experience(None, "x", 1.0).k == 0
+    assert Experience(None, "x", 1.0).k == 0 and not isinstance(EmptyPolicy(), Agent)
+
+
+@pytest.mark.parametrize(
+    "make_agent",
+    [
+        lambda: restem.ReSTEM(restem.ReSTEMConfig(**{**restem.PRESETS["tiny"], **TINY_AGENT, "threshold": 0.9})),
+        lambda: grpo.GRPO(grpo.GRPOConfig(**{**grpo.PRESETS["tiny"], **TINY_AGENT})),
+    ],
+    ids=["restem", "grpo"],
+)
+def test_agents_learn_and_their_state_restores_sampling(make_agent):
+    """Both agents follow the Agent protocol. A batch with nothing to learn from (ReSTEM: no reward above the
+    threshold; GRPO: equal rewards) leaves the weights as they are; one to learn from changes them; load_state
+    restores exactly the saved policy, which samples as before."""
+    agent = make_agent()
+    assert isinstance(agent, Agent) and isinstance(agent.policy, Policy)
+    article = Article(OBS[0]["title"], OBS[0]["context"], (Question("Where is it?", "Mount Hallegrim"),))
+    edits = ["1. It stands on Mount Hallegrim.", "Bread is made from flour."]
+
+    def batch(rewards):
+        return [Experience(article, e, r, k=j) for j, (e, r) in enumerate(zip(edits, rewards, strict=True))]
+
+    def same(weights, other):
+        return weights.keys() == other.keys() and all(mx.array_equal(weights[k], other[k]) for k in weights)
+
+    saved, before = agent.state(), agent.policy.propose(OBS, k=2, seed=1)
+    agent.learn(batch([0.5, 0.5]), seed=0)
+    assert same(agent.state(), saved)
+    stats = agent.learn(batch([1.0, 0.0]), seed=0)
+    assert stats.get("sft_steps", stats.get("steps")) >= 1 and not stats["diverged"]
+    assert not same(agent.state(), saved)
+    agent.load_state(saved)
+    assert same(agent.state(), saved) and agent.policy.propose(OBS, k=2, seed=1) == before
 
 
 def test_replay_policy_matches_articles_by_passage(tmp_path):

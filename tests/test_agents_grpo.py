@@ -1,16 +1,29 @@
 """GRPO on the tiny preset, logging to wandb offline inside the run directory."""
 
 import json
+import math
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.articles import Article, Question
-from seal_env.models import load_model
+from seal_env.config import SealConfig
+from seal_env.models import cache_dir, load_model
 
 import mlx.core as mx
+import numpy as np
+import pytest
 from mlx.utils import tree_flatten
 
 from agents import grpo
 from agents.base import Experience
+from agents.config import TINY_ENV
+
+# A hand-computed case of grpo_loss: 2 self-edits, 3 token positions, 2-token vocabulary with equal logits, so every
+# target (token 0) has log-probability log(1/2). The old log-probs set each token's probability ratio, the reference
+# log-probs its k3 KL term; the last token of self-edit 0 is padding (mask 0), with values that would dominate.
+MASK = [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+RATIO = [[1.5, 0.5, 10.0], [1.1, 0.7, 1.3]]  # clip 0.2: above, below | inside, below, above
+LOG_REF_OVER_P = [[0.0, math.log(2.0), 5.0], [0.5, -0.5, 0.0]]
+ADV = [1.0, -2.0]
 
 
 def test_group_advantages_are_normalised_within_each_article():
@@ -19,14 +32,89 @@ def test_group_advantages_are_normalised_within_each_article():
     assert grpo.group_advantages(batch, eps=0.0) == [-1.0, 1.0, 0.0, 0.0]
 
 
+def test_group_advantages_hand_computed_with_interleaved_groups():
+    a, b = (Article(t, "c " + t, (Question("q", "a"),)) for t in "ab")
+    batch = [Experience(a, "", 0.0), Experience(b, "", 2.0), Experience(a, "", 1.0), Experience(a, "", 5.0)]
+    batch.append(Experience(b, "", 2.0))
+    sd = math.sqrt((4 + 1 + 9) / 3)  # article a: mean 2, population sd
+    expected = [-2 / (sd + 0.5), 0.0, -1 / (sd + 0.5), 3 / (sd + 0.5), 0.0]
+    assert grpo.group_advantages(batch, eps=0.5) == pytest.approx(expected, rel=1e-12)
+
+
+def _loss_case(logits, kl_coef, adv=ADV):
+    logp = math.log(0.5)
+    old = mx.array([[logp - math.log(r) for r in row] for row in RATIO])
+    ref = mx.array([[logp + d for d in row] for row in LOG_REF_OVER_P])
+    inputs = targets = mx.zeros((2, 3), dtype=mx.int32)
+    return grpo.grpo_loss(
+        lambda _: logits, inputs, targets, mx.array(MASK), mx.array(adv), old, ref, clip_eps=0.2, kl_coef=kl_coef
+    )
+
+
+def test_grpo_loss_hand_computed():
+    def k3(d):
+        return math.exp(d) - d - 1
+
+    # per token: -min(ratio * A, clip(ratio, 0.8, 1.2) * A)
+    pg = [[-1.2, -0.5], [2.2, 1.6, 2.6]]
+    kl = [[0.0, k3(math.log(2.0))], [k3(0.5), k3(-0.5), 0.0]]
+    c = 0.1
+    per_edit = [sum(p + c * k for p, k in zip(pr, kr, strict=True)) / len(pr) for pr, kr in zip(pg, kl, strict=True)]
+    loss, pg_mean, kl_mean = _loss_case(mx.zeros((2, 3, 2)), kl_coef=c)
+    assert per_edit == pytest.approx([-0.8346573590279973, 2.1418417310137587])
+    assert loss.item() == pytest.approx(sum(per_edit) / 2, rel=1e-6)  # each self-edit's token mean, then the batch
+    assert pg_mean.item() == pytest.approx(4.7 / 5, rel=1e-6)  # token means over the unmasked tokens
+    assert kl_mean.item() == pytest.approx(sum(kl[0] + kl[1]) / 5, rel=1e-6)
+    flipped = _loss_case(mx.zeros((2, 3, 2)), kl_coef=c, adv=[-a for a in ADV])[0]
+    # a sign-flipped advantage clips the other side: -min(r * -1, clip(r) * -1) = 1.5, 0.8 | -2.2, -1.4, -2.4
+    assert flipped.item() == pytest.approx(((1.5 + 0.8 + c * kl[0][1]) / 2 + (-6.0 + c * sum(kl[1])) / 3) / 2)
+
+
+def test_grpo_loss_gradient_pushes_advantaged_tokens_and_stops_at_the_clip():
+    grad = np.array(mx.grad(lambda z: _loss_case(z, kl_coef=0.0)[0])(mx.zeros((2, 3, 2))))
+    # d loss / d logp = -ratio * A / (tokens of the self-edit * self-edits) where the unclipped term is the minimum,
+    # 0 where the clipped one is (and on padding); d logp / d logit = +-1/2 for the target / the other token
+    dlogp = np.array([[0.0, -0.5 * 1 / 4, 0.0], [1.1 * 2 / 6, 0.0, 1.3 * 2 / 6]])
+    assert np.allclose(grad[..., 0], 0.5 * dlogp, atol=1e-7) and np.allclose(grad[..., 1], -0.5 * dlogp, atol=1e-7)
+
+
+def test_learn_raises_the_better_self_edit_against_the_worse():
+    """One GRPO step on two samples of one article: the better one's log-probability rises relative to the other's."""
+    cfg = grpo.GRPOConfig(**{**grpo.PRESETS["tiny"], "env": SealConfig(**TINY_ENV), "policy_batch_size": 2})
+    agent = grpo.GRPO(cfg)
+    article = Article("Tervik Observatory", "Tervik Observatory stands on Mount Hallegrim.", (Question("q", "a"),))
+    good, bad = "1. The observatory stands on Mount Hallegrim.", "Bread is made from flour and water."
+    batch = [Experience(article, good, 1.0), Experience(article, bad, 0.0)]
+
+    def edit_logp():
+        pairs = [agent.policy.training_pair(batch[0].observation, e.self_edit) for e in batch]
+        return [float(lp[start - 1 :].mean()) for lp, (_, start) in zip(agent._logprobs(pairs), pairs, strict=True)]
+
+    before = edit_logp()
+    stats = agent.learn(batch, seed=0)
+    after = edit_logp()
+    assert stats["used"] == 2 and stats["steps"] == 1
+    assert stats["kl"] == pytest.approx(0.0, abs=1e-6)  # one step, taken at the reference policy
+    assert (after[0] - before[0]) - (after[1] - before[1]) > 0
+
+
 def test_tiny_preset_end_to_end_with_wandb_offline(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no API key: "online" must fall back to offline
-    for var in ("WANDB_MODE", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+    import wandb
+
+    # no API key anywhere: the key lookup reads ~/.netrc, so HOME is an empty folder (never the user's key), and
+    # "online" must fall back to offline without trying to go online
+    monkeypatch.setenv("SEAL_ENV_CACHE", str(cache_dir()))  # the model cache stays where it is
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "NETRC", "WANDB_MODE", "WANDB_DIR", "WANDB_CACHE_DIR"):
         monkeypatch.delenv(var, raising=False)
+    for var in ("WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    modes, init = [], wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: modes.append(kwargs["mode"]) or init(**kwargs))
     results = grpo.main(
         ["--preset", "tiny", "--runs-dir", str(tmp_path), "--name", "g", "--wandb-mode", "online", "--no-cache"]
     )
+    assert modes == ["offline"]
     run_dir = tmp_path / "g"
     assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
     for summary in results["rounds"][1:]:

@@ -1,11 +1,29 @@
 """The speed benchmark runs end to end on the tiny model and reports every figure of issue 4."""
 
 import json
+import math
+
+import seal_env  # noqa: F401  (OpenBLAS before mlx)
+
+import numpy as np
+import pytest
 
 from benchmarks import inner_loop_speed
 
 
-def test_inner_loop_speed_reports_every_figure(tmp_path):
+def test_inner_loop_speed_reports_every_figure(tmp_path, monkeypatch):
+    from seal_env.pipeline import Baselines
+
+    baseline_quizzes = []  # (article, quizzes computed before the call, after it), per reward's baseline lookup
+    get = Baselines.get
+
+    def counting_get(self, article):
+        before = self.computed
+        result = get(self, article)
+        baseline_quizzes.append((article.id, before, self.computed))
+        return result
+
+    monkeypatch.setattr(Baselines, "get", counting_get)
     out = tmp_path / "speed.json"
     inner_loop_speed.main(
         [
@@ -15,7 +33,7 @@ def test_inner_loop_speed_reports_every_figure(tmp_path):
             "2",
             "--no-torch",
             "--soak",
-            "3",
+            "5",  # the slope is fitted on the second half of the soak: 3 points, the fewest that give one
             "--soak-answer-tokens",
             "2",
             "--json",
@@ -24,13 +42,34 @@ def test_inner_loop_speed_reports_every_figure(tmp_path):
     )
     figures = json.loads(out.read_text())
     assert figures["setting"]["epochs"] == 10  # the issue's standard setting, whatever the env default
-    assert figures["matmul_gflops"]["square_2048"] > 0
-    assert 0 < figures["step"]["fraction_of_matmul"]
-    runs = figures["reward"]["runs"]
+    # (a)-(b): the step's throughput is its analytic FLOPs over its time, as a fraction of the best matmul ceiling
+    step, before, after = figures["step"], figures["matmul_gflops"], figures["matmul_gflops_after"]
+    assert all(v > 0 for v in (*before.values(), *after.values(), step["seconds_per_step"], step["gflop_per_step"]))
+    assert step["gflops"] == pytest.approx(step["gflop_per_step"] / step["seconds_per_step"], rel=1e-12)
+    ceiling = max(before["square_2048"], after["square_2048"])
+    assert step["fraction_of_matmul"] == pytest.approx(step["gflops"] / ceiling, rel=1e-12)
+    # (c): every reward trains 10 epochs over its sequences; the phases add up to at most the total
+    reward = figures["reward"]
+    runs = reward["runs"]
     assert len(runs) == 2 and all(r["train_steps"] == 10 * r["n_sequences"] for r in runs)
-    assert runs[0]["seconds_baseline"] > 0 and runs[1]["seconds_baseline"] < runs[0]["seconds_baseline"]
-    assert figures["peak_rss_mb"] > 0
-    assert figures["soak"]["rewards"] == 3 and len(figures["soak"]["rss_mb"]) == 3
+    for r in runs:
+        phases = sum(r[f"seconds_{p}"] for p in ("baseline", "reset", "train", "eval"))
+        assert 0 < phases <= r["seconds_total"] + 1e-9
+    assert reward["first_reward_seconds"] == runs[0]["seconds_total"]
+    assert reward["steady"] == pytest.approx({k: v for k, v in runs[1].items() if k.startswith("seconds")})
+    assert reward["tokens_per_sequence"] == runs[0]["train_tokens"] / runs[0]["n_sequences"]
+    # the baseline quiz runs for the first reward only; the second reward (same article) reuses it
+    (first, c0, c1), (second, c2, c3) = baseline_quizzes[:2]
+    assert first == second and (c1 - c0, c3 - c2) == (1, 0)
+    # (d): a soak of 5 rewards has 5 RSS figures and a finite slope: the fit of its second half
+    soak = figures["soak"]
+    rss = soak["rss_mb"]
+    assert soak["rewards"] == 5 and len(rss) == 5 and all(x > 0 for x in rss)
+    assert (soak["rss_first_mb"], soak["rss_last_mb"], soak["rss_max_mb"]) == (rss[0], rss[-1], max(rss))
+    slope = soak["slope_mb_per_100_rewards_second_half"]
+    assert math.isfinite(slope) and slope == pytest.approx(100 * np.polyfit(np.arange(3), rss[2:], 1)[0], abs=1e-9)
+    assert 0 < figures["peak_rss_mb"] <= figures["peak_rss_mb_after_soak"]  # the peak never goes down
+    assert figures["peak_rss_mb_after_soak"] >= max(rss) - 1  # and is at least every RSS seen (MB rounding)
 
 
 def test_batched_rewards_benchmark_reports_speedup_per_k(tmp_path):
@@ -64,8 +103,6 @@ def test_batched_rewards_benchmark_reports_speedup_per_k(tmp_path):
 
 
 def test_torch_baseline_trains_and_quizzes_in_a_child_process():
-    import pytest
-
     pytest.importorskip("torch")
     pytest.importorskip("peft")
     pytest.importorskip("transformers")

@@ -2,8 +2,10 @@
 
 import json
 import multiprocessing as mp
+import os
 import threading
 import time
+from pathlib import Path
 
 from seal_env.articles import Article, Question
 from seal_env.cache import RewardCache, enabled, reward_key
@@ -19,6 +21,7 @@ ART = Article(
     "The Tervik Observatory sits on Mount Tervik. It was founded in 1911.",
     (Question("Where is the Tervik Observatory?", "Mount Tervik"),),
 )
+QUICK = {**TINY, "epochs": 1, "answer_max_tokens": 0}  # the cheapest reward, for the child processes
 
 
 @pytest.fixture
@@ -29,13 +32,16 @@ def env(tmp_path, monkeypatch):
     e.close()
 
 
-def test_miss_then_hit_is_identical_and_fast(env):
+def test_miss_then_hit_is_identical_and_trains_nothing(env, monkeypatch):
     r1, info1 = env.evaluate(ART, EDIT, seed=3)
-    assert info1["cache_hit"] is False and info1["seconds_train"] > 0
+    assert info1["cache_hit"] is False and info1["seconds_train"] > 0 and info1["train_steps"] > 0
+    computed = env.baselines.computed
+    monkeypatch.setattr(env.learner, "train", lambda *a, **k: pytest.fail("a cache hit must not train"))
+    monkeypatch.setattr(env.learner, "ask", lambda *a, **k: pytest.fail("a cache hit must not quiz"))
     t = time.perf_counter()
     r2, info2 = env.evaluate(ART, EDIT, seed=3)
     elapsed = time.perf_counter() - t
-    assert info2["cache_hit"] is True and elapsed < 0.2  # typically ~1 ms
+    assert info2["cache_hit"] is True and env.baselines.computed == computed
     assert info2["seconds_train"] == 0.0 and info2["seconds_total"] <= elapsed
     assert r2 == r1
 
@@ -106,16 +112,30 @@ def test_switch_off(tmp_path, monkeypatch):
     assert not folder.exists()
 
 
-def test_custom_grader_is_not_cached(tmp_path, monkeypatch):
+def test_custom_grader_scores_every_answer_and_is_not_cached(tmp_path, monkeypatch):
     monkeypatch.delenv("SEAL_ENV_REWARD_CACHE", raising=False)
     folder = tmp_path / "rewards"
+    calls = []
+
+    def quarter(question, gold, prediction):
+        calls.append((question, gold, prediction))
+        return 0.25
+
     e = gym.make(
-        "seal/KnowledgeIncorporation-v0", **TINY, cache_dir=str(folder), grader=lambda q, gold, pred: 1.0
+        "seal/KnowledgeIncorporation-v0", **TINY, reward="accuracy", cache_dir=str(folder), grader=quarter
     ).unwrapped
     for _ in range(2):
-        _, info = e.evaluate(ART, EDIT, seed=0)
+        reward, info = e.evaluate(ART, EDIT, seed=0)
         assert info["cache_hit"] is False
+        # the grader's score is each answer's `correct`, so both accuracies are 0.25 and the accuracy gain 0
+        assert [q["correct"] for q in info["questions"]] == [0.25] * len(ART.questions)
+        assert [q["baseline_correct"] for q in info["questions"]] == [0.25] * len(ART.questions)
+        assert info["adapter_accuracy"] == info["baseline_accuracy"] == 0.25 and reward == 0.0
     assert not folder.exists()
+    q = ART.questions[0]
+    # graded: the baseline's answer once (computed once per article), then each adapted model's answer
+    assert [(c[0], c[1]) for c in calls] == [(q.question, q.answer)] * 3
+    assert calls[1][2] == info["questions"][0]["answer"] and calls[0][2] == info["questions"][0]["baseline_answer"]
 
 
 def test_base_weight_change_invalidates(env):
@@ -149,30 +169,93 @@ def _write_many(folder: str, worker: int, n: int) -> None:
         cache.put(key, float(i % 7), {"worker": worker, "payload": "x" * 5000, "i": i % 7})
 
 
+def _check_raw_files(folder: Path, seen: set[str]) -> None:
+    """Every entry file parses and is complete (never a partial write), and no key once seen has disappeared."""
+    for path in folder.glob("*/*.json"):
+        try:
+            text = path.read_text()
+        except FileNotFoundError:  # a file only goes away if something deletes it: that is a lost entry
+            pytest.fail(f"{path.name} disappeared while being listed")
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            pytest.fail(f"a reader saw an unparsable entry ({len(text)} characters): {text[:60]!r}")
+        assert entry["key"] == path.stem and set(entry) == {"key", "reward", "info"}
+        seen.add(path.stem)
+    for key in seen:
+        assert RewardCache(folder).get(key) is not None, f"entry {key[:8]} was seen, then lost"
+
+
 def test_concurrent_writers_processes_and_threads(tmp_path):
-    folder = str(tmp_path / "c")
+    folder = tmp_path / "c"
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_write_many, args=(folder, w, 60)) for w in range(3)]
-    threads = [threading.Thread(target=_write_many, args=(folder, 10 + w, 60)) for w in range(3)]
+    procs = [ctx.Process(target=_write_many, args=(str(folder), w, 60)) for w in range(3)]
+    threads = [threading.Thread(target=_write_many, args=(str(folder), 10 + w, 60)) for w in range(3)]
     reader = RewardCache(folder)
     for p in procs:
         p.start()
     for t in threads:
         t.start()
-    seen = 0
+    seen: set[str] = set()
+    polls = 0
     while any(p.is_alive() for p in procs) or any(t.is_alive() for t in threads):
+        _check_raw_files(folder, seen)
         for i in range(7):
             hit = reader.get(f"{i:02d}" + "ab" * 31)
-            if hit is not None:  # never a partial file
+            if hit is not None:
                 assert hit[0] == float(i) and hit[1]["i"] == i and len(hit[1]["payload"]) == 5000
-                seen += 1
+        polls += 1
     for p in procs:
         p.join()
         assert p.exitcode == 0
     for t in threads:
         t.join()
-    assert len(reader) == 7
-    assert not list((tmp_path / "c").glob("*/*.tmp"))  # no temp files left behind
+    _check_raw_files(folder, seen)
+    assert polls > 0 and len(seen) == len(reader) == 7
+    assert not list(folder.glob("*/.*"))  # no temp files left behind
+
+
+def _evaluate_together(folder: str, barrier, results) -> None:
+    """A child process: compute the reward of (ART, EDIT, seed 0) and store it at the same moment as its twin."""
+    os.environ["SEAL_ENV_REWARD_CACHE"] = folder  # conftest (imported with this module) switched the cache off
+    put = RewardCache.put
+
+    def put_together(self, key, reward, info):
+        barrier.wait(timeout=300)
+        return put(self, key, reward, info)
+
+    RewardCache.put = put_together
+    env = gym.make("seal/KnowledgeIncorporation-v0", **QUICK).unwrapped
+    reward, info = env.evaluate(ART, EDIT, seed=0)
+    results.put((reward, info["cache_hit"]))
+
+
+def test_two_processes_computing_the_same_reward(tmp_path, monkeypatch):
+    """Two processes train the same (article, self-edit, seed) and store it at once: both succeed, a reader never
+    sees a partial entry, and the stored reward is theirs."""
+    folder = tmp_path / "rewards"
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_evaluate_together, args=(str(folder), barrier, results), daemon=True) for _ in "ab"]
+    for p in procs:
+        p.start()
+    seen: set[str] = set()
+    try:
+        while any(p.is_alive() for p in procs):
+            _check_raw_files(folder, seen)
+            time.sleep(0.001)  # leave the CPU to the children
+    finally:
+        for p in procs:
+            p.join(timeout=300)
+            assert p.exitcode == 0
+    _check_raw_files(folder, seen)
+    (r1, hit1), (r2, hit2) = results.get(timeout=10), results.get(timeout=10)
+    assert hit1 is hit2 is False and r1 == r2  # both computed it (neither found the other's entry)
+    assert len(seen) == 1 and not list(folder.glob("*/.*"))
+    monkeypatch.delenv("SEAL_ENV_REWARD_CACHE", raising=False)
+    env = gym.make("seal/KnowledgeIncorporation-v0", **QUICK, cache_dir=str(folder)).unwrapped
+    reward, info = env.evaluate(ART, EDIT, seed=0)
+    assert info["cache_hit"] is True and reward == r1
 
 
 def test_unreadable_entry_is_a_miss(tmp_path):

@@ -5,13 +5,13 @@ import math
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from seal_env.articles import load_articles
-from seal_env.config import REWARD_KINDS
+from seal_env.config import REWARD_KINDS, parse_setting
 
 import numpy as np
 import pytest
 
 from benchmarks import stats
-from benchmarks.compare_policies import JOURNAL, PolicySpec, main, parse_value, read_journal, seconds_of
+from benchmarks.compare_policies import JOURNAL, PolicySpec, main, read_journal, seconds_of
 
 # ------------------------------------------------------------------------------------------- statistics
 
@@ -104,8 +104,8 @@ def test_policy_specs_and_values():
     assert PolicySpec("prompt:implications").describe() == "passage + self-edit"
     with pytest.raises(ValueError):
         PolicySpec("bogus")
-    assert parse_value("3") == 3 and parse_value("false") is False and parse_value("loglik") == "loglik"
-    assert parse_value('["all"]') == ["all"]
+    assert parse_setting("epochs", "3") == 3 and parse_setting("adam_bias_correction", "false") is False
+    assert parse_setting("reward", "loglik") == "loglik" and parse_setting("lora_modules", '["all"]') == ["all"]
 
 
 TINY_SETTINGS = [
@@ -217,16 +217,53 @@ def test_conditions_semantics(tiny_run):
     seeds = {(r["article_id"], r["k"], r["seed_index"], r["policy"]): r["seed"] for r in recs}
     for (a, k, s, _), seed in seeds.items():
         assert seeds[(a, k, s, "passage")] == seed
-    # summary of none is exactly zero gain; gains agree with the records
     summ = report["summary"]
     assert summ["none"]["loglik_gain"] == 0.0 and summ["none"]["accuracy_after"] == summ["none"]["accuracy_baseline"]
-    by_article = {}
-    for r in passage:
-        by_article.setdefault(r["article_id"], []).append(r["info"]["loglik_gain"])
-    expected = float(np.mean([np.mean(v) for v in by_article.values()]))
-    assert summ["passage"]["loglik_gain"] == pytest.approx(expected)
-    lo, hi = summ["passage"]["loglik_gain_ci"]
-    assert lo <= expected <= hi
+
+
+T_975_DF1 = 12.706204736174694  # scipy.stats.t.ppf(0.975, 1): 2 articles
+
+
+def test_summary_and_pairs_match_a_hand_computation_from_the_journal(tiny_run):
+    """Each policy's gain is the mean over articles of the article's mean gain over its rewards, with a Student-t
+    CI over articles; a paired difference is the mean over articles of (b's gain - a's gain)."""
+    out, _, report = tiny_run
+    recs = [r for r in read_journal(out / JOURNAL) if r.get("type") == "result"]
+    articles = sorted(
+        {r["article_id"] for r in recs}, key=lambda a: next(r["article_index"] for r in recs if r["article_id"] == a)
+    )
+
+    def per_article(policy, field):
+        return [
+            float(np.mean([r["info"][field] for r in recs if r["policy"] == policy and r["article_id"] == a]))
+            for a in articles
+        ]
+
+    labels = ["none", "passage", "facts", "prompt:implications"]
+    for lab in labels:
+        row = report["summary"][lab]
+        assert (row["n_articles"], row["n_rewards"]) == (2, 4)
+        assert row["train_steps"] == np.mean([r["info"]["train_steps"] for r in recs if r["policy"] == lab])
+        for m in REWARD_KINDS:
+            gains = per_article(lab, f"{m}_gain")
+            mean, half = float(np.mean(gains)), T_975_DF1 * float(np.std(gains, ddof=1)) / math.sqrt(2)
+            assert row[f"{m}_gain"] == pytest.approx(mean, rel=1e-12, abs=1e-15), (lab, m)
+            assert row[f"{m}_gain_ci"] == pytest.approx([mean - half, mean + half], rel=1e-9, abs=1e-12), (lab, m)
+            assert row[f"{m}_after"] == pytest.approx(float(np.mean(per_article(lab, f"adapter_{m}"))), rel=1e-12)
+    pairs = {(q["a"], q["b"], q["metric"]): q for q in report["pairs"]}
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            for m in REWARD_KINDS:
+                ga, gb = per_article(a, f"{m}_gain"), per_article(b, f"{m}_gain")
+                diff = [y - x for x, y in zip(ga, gb, strict=True)]
+                q = pairs[(a, b, m)]
+                assert q["n"] == 2 and q["mean_diff"] == pytest.approx(float(np.mean(diff)), rel=1e-12, abs=1e-15)
+                wins, losses = sum(d > 1e-12 for d in diff), sum(d < -1e-12 for d in diff)
+                assert (q["sign_wins"], q["sign_losses"], q["sign_ties"]) == (wins, losses, 2 - wins - losses)
+    # the passage-only policy beats no adaptation by its own gain, article by article
+    assert pairs[("none", "passage", "loglik")]["mean_diff"] == pytest.approx(
+        report["summary"]["passage"]["loglik_gain"]
+    )
 
 
 def test_resume_skips_done_work(tiny_run):
@@ -253,8 +290,12 @@ def test_resume_skips_done_work(tiny_run):
         for r in map(json.loads, [lines[i] for i in results[-2:]])
     }
     new = {(r["policy"], r["article_id"], r["k"], r["seed_index"]): r["reward"] for r in recs}
-    for key, reward in old.items():
-        assert new[key] == pytest.approx(reward, abs=1e-6)
+    assert all(new[key] == reward for key, reward in old.items())
+
+    def scores(summary):  # the report without its wall-clock figures
+        return {lab: {k: v for k, v in row.items() if k != "seconds_per_reward"} for lab, row in summary.items()}
+
+    assert scores(resumed["summary"]) == scores(again["summary"])  # the same report as the uninterrupted run's
     # other settings in the same folder are refused
     with pytest.raises(SystemExit, match="other settings"):
         main([*argv, "--set", "epochs=2"])

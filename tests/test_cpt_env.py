@@ -117,6 +117,51 @@ def test_repeats_start_with_the_single_run(cpt_env):
     assert two[-1][1] == pytest.approx(sum(info["rewards"]) / 2)
 
 
+def nan_on_call(env, n):
+    """Make the learner's ``n``-th loss (counted over the episode) NaN, and count the calls."""
+    real, calls = env.learner.loss_and_grad, []
+
+    def loss_and_grad(*args):
+        (loss, per_slot, ntoks), grads = real(*args)
+        calls.append(1)
+        if len(calls) == n:
+            loss, per_slot = loss * float("nan"), per_slot * float("nan")
+        return (loss, per_slot, ntoks), grads
+
+    env.learner.loss_and_grad = loss_and_grad
+    return real, calls
+
+
+@pytest.mark.parametrize("mode", ["pooled", "online"])
+def test_divergence_gives_diverged_reward_and_the_env_recovers(mode):
+    env = make(train_mode=mode, reward="loglik", diverged_reward=-1.0)
+    real, calls = nan_on_call(env, 2)  # the first step is finite, the second not
+    _, steps = run_episode(env, [EDIT, EDIT], seed=0, options={"article_indices": [0, 1]})
+    _, reward, terminated, _, info = steps[-1]
+    assert terminated and info["diverged"] is True and reward == -1.0 and info["rewards"] == [-1.0]
+    assert info["train_steps"] == 1  # training stopped at the non-finite loss
+    if mode == "online":  # diverged in the first article's step: the second article is not trained on
+        assert steps[0][4]["step_train"]["diverged"] is True and steps[1][4]["step_train"] is None
+        assert len(calls) == 2
+    env.learner.loss_and_grad = real
+    _, steps = run_episode(env, [EDIT, EDIT], seed=0, options={"article_indices": [0, 1]})
+    assert steps[-1][4]["diverged"] is False and math.isfinite(steps[-1][1]) and steps[-1][1] != -1.0
+    env.close()
+
+
+def test_online_divergence_of_the_episode_run_with_a_finite_replay():
+    """eval_times=2 online: run 0 (the episode's own adapter) diverges, run 1 (the replay) does not; the reward
+    is their mean, with diverged_reward for run 0."""
+    env = make(train_mode="online", reward="loglik", eval_times=2, diverged_reward=-1.0)
+    nan_on_call(env, 2)  # run 0 trains first, during the episode's steps; the replay comes after the last step
+    _, steps = run_episode(env, [EDIT, EDIT], seed=0, options={"article_indices": [0, 1]})
+    _, reward, _, _, info = steps[-1]
+    env.close()
+    assert info["diverged"] is True and info["rewards"][0] == -1.0 and math.isfinite(info["rewards"][1])
+    assert info["rewards"][1] != -1.0 and reward == pytest.approx((info["rewards"][1] - 1.0) / 2, rel=1e-12)
+    assert info["train_steps"] == 6 * FAST["epochs"]  # the last run's: the replay trained on both articles
+
+
 def test_empty_actions_without_passage_give_exactly_zero():
     env = make(include_passage=False)
     _, steps = run_episode(env, ["", "  "], seed=0)

@@ -6,6 +6,7 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils.env_checker import check_env
 from mlx.utils import tree_flatten
 
@@ -14,13 +15,21 @@ from conftest import TINY
 EDIT = "1. The observatory sits on Mount Tervik.\n2. It was founded in 1911."
 
 
-def test_make_spec_round_trips_through_json():
-    env = gym.make("seal/KnowledgeIncorporation-v0", **TINY, reward="f1", eval_times=2)
-    spec = gym.spec("seal/KnowledgeIncorporation-v0")
+def test_make_spec_round_trips_through_json(tiny_env):
+    """An env rebuilt from its spec's JSON has the same settings and computes the same reward."""
+    settings = {**TINY, "reward": "f1", "eval_times": 2, "epochs": 1, "learning_rate": 3e-3, "timings": False}
+    env = gym.make("seal/KnowledgeIncorporation-v0", **settings)
     dumped = env.spec.to_json()
-    assert json.loads(dumped)["kwargs"]["reward"] == "f1"
-    assert env.unwrapped.cfg.eval_times == 2 and spec.id == env.spec.id
+    assert json.loads(dumped)["kwargs"] == settings and env.spec.id == "seal/KnowledgeIncorporation-v0"
+    rebuilt = gym.make(EnvSpec.from_json(dumped))
+    assert rebuilt.unwrapped.cfg == env.unwrapped.cfg and rebuilt.unwrapped.cfg.eval_times == 2
+    article = env.unwrapped.articles[0]
+    reward, info = env.unwrapped.evaluate(article, EDIT, seed=0)
+    assert rebuilt.unwrapped.evaluate(article, EDIT, seed=0) == (reward, info)
+    # the settings matter: the default tiny env (2 epochs, lr 1e-3, one run) learns differently
+    assert tiny_env.evaluate(article, EDIT, seed=0)[1]["loglik_gain"] != info["loglik_gain"]
     env.close()
+    rebuilt.close()
 
 
 def test_unknown_and_bad_settings_are_clear():
@@ -33,8 +42,8 @@ def test_unknown_and_bad_settings_are_clear():
 
 
 def test_check_env_passes():
-    # check_env compares the infos of two identical steps exactly, so wall-clock timings are switched off
-    env = gym.make("seal/KnowledgeIncorporation-v0", **TINY, timings=False, render_mode="ansi").unwrapped
+    # check_env compares the infos of two identical steps exactly: wall-clock timings stay out of step infos
+    env = gym.make("seal/KnowledgeIncorporation-v0", **TINY, render_mode="ansi").unwrapped
     check_env(env, skip_render_check=False)
 
 
@@ -52,8 +61,6 @@ def test_step_api_and_info(tiny_env):
         "loglik_gain",
         "train_losses",
         "questions",
-        "seconds_train",
-        "seconds_eval",
         "seed",
         "train_tokens",
         "n_sequences",
@@ -61,6 +68,8 @@ def test_step_api_and_info(tiny_env):
         assert key in info
     assert info["n_sequences"] == 3  # two lines + the passage
     assert info["train_steps"] == 3 * TINY["epochs"]
+    assert not any(k.startswith("seconds") for k in info)  # wall-clock figures: env.last_timings
+    assert tiny_env.last_timings["seconds_train"] > 0 and tiny_env.last_timings["seconds_eval"] > 0
     json.dumps(info)  # JSON-able
     assert "reward" in tiny_env.render()
     with pytest.raises(RuntimeError, match="reset"):
@@ -129,11 +138,12 @@ def test_base_weights_bit_identical_and_reset_isolation(tiny_env):
 
 
 def test_baseline_is_computed_once_per_article(tiny_env):
-    tiny_env.reset(seed=0, options={"article_index": 2})
-    tiny_env.step(EDIT)
-    tiny_env.reset(seed=0, options={"article_index": 2})
-    _, _, _, _, info = tiny_env.step(EDIT)
-    assert info["seconds_baseline"] < 0.01
+    article = {"title": "Baseline once", "context": "Q is R.", "questions": [{"question": "What is Q?", "answer": "R"}]}
+    computed = tiny_env.baselines.computed
+    for seed in (0, 1):
+        tiny_env.reset(seed=seed, options={"article": article})
+        tiny_env.step(EDIT)
+        assert tiny_env.baselines.computed == computed + 1  # the first step quizzed the base model, the second not
 
 
 def test_loss_above_max_loss_stops_training_with_defined_reward():
@@ -164,6 +174,60 @@ def test_nan_loss_gives_defined_reward_and_env_recovers(monkeypatch):
     env.reset(seed=0)
     _, reward, _, _, info = env.step(EDIT)
     assert not info["diverged"] and math.isfinite(reward)
+
+
+def test_adapter_weights_turning_non_finite_after_finite_losses_diverge():
+    """Every loss is finite, but the last update leaves a NaN in the adapter: the run is diverged."""
+    env = gym.make("seal/KnowledgeIncorporation-v0", **TINY, diverged_reward=-0.5).unwrapped
+    article = env.articles[0]
+    steps = 3 * TINY["epochs"]  # two lines and the passage, every epoch
+    real = env.learner._update_fn
+
+    def poisoned_update_fn(opt):
+        apply, calls = real(opt), []
+
+        def run(grads, *step):
+            apply(grads, *step)
+            calls.append(1)
+            if len(calls) == steps:  # after the last step, whose loss was finite like every other
+                module = env.learner.adapters[0]
+                module.lora_b = module.lora_b * float("nan")
+
+        return run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(env.learner, "_update_fn", poisoned_update_fn)
+        reward, info = env.evaluate(article, EDIT, seed=0)
+    assert info["diverged"] is True and reward == -0.5 and info["rewards"] == [-0.5]
+    assert info["train_steps"] == steps and all(math.isfinite(x) for x in info["train_losses"])
+    reward, info = env.evaluate(article, EDIT, seed=0)  # the next reset starts from finite weights again
+    assert info["diverged"] is False and math.isfinite(reward) and reward != -0.5
+
+
+def test_eval_times_with_one_diverged_run(tiny_env):
+    """eval_times=2, run 0 diverges at its second step: the reward is the mean of diverged_reward and run 1's."""
+    import mlx.core as mx
+
+    env = gym.make("seal/KnowledgeIncorporation-v0", **TINY, eval_times=2, diverged_reward=-1.0).unwrapped
+    real, steps_of_slot_0 = env.learner.loss_and_grad, []
+
+    def nan_for_slot_0(index, *batch):
+        (loss, per_slot, ntoks), grads = real(index, *batch)
+        if 0 in index.tolist():
+            steps_of_slot_0.append(1)
+            if len(steps_of_slot_0) == 2:
+                per_slot = mx.where(index == 0, float("nan"), per_slot)
+        return (loss, per_slot, ntoks), grads
+
+    env.learner.loss_and_grad = nan_for_slot_0
+    article = env.articles[0]
+    reward, info = env.evaluate(article, EDIT, seed=5)
+    alone = tiny_env.evaluate(article, EDIT, seed=6)[0]  # run 1 has seed 5 + 1
+    assert info["diverged"] is True and info["rewards"][0] == -1.0
+    assert info["rewards"][1] == pytest.approx(alone, rel=1e-4, abs=1e-6) and info["rewards"][1] != -1.0
+    assert reward == pytest.approx((info["rewards"][1] - 1.0) / 2, rel=1e-12)
+    assert info["reward_std"] == pytest.approx(abs(info["rewards"][1] + 1.0) / 2, rel=1e-12)
+    assert info["train_steps"] == 3 * TINY["epochs"]  # the last run's: it trained to the end
 
 
 def test_eval_times_reports_mean_and_std(tiny_env):

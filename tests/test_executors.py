@@ -6,16 +6,10 @@ import os
 import signal
 
 from seal_env.articles import select_articles
+from seal_env.cli import add_executor_args, executor_from_args
 from seal_env.config import SealConfig
 from seal_env.env import KnowledgeIncorporationEnv
-from seal_env.executors import (
-    InProcessExecutor,
-    RewardRequest,
-    add_executor_args,
-    blas_threads,
-    executor_from_args,
-    make_executor,
-)
+from seal_env.executors import InProcessExecutor, RewardRequest, blas_threads, make_executor
 
 import numpy as np
 import pytest
@@ -67,7 +61,7 @@ def test_make_executor_and_cli_options():
     parser = add_executor_args(argparse.ArgumentParser())
     args = parser.parse_args(["--executor", "ray", "--workers", "3"])
     assert (args.executor, args.workers, args.ray_address) == ("ray", 3, None)
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="needs --executor ray"):
         executor_from_args(parser.parse_args(["--workers", "2"]), SETTINGS)
     ex = executor_from_args(parser.parse_args([]), SETTINGS)
     assert isinstance(ex, InProcessExecutor)
@@ -84,9 +78,12 @@ def pool():
 
 
 def test_ray_workers_are_single_threaded(pool):
+    from seal_env import _blas
+
     import ray
 
-    assert ray.get([a.blas_threads.remote() for a in pool.actors]) == [1, 1]
+    expected = 1 if _blas.loaded_path else None  # None: no OpenBLAS on this machine, so no thread count to set
+    assert ray.get([a.blas_threads.remote() for a in pool.actors]) == [expected, expected]
     assert len(set(pool.worker_pids())) == 2 and os.getpid() not in pool.worker_pids()
 
 
@@ -155,3 +152,27 @@ def test_batched_vector_env_on_ray(pool):
     envs.close()  # does not close the shared pool
     ref.close()
     assert pool.evaluate(REQUESTS[:1])[0] is not None
+
+
+def test_subprocess_executor_equals_inprocess_and_reports_a_dead_child(local_env):
+    import time
+
+    ex = make_executor("subprocess", SETTINGS)
+    try:
+        got = []
+        out = ex.evaluate(REQUESTS[:2], lambda i, r, info: got.append(i))
+        assert sorted(got) == [0, 1]
+        # the child uses its default BLAS threads: float rounding may differ from this module's single thread
+        expected = InProcessExecutor(env=local_env).evaluate(REQUESTS[:2])
+        assert [r for r, _ in out] == pytest.approx([r for r, _ in expected], abs=1e-5)
+        assert [i["train_steps"] for _, i in out] == [i["train_steps"] for _, i in expected]
+        with pytest.raises(TypeError, match="must be a str"):
+            ex.evaluate([RewardRequest(ARTICLES[0], 42)])
+        os.kill(ex.pid, signal.SIGKILL)
+        time.sleep(0.2)
+        with pytest.raises(RuntimeError, match="subprocess died"):
+            ex.evaluate(REQUESTS[:1])
+    finally:
+        ex.close()
+    with pytest.raises(ValueError, match="one worker"):
+        make_executor("subprocess", SETTINGS, workers=2)
