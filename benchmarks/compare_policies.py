@@ -46,11 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env import stats
 from seal_env.articles import Article, select_articles
 from seal_env.config import REWARD_KINDS, SEAL_PAPER_SETTINGS, SealConfig, parse_assignments
 
 from agents.base import derive_seed, observation
-from benchmarks import stats
 
 METRICS = REWARD_KINDS  # every reward kind is in every info (journals of older versions read nan for new kinds)
 METRIC_NAMES = {

@@ -21,9 +21,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from seal_env import stats
+
 import numpy as np
 
-from benchmarks import stats
 from benchmarks.compare_policies import JOURNAL, METRICS, read_journal
 
 GAIN = {m: f"{m}_gain" for m in METRICS}

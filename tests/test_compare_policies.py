@@ -1,16 +1,16 @@
-"""benchmarks.stats on known inputs, and benchmarks.compare_policies end to end on the tiny-random model."""
+"""seal_env.stats on known inputs, and benchmarks.compare_policies end to end on the tiny-random model."""
 
 import json
 import math
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
+from seal_env import stats
 from seal_env.articles import load_articles
 from seal_env.config import REWARD_KINDS, parse_setting
 
 import numpy as np
 import pytest
 
-from benchmarks import stats
 from benchmarks.compare_policies import JOURNAL, PolicySpec, main, read_journal, seconds_of
 
 # ------------------------------------------------------------------------------------------- statistics

@@ -93,7 +93,7 @@ def t_quantile(p: float, df: float) -> float:
 
 
 # ------------------------------------------------------------------------------------- intervals and tests
-def _clean(values: Sequence[float]) -> np.ndarray:
+def _clean(values: Sequence[float] | np.ndarray) -> np.ndarray:
     arr = np.asarray(list(values), dtype=float)
     if arr.ndim != 1:
         raise ValueError("expected a flat sequence of numbers")
@@ -116,7 +116,7 @@ def mean_ci(values: Sequence[float], conf: float = 0.95) -> tuple[float, float, 
     return m, m - half, m + half
 
 
-def bootstrap_means(values: Sequence[float], n_boot: int = 10_000, seed: int = 0) -> np.ndarray:
+def bootstrap_means(values: Sequence[float] | np.ndarray, n_boot: int = 10_000, seed: int = 0) -> np.ndarray:
     """``n_boot`` means of resamples (with replacement) of ``values``."""
     x = _clean(values)
     if len(x) == 0:

@@ -1,0 +1,155 @@
+"""Learning curve of an RL agent: the held-out reward before training and after every round, over several runs.
+
+Each run (``--runs N``: run seeds 0..N-1) is one agent run (``agents.restem`` or ``agents.grpo``) in
+``OUT/run-<seed>``; the agent's held-out rollouts use common random numbers (the same articles, samples per article
+and inner-loop seeds every round), so round r - round 0 is a paired comparison in which only the policy changed.
+Per run and round it reports the held-out reward's mean with a 95 % CI over articles, the paired difference to
+round 0 with its CI and sign test, the accuracy and F1 gains, the mean self-edit length, and seconds; then how many
+runs end significantly above round 0. Writes ``OUT/learning_curve.json`` and ``OUT/learning_curve.png``. Rerunning
+the same command resumes every unfinished run and reuses the finished ones.
+
+    python -m benchmarks.learning_curve --preset tiny --runs 2 --out results/lc_tiny       # the machinery, a minute
+    python -m benchmarks.learning_curve --runs 3 --out results/lc_demo -- --heldout-articles 8
+    python -m benchmarks.learning_curve --agent grpo --runs 3 --out results/lc_grpo -- --k 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env import stats
+
+from agents import grpo, restem
+from agents.run import Run, change_line, heldout_change, heldout_rewards
+
+AGENTS = {"restem": restem.main, "grpo": grpo.main}
+RESULTS = "learning_curve.json"
+
+
+def run_agent(agent: str, out: Path, seed: int, preset: str, extra: list[str]) -> dict[str, Any]:
+    """Run (or resume, or reuse) one agent run in ``out/run-<seed>``; its results."""
+    folder = out / f"run-{seed}"
+    if (folder / "config.json").exists():
+        argv = ["--resume", str(folder), "--wandb-mode", "disabled"]
+    else:
+        argv = ["--preset", preset, *extra, "--seed", str(seed), "--runs-dir", str(out), "--name", folder.name]
+        argv += ["--wandb-mode", "disabled"]
+    return AGENTS[agent](argv)
+
+
+def curve(folder: Path) -> dict[str, Any]:
+    """Per round of one finished run: held-out reward (mean, CI over articles), its change to round 0, accuracy and
+    F1 gains, mean self-edit length, seconds."""
+    run = Run(folder)
+    try:
+        results = json.loads((folder / "results.json").read_text())
+        samples = run.get("samples", 0, "heldout")
+        if samples is None:
+            raise ValueError(f"{folder}: no held-out rollout (the run needs --heldout-articles > 0)")
+        ids = list(samples["self_edits"])
+        rows = []
+        for summary in results["rounds"]:
+            rnd = summary["round"]
+            mean, low, high = stats.mean_ci(heldout_rewards(run, ids, rnd))
+            edits = run.get("samples", rnd, "heldout")["self_edits"]
+            row: dict[str, Any] = {
+                "round": rnd,
+                "heldout_reward": mean,
+                "heldout_ci": [low, high],
+                "accuracy_gain": statistics.fmean(heldout_rewards(run, ids, rnd, "accuracy_gain")),
+                "f1_gain": statistics.fmean(heldout_rewards(run, ids, rnd, "f1_gain")),
+                "self_edit_chars": statistics.fmean(len(e) for a in ids for e in edits[a]),
+                "seconds": summary["seconds"]["total"],
+            }
+            if rnd > 0:
+                row["change"] = heldout_change(run, ids, rnd)
+            rows.append(row)
+    finally:
+        run.close()
+    return {"run_dir": str(folder), "n_articles": len(ids), "rounds": rows}
+
+
+def summarize(curves: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many runs end significantly above (or below) round 0, and the mean change of the last round."""
+    last = [c["rounds"][-1]["change"] for c in curves if len(c["rounds"]) > 1]
+    return {
+        "runs": len(curves),
+        "runs_significantly_up": sum(ch["significant"] and ch["mean_diff"] > 0 for ch in last),
+        "runs_significantly_down": sum(ch["significant"] and ch["mean_diff"] < 0 for ch in last),
+        "mean_last_change": statistics.fmean(ch["mean_diff"] for ch in last) if last else float("nan"),
+    }
+
+
+def plot(curves: list[dict[str, Any]], path: Path, title: str) -> None:
+    """The held-out reward per round of every run, with its CI band over articles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c in curves:
+        rounds = [r["round"] for r in c["rounds"]]
+        means = [r["heldout_reward"] for r in c["rounds"]]
+        line = ax.plot(rounds, means, marker="o", label=Path(c["run_dir"]).name)[0]
+        low = [r["heldout_ci"][0] for r in c["rounds"]]
+        high = [r["heldout_ci"][1] for r in c["rounds"]]
+        ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("round (0 = before training)")
+    ax.set_ylabel("held-out reward (95 % CI over articles)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_curves(curves: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    for c in curves:
+        print(f"\n{c['run_dir']} ({c['n_articles']} held-out articles)")
+        print(f"{'round':>5} {'held-out reward [95% CI]':>28} {'acc gain':>9} {'F1 gain':>8} {'chars':>6} {'s':>6}")
+        for r in c["rounds"]:
+            low, high = r["heldout_ci"]
+            print(
+                f"{r['round']:>5} {r['heldout_reward']:>+9.3f} [{low:+.3f}, {high:+.3f}]   "
+                f"{r['accuracy_gain']:>+9.3f} {r['f1_gain']:>+8.3f} {r['self_edit_chars']:>6.0f} {r['seconds']:>6.0f}"
+            )
+        if len(c["rounds"]) > 1:
+            print(change_line(c["rounds"][-1]["change"]))
+    print(
+        f"\n{summary['runs_significantly_up']} of {summary['runs']} runs end significantly above round 0 "
+        f"({summary['runs_significantly_down']} below); mean last-round change {summary['mean_last_change']:+.3f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Arguments after -- go to the agent (e.g. -- --k 4 --rounds 3)."
+    )
+    parser.add_argument("--agent", choices=sorted(AGENTS), default="restem")
+    parser.add_argument("--preset", default="demo", help="the agent's preset (tiny: the tiny model, for tests)")
+    parser.add_argument("--runs", type=int, default=3, help="independent runs, with run seeds 0..N-1")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the runs and the report (resumable)")
+    parser.add_argument("agent_args", nargs="*", help="settings for the agent, after --")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in range(args.runs):
+        run_agent(args.agent, args.out, seed, args.preset, args.agent_args)
+    curves = [curve(args.out / f"run-{seed}") for seed in range(args.runs)]
+    summary = summarize(curves)
+    report = {"agent": args.agent, "preset": args.preset, "agent_args": args.agent_args, **summary, "curves": curves}
+    (args.out / RESULTS).write_text(json.dumps(report, indent=1))
+    plot(curves, args.out / "learning_curve.png", f"{args.agent} ({args.preset}): held-out reward per round")
+    print_curves(curves, summary)
+    return report
+
+
+if __name__ == "__main__":
+    main()
