@@ -105,6 +105,12 @@ class SealConfig:
         'drop a first line before a numbered list ("Certainly! Here are...")',
         group="Self-edit -> training sequences",
     )
+    keep_markup: bool = setting(
+        True,
+        'keep Markdown in the pieces (SEAL does); false strips "**" emphasis and "#" heading marks and drops '
+        'pieces that only introduce a list ("**Implications:**")',
+        group="Self-edit -> training sequences",
+    )
     loss_on: str = setting("text", '"text" (not the title prefix) or "all"', group="Self-edit -> training sequences")
     max_sequences: int = setting(
         30, "pieces kept from one self-edit (SEAL: 30)", group="Self-edit -> training sequences"

@@ -65,6 +65,7 @@ def prepare(cfg: SealConfig, tokenizer: Any, article: Article, self_edit: str) -
         title_prefix=cfg.title_prefix,
         include_passage=cfg.include_passage,
         drop_preamble=cfg.drop_preamble,
+        markup=cfg.keep_markup,
         max_sequences=cfg.max_sequences,
     )
     data, tok_info = tokenize_sequences(

@@ -16,6 +16,8 @@ from typing import Any
 SPLIT_MODES = ("lines", "segments", "none")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _NUMBERED = re.compile(r"^\s*(\d+[.)]|[-*•])\s")
+_EMPHASIS = re.compile(r"(\*\*|__)(.+?)\1")
+_HEADING = re.compile(r"^#{1,6}\s+")
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,21 @@ def sanitize_action(action: Any, max_chars: int) -> tuple[str, dict[str, Any]]:
     return cleaned[:max_chars], flags
 
 
-def split_self_edit(self_edit: str, mode: str = "lines", drop_preamble: bool = True) -> list[str]:
+def strip_markup(piece: str) -> str:
+    """A piece without Markdown emphasis (``**bold**``, ``__bold__``) and heading marks (``## ``), or ``""`` when
+    it only introduces what follows: a line that is not a list item and ends with a colon ("**Implications:**",
+    "Sure! Here are the implications:")."""
+    text = _HEADING.sub("", _EMPHASIS.sub(r"\2", piece)).strip()
+    if text.endswith(":") and not _NUMBERED.match(text):
+        return ""
+    return text
+
+
+def split_self_edit(self_edit: str, mode: str = "lines", drop_preamble: bool = True, markup: bool = True) -> list[str]:
     """Split a self-edit into training pieces: ``lines`` (non-empty lines), ``segments`` (``---``), or ``none``.
 
     In ``lines`` mode a first line that is not a list item is dropped when the second one is (SEAL does this).
+    With ``markup=False`` every piece goes through :func:`strip_markup` first (and pieces it empties are dropped).
     """
     if mode not in SPLIT_MODES:
         raise ValueError(f"split mode must be one of {SPLIT_MODES}, got {mode!r}")
@@ -59,6 +72,8 @@ def split_self_edit(self_edit: str, mode: str = "lines", drop_preamble: bool = T
         pieces = [s.strip() for s in self_edit.split("---")]
         if mode == "lines":
             pieces = [ln.strip() for seg in pieces for ln in seg.splitlines()]
+    if not markup:
+        pieces = [strip_markup(p) for p in pieces]
     pieces = [p for p in pieces if p]
     if (
         mode == "lines"
@@ -80,10 +95,11 @@ def build_sequences(
     title_prefix: bool = True,
     include_passage: bool = True,
     drop_preamble: bool = True,
+    markup: bool = True,
     max_sequences: int = 30,
 ) -> tuple[list[TrainSequence], dict[str, Any]]:
     """The training sequences for one self-edit, and info on what was cut (SEAL caps pieces at 30)."""
-    pieces = split_self_edit(self_edit, split, drop_preamble)
+    pieces = split_self_edit(self_edit, split, drop_preamble, markup)
     info = {"self_edit_pieces": len(pieces), "dropped_pieces": max(0, len(pieces) - max_sequences)}
     pieces = pieces[:max_sequences]
     if include_passage:

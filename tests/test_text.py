@@ -52,6 +52,17 @@ def test_split_modes_and_preamble():
         split_self_edit(edit, "words")
 
 
+def test_markup_can_be_stripped():
+    edit = "Sure! Here's a list of implications:\n\n**Implications:**\n\n1. **Stability:** A is __B__.\n## 2. C."
+    # SEAL's rule drops a first line only right before a list item: here both preamble lines stay
+    assert split_self_edit(edit, "lines")[:2] == ["Sure! Here's a list of implications:", "**Implications:**"]
+    assert split_self_edit(edit, "lines", markup=False) == ["1. Stability: A is B.", "2. C."]
+    assert split_self_edit("1. Ends with a colon:\nNote:", "lines", markup=False) == ["1. Ends with a colon:"]
+    assert split_self_edit("**not closed", "lines", markup=False) == ["**not closed"]
+    seqs, info = build_sequences(edit, "T", "P.", markup=False)
+    assert [s.text for s in seqs] == ["1. Stability: A is B.", "2. C.", "P."] and info["self_edit_pieces"] == 2
+
+
 def test_build_sequences_prefix_passage_and_cap():
     seqs, info = build_sequences("a\nb\nc", "Title", "The passage.", max_sequences=2)
     assert [s.text for s in seqs] == ["a", "b", "The passage."]
