@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env import stats
 from seal_env.articles import Article, select_articles
 from seal_env.executors import InProcessExecutor, RewardRequest
 from seal_env.learner import Learner
@@ -374,12 +375,16 @@ def rollout(
     cfg: RunConfig,
     logger: Logger,
 ) -> tuple[list[Experience], dict[str, float]]:
-    """Sample ``k`` self-edits per article and evaluate them, taking whatever the journal already holds."""
+    """Sample ``k`` self-edits per article and evaluate them, taking whatever the journal already holds.
+
+    Held-out rollouts use common random numbers: the same sampling seed and the same inner-loop seed per (article,
+    sample) every round, so that only the policy differs between rounds."""
     seconds = {"sample": 0.0, "rewards": 0.0}
+    when = (phase,) if phase == "heldout" else (round, phase)
     record = run.get("samples", round, phase)
     if record is None:
         t0 = time.perf_counter()
-        proposed = policy.propose([observation(a) for a in articles], k, derive_seed(cfg.seed, round, phase))
+        proposed = policy.propose([observation(a) for a in articles], k, derive_seed(cfg.seed, *when))
         if len(proposed) != len(articles) or any(
             len(p) != k or not all(isinstance(s, str) for s in p) for p in proposed
         ):
@@ -393,9 +398,7 @@ def rollout(
         run.append(record)
         seconds["sample"] = time.perf_counter() - t0
     todo = [(a, j) for a in articles for j in range(k) if run.get("reward", round, phase, a.id, j) is None]
-    requests = [
-        RewardRequest(a, record["self_edits"][a.id][j], derive_seed(cfg.seed, round, phase, a.id, j)) for a, j in todo
-    ]
+    requests = [RewardRequest(a, record["self_edits"][a.id][j], derive_seed(cfg.seed, *when, a.id, j)) for a, j in todo]
     bar = tqdm(
         total=len(requests), desc=f"round {round} {phase} rewards", unit="reward", disable=not cfg.progress, leave=False
     )
@@ -497,11 +500,43 @@ def train(
         "algorithm": run.meta["algorithm"],
         "run_dir": str(run.path),
         "rounds": summaries,
+        "heldout_change": heldout_change(run, [a.id for a in heldout], cfg.rounds) if heldout and cfg.rounds else None,
         "checkpoint": str(run.checkpoint(last)) if last else None,
         "seconds": time.perf_counter() - t_start,
     }
     (run.path / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     return results
+
+
+def heldout_rewards(run: Run, article_ids: list[str], round: int, field: str = "reward") -> list[float]:
+    """Each held-out article's mean reward (or ``info[field]``) over its samples in ``round``, from the journal."""
+    samples = run.get("samples", round, "heldout")
+    if samples is None:
+        raise ValueError(f"{run.path}: round {round} has no held-out samples")
+    means = []
+    for a in article_ids:
+        recs = [run.get("reward", round, "heldout", a, j) for j in range(len(samples["self_edits"][a]))]
+        means.append(statistics.fmean(r["reward"] if field == "reward" else r["info"][field] for r in recs if r))
+    return means
+
+
+def heldout_change(run: Run, article_ids: list[str], round: int, conf: float = 0.95) -> dict[str, Any]:
+    """The held-out reward of ``round`` minus round 0's, paired by article (the same seeds both rounds): the mean
+    difference with its Student-t interval over articles, and the sign test."""
+    before = heldout_rewards(run, article_ids, 0)
+    after = heldout_rewards(run, article_ids, round)
+    diff, low, high = stats.mean_ci([b - a for a, b in zip(before, after, strict=True)], conf)
+    return {
+        "round": round,
+        "n_articles": len(article_ids),
+        "before": statistics.fmean(before),
+        "after": statistics.fmean(after),
+        "mean_diff": diff,
+        "ci": [low, high],
+        "conf": conf,
+        "significant": bool(low > 0 or high < 0),
+        "sign_test": stats.sign_test(before, after),
+    }
 
 
 def _log_round(logger: Logger, summary: dict[str, Any], batch: list[Experience], rnd: int) -> None:
@@ -555,7 +590,26 @@ def print_summary(results: dict[str, Any]) -> None:
     print(f"{'round':>5}  {'train reward (mean, max, >0)':34} {'held-out reward':34}")
     for s in results["rounds"]:
         print(f"{s['round']:>5}  {_fmt(s.get('train')):34} {_fmt(s.get('heldout')):34}")
+    if change := results.get("heldout_change"):
+        print(change_line(change))
     print(f"run dir:    {results['run_dir']}\ncheckpoint: {results['checkpoint']}")
+
+
+def change_line(change: dict[str, Any]) -> str:
+    """What a run shows about learning: the held-out change of its last round over round 0, and its interval."""
+    low, high = change["ci"]
+    sign = change["sign_test"]
+    if math.isnan(low):
+        verdict = "no interval: one held-out article (use --heldout-articles > 1)"
+    elif change["significant"]:
+        verdict = "significant: the interval excludes 0"
+    else:
+        verdict = "not significant: the interval includes 0, so this run does not show learning"
+    return (
+        f"held-out change, round {change['round']} - round 0: {change['mean_diff']:+.3f} "
+        f"[{low:+.3f}, {high:+.3f}] ({change['conf']:.0%} CI over {change['n_articles']} articles; "
+        f"sign test {sign['wins']} up, {sign['losses']} down, p {sign['p_value']:.2f}): {verdict}"
+    )
 
 
 def run_agent(

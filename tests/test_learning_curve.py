@@ -1,0 +1,83 @@
+"""benchmarks.learning_curve on the tiny preset: runs, uses common random numbers, reports a paired CI, resumes."""
+
+import json
+import math
+
+import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env import stats
+
+import numpy as np
+import pytest
+
+from benchmarks import learning_curve
+
+ARGV = ["--preset", "tiny", "--runs", "2", "--", "--heldout-articles", "3", "--rounds", "2"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lc")
+    return out, learning_curve.main(["--out", str(out), *ARGV])
+
+
+def journal(path):
+    return [json.loads(line) for line in (path / "journal.jsonl").read_text().splitlines()]
+
+
+def test_heldout_rollouts_use_common_random_numbers(report):
+    out, _ = report
+    for seed in (0, 1):
+        recs = [r for r in journal(out / f"run-{seed}") if r["event"] == "reward" and r["phase"] == "heldout"]
+        by_round = {}
+        for r in recs:
+            by_round.setdefault(r["round"], {})[(r["article_id"], r["k"])] = r["seed"]
+        assert sorted(by_round) == [0, 1, 2] and len(by_round[0]) == 3
+        assert by_round[0] == by_round[1] == by_round[2]  # the same inner-loop seeds every round
+    seeds = [{r["seed"] for r in journal(out / f"run-{s}") if r["event"] == "reward"} for s in (0, 1)]
+    assert not seeds[0] & seeds[1]  # independent runs
+
+
+def test_report_matches_the_journal(report):
+    out, rep = report
+    assert rep["runs"] == 2 and len(rep["curves"]) == 2 and (out / "learning_curve.png").stat().st_size > 0
+    assert json.loads((out / learning_curve.RESULTS).read_text()) == json.loads(json.dumps(rep))
+    for seed, c in enumerate(rep["curves"]):
+        recs = [r for r in journal(out / f"run-{seed}") if r["event"] == "reward" and r["phase"] == "heldout"]
+        reward = {(r["round"], r["article_id"]): r["reward"] for r in recs}  # heldout_k = 1
+        ids = sorted({a for _, a in reward})
+        assert [r["round"] for r in c["rounds"]] == [0, 1, 2] and c["n_articles"] == 3
+        for row in c["rounds"]:
+            values = [reward[(row["round"], a)] for a in ids]
+            mean, low, high = stats.mean_ci(values)
+            assert row["heldout_reward"] == pytest.approx(mean) and row["heldout_ci"] == pytest.approx([low, high])
+            assert math.isfinite(row["accuracy_gain"]) and row["self_edit_chars"] > 0 and row["seconds"] > 0
+            if row["round"] == 0:
+                assert "change" not in row
+                continue
+            diff = [reward[(row["round"], a)] - reward[(0, a)] for a in ids]
+            ch = row["change"]
+            half = stats.t_quantile(0.975, 2) * float(np.std(diff, ddof=1)) / math.sqrt(3)
+            assert ch["mean_diff"] == pytest.approx(np.mean(diff)) and ch["n_articles"] == 3
+            assert ch["ci"] == pytest.approx([np.mean(diff) - half, np.mean(diff) + half])
+            assert ch["significant"] == (ch["ci"][0] > 0 or ch["ci"][1] < 0)
+    last = [c["rounds"][-1]["change"] for c in rep["curves"]]
+    assert rep["runs_significantly_up"] == sum(ch["significant"] and ch["mean_diff"] > 0 for ch in last)
+    assert rep["mean_last_change"] == pytest.approx(np.mean([ch["mean_diff"] for ch in last]))
+
+
+def test_rerun_resumes_without_recomputing(report, capsys):
+    out, rep = report
+    before = [(out / f"run-{s}" / "journal.jsonl").read_bytes() for s in (0, 1)]
+    again = learning_curve.main(["--out", str(out), *ARGV])
+    assert [(out / f"run-{s}" / "journal.jsonl").read_bytes() for s in (0, 1)] == before  # nothing new computed
+
+    def scores(r):  # the report without its wall-clock figures
+        return [[{k: v for k, v in row.items() if k != "seconds"} for row in c["rounds"]] for c in r["curves"]]
+
+    assert scores(again) == scores(rep)
+    assert "held-out change, round 2 - round 0" in capsys.readouterr().out
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit):
+        learning_curve.main(["--out", "x", "--runs", "0"])
