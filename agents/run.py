@@ -25,6 +25,7 @@ import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env import stats
 from seal_env.articles import Article, select_articles
 from seal_env.executors import InProcessExecutor, RewardRequest
+from seal_env.journal import Journal, read_records
 from seal_env.learner import Learner
 from seal_env.models import load_model
 
@@ -49,9 +50,9 @@ class Run:
         self.meta = read_meta(self.path)
         self.journal = self.path / "journal.jsonl"
         self.index: dict[tuple, dict[str, Any]] = {}
-        for record in self._read_journal():
+        for record in read_records(self.journal):
             self.index[self._key(record)] = record
-        self._file = open(self.journal, "a", encoding="utf-8")
+        self._file = Journal(self.journal)
 
     @classmethod
     def create(cls, path: Path, meta: dict[str, Any]) -> Run:
@@ -61,24 +62,6 @@ class Run:
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         return cls(path)
-
-    def _read_journal(self) -> list[dict[str, Any]]:
-        """The journal's records; a last line cut short by a kill (no newline yet) is dropped from the file."""
-        if not self.journal.exists():
-            return []
-        data = self.journal.read_bytes()
-        records, end = [], 0
-        for line in data.split(b"\n")[:-1]:  # the part after the last newline is unfinished
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    raise ValueError(f"{self.journal}: corrupt record at byte {end}") from None
-            end += len(line) + 1
-        if end < len(data):
-            with open(self.journal, "r+b") as f:
-                f.truncate(end)
-        return records
 
     @staticmethod
     def _key(record: dict[str, Any]) -> tuple:
@@ -91,9 +74,7 @@ class Run:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record and make it durable before returning."""
-        self._file.write(json.dumps(record, ensure_ascii=False, default=_plain) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._file.append(record)
         self.index[self._key(record)] = record
 
     def checkpoint(self, round: int) -> Path:
@@ -116,11 +97,6 @@ class Run:
 
     def close(self) -> None:
         self._file.close()
-
-
-def _plain(value: Any) -> Any:
-    """JSON for numpy / mlx values that an executor may put in an info dict."""
-    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def load_policy(run_dir: str | Path, round: int | None = None, **sampling: Any) -> PromptPolicy:

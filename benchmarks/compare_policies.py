@@ -49,6 +49,7 @@ import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env import stats
 from seal_env.articles import Article, select_articles
 from seal_env.config import REWARD_KINDS, SEAL_PAPER_SETTINGS, SealConfig, parse_assignments
+from seal_env.journal import Journal, read_records
 
 from agents.base import derive_seed, observation
 
@@ -146,41 +147,6 @@ def build_policy(p: PolicySpec, args: argparse.Namespace, settings: dict[str, An
 
 
 # --------------------------------------------------------------------------------------------------- journal
-def read_journal(path: Path) -> list[dict[str, Any]]:
-    """Records of a journal; a torn last line (interrupted write) is ignored."""
-    if not path.is_file():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"warning: {path}:{n}: unreadable journal line ignored (interrupted write?)", file=sys.stderr)
-    return out
-
-
-class Journal:
-    """Append-only JSON-lines file, flushed and fsync'ed per record."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-        self._fh = open(path, "a", encoding="utf-8")
-        if torn:  # an interrupted write: end its line so that the next record starts on a line of its own
-            self._fh.write("\n")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
-
-
 def result_key(policy: str, article_id: str, k: int, s: int) -> tuple[str, str, int, int]:
     return policy, article_id, int(k), int(s)
 
@@ -217,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     settings = build_settings(args)
     journal_path = out / JOURNAL
-    old = read_journal(journal_path)
+    old = read_records(journal_path)
     header = next((r for r in old if r.get("type") == "config"), None)
     sampling = {
         "policy_model": args.policy_model or settings["model"],
@@ -270,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     journal = Journal(journal_path)
     if header is None:
-        journal.write(
+        journal.append(
             {
                 "type": "config",
                 "settings": settings,
@@ -318,7 +284,7 @@ def _evaluate(
         proposed = policy.propose([observation(a) for a in need], k=K, seed=args.seed)
         for a, texts in zip(need, proposed, strict=True):
             edits[(p.label, a.id)] = list(texts)
-            journal.write(
+            journal.append(
                 {"type": "self_edits", "policy": p.label, "spec": p.spec, "article_id": a.id, "self_edits": list(texts)}
             )
         del policy
@@ -348,7 +314,7 @@ def _evaluate(
         def on_result(i: int, reward: float, info: dict[str, Any]) -> None:
             nonlocal count
             a, k, s, lab = batch[i]
-            journal.write(
+            journal.append(
                 {
                     "type": "result",
                     "policy": lab,
@@ -633,7 +599,7 @@ def write_report(
 ) -> dict[str, Any]:
     """results.md, results.json and results.png from the journal, for these policies, articles, K and S."""
     records = [
-        r for r in read_journal(out / JOURNAL) if r.get("type") == "result" and r["k"] < K and r["seed_index"] < S
+        r for r in read_records(out / JOURNAL) if r.get("type") == "result" and r["k"] < K and r["seed_index"] < S
     ]
     labels = [p.label for p in policies]
     ids = [a.id for a in articles]
@@ -745,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def report_only(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
-    records = read_journal(out / JOURNAL)
+    records = read_records(out / JOURNAL)
     header = next((r for r in records if r.get("type") == "config"), None)
     if header is None:
         raise SystemExit(f"no journal in {out}")

@@ -22,16 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from seal_env import stats
+from seal_env.journal import read_records
 
 import numpy as np
 
-from benchmarks.compare_policies import JOURNAL, METRICS, read_journal
+from benchmarks.compare_policies import JOURNAL, METRICS
 
 GAIN = {m: f"{m}_gain" for m in METRICS}
 
 
 def load(out: Path) -> list[dict[str, Any]]:
-    return [r for r in read_journal(out / JOURNAL) if r.get("type") == "result" and r["k"] == 0]
+    return [r for r in read_records(out / JOURNAL) if r.get("type") == "result" and r["k"] == 0]
 
 
 def table(

@@ -7,11 +7,12 @@ import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from seal_env import stats
 from seal_env.articles import load_articles
 from seal_env.config import REWARD_KINDS, parse_setting
+from seal_env.journal import read_records
 
 import numpy as np
 import pytest
 
-from benchmarks.compare_policies import JOURNAL, PolicySpec, main, read_journal, seconds_of
+from benchmarks.compare_policies import JOURNAL, PolicySpec, main, seconds_of
 
 # ------------------------------------------------------------------------------------------- statistics
 
@@ -197,7 +198,7 @@ def test_outputs_table_json_png(tiny_run):
 
 def test_conditions_semantics(tiny_run):
     out, _, report = tiny_run
-    recs = [r for r in read_journal(out / JOURNAL) if r.get("type") == "result"]
+    recs = [r for r in read_records(out / JOURNAL) if r.get("type") == "result"]
     none = [r for r in recs if r["policy"] == "none"]
     passage = [r for r in recs if r["policy"] == "passage"]
     replay = [r for r in recs if r["policy"] == "facts"]
@@ -228,7 +229,7 @@ def test_summary_and_pairs_match_a_hand_computation_from_the_journal(tiny_run):
     """Each policy's gain is the mean over articles of the article's mean gain over its rewards, with a Student-t
     CI over articles; a paired difference is the mean over articles of (b's gain - a's gain)."""
     out, _, report = tiny_run
-    recs = [r for r in read_journal(out / JOURNAL) if r.get("type") == "result"]
+    recs = [r for r in read_records(out / JOURNAL) if r.get("type") == "result"]
     articles = sorted(
         {r["article_id"] for r in recs}, key=lambda a: next(r["article_index"] for r in recs if r["article_id"] == a)
     )
@@ -279,10 +280,10 @@ def test_resume_skips_done_work(tiny_run):
     journal.write_text("\n".join(keep) + "\n" + lines[results[-1]][:40])
     resumed = main(argv)
     assert resumed["run"] == {"evaluated": 2, "skipped": 14}
-    recs = [r for r in read_journal(journal) if r.get("type") == "result"]
+    recs = [r for r in read_records(journal) if r.get("type") == "result"]
     assert len({(r["policy"], r["article_id"], r["k"], r["seed_index"]) for r in recs}) == 16
     # self-edits were not sampled again: one record per (policy, article)
-    edits = [r for r in read_journal(journal) if r.get("type") == "self_edits"]
+    edits = [r for r in read_records(journal) if r.get("type") == "self_edits"]
     assert len(edits) == 8
     # a resumed run reproduces the dropped rewards exactly
     old = {
