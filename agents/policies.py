@@ -184,7 +184,7 @@ def make_policy(
         lm, tokenizer = loaded or load_model(model)
         return PromptPolicy(lm, tokenizer, template=arg, **sampling)
     if kind == "checkpoint" and arg:
-        from agents.run import load_policy
+        from agents.rundir import load_policy
 
         run_dir, _, round_ = arg.rpartition(":") if arg.rpartition(":")[2].isdigit() else (arg, "", "")
         return load_policy(run_dir, int(round_) if round_ else None, **sampling)

@@ -1,10 +1,9 @@
-"""What every agent in ``agents/`` shares: the run directory, wandb, the policy's LoRA, and the round loop.
+"""The round loop every agent in ``agents/`` shares: rollouts, rewards, updates, held-out evaluation, the run's
+summary and its command line; with the policy's LoRA (:class:`LoRAPolicy`).
 
-A run directory (``runs/<name>/``) holds ``config.json`` (every setting), ``journal.jsonl`` (one JSON record a
-line, flushed and fsync'ed as soon as it is known: the sampled self-edits of a round, each reward, each policy
-update, each round's summary), ``rounds/NNN/policy.safetensors`` (the policy after round NNN), ``results.json``
-and ``wandb/``. ``--resume`` replays the journal: nothing in it is sampled or evaluated again, and every seed is
-derived from (seed, round, article, sample), so a resumed run ends exactly where an uninterrupted one would.
+The run directory is :mod:`agents.rundir`, wandb :mod:`agents.wandb_logger`. ``--resume`` replays the journal:
+nothing in it is sampled or evaluated again, and every seed is derived from (seed, round, article, sample) (held-out
+rollouts: without the round), so a resumed run ends exactly where an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -16,16 +15,14 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env import stats
 from seal_env.articles import Article, select_articles
 from seal_env.executors import InProcessExecutor, RewardRequest
-from seal_env.journal import Journal, read_records
 from seal_env.learner import Learner
 from seal_env.models import load_model
 
@@ -34,186 +31,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from agents.base import Agent, Experience, Policy, derive_seed, observation
-from agents.config import RunConfig, build_parser, parse_args, read_meta
+from agents.config import RunConfig, build_parser, parse_args
 from agents.policies import PromptPolicy
+from agents.rundir import Run
+from agents.wandb_logger import Logger
 
 C = TypeVar("C", bound=RunConfig)  #: an agent's own RunConfig subclass
-
-# ------------------------------------------------------------------------------------------------ run directory
-
-
-class Run:
-    """A run directory: ``config.json``, an append-only ``journal.jsonl``, and per-round policy checkpoints."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.meta = read_meta(self.path)
-        self.journal = self.path / "journal.jsonl"
-        self.index: dict[tuple, dict[str, Any]] = {}
-        for record in read_records(self.journal):
-            self.index[self._key(record)] = record
-        self._file = Journal(self.journal)
-
-    @classmethod
-    def create(cls, path: Path, meta: dict[str, Any]) -> Run:
-        path = Path(path)
-        if (path / "config.json").exists():
-            raise FileExistsError(f"{path} already holds a run: resume it with --resume {path}, or pick another --name")
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        return cls(path)
-
-    @staticmethod
-    def _key(record: dict[str, Any]) -> tuple:
-        return (record["event"], record.get("round"), record.get("phase"), record.get("article_id"), record.get("k"))
-
-    def get(
-        self, event: str, round: int, phase: str | None = None, article_id: str | None = None, k: int | None = None
-    ) -> dict[str, Any] | None:
-        return self.index.get((event, round, phase, article_id, k))
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Write one record and make it durable before returning."""
-        self._file.append(record)
-        self.index[self._key(record)] = record
-
-    def checkpoint(self, round: int) -> Path:
-        """Where the policy after ``round`` is saved."""
-        return self.path / "rounds" / f"{round:03d}" / "policy.safetensors"
-
-    def save_checkpoint(self, round: int, weights: dict[str, mx.array]) -> Path:
-        path = self.checkpoint(round)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name("tmp-policy.safetensors")
-        metadata = {
-            "round": str(round),
-            "model": self.meta["config"]["env"]["model"],
-            "algorithm": self.meta["algorithm"],
-            "format": "plain mlx-lm weight names, fused",
-        }
-        mx.save_safetensors(str(tmp), weights, metadata=metadata)
-        os.replace(tmp, path)
-        return path
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def load_policy(run_dir: str | Path, round: int | None = None, **sampling: Any) -> PromptPolicy:
-    """The policy of a run after ``round`` (default: its last checkpoint; 0 = the initial model) as a PromptPolicy."""
-    meta = read_meta(run_dir)
-    cfg = meta["config"]
-    rounds = sorted(int(p.parent.name) for p in Path(run_dir).glob("rounds/*/policy.safetensors"))
-    round = (rounds[-1] if rounds else 0) if round is None else round
-    model, tokenizer = load_model(cfg["env"]["model"])
-    if round:
-        path = Path(run_dir) / "rounds" / f"{round:03d}" / "policy.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint for round {round} in {run_dir} (have {rounds})")
-        model.load_weights(list(cast(dict[str, mx.array], mx.load(str(path))).items()), strict=False)
-        mx.eval(model.parameters())
-    settings = {
-        "template": cfg["template"],
-        "temperature": cfg["temperature"],
-        "top_p": cfg["top_p"],
-        "max_tokens": cfg["self_edit_max_tokens"],
-        **sampling,
-    }
-    return PromptPolicy(model, tokenizer, **settings)
-
-
-# ------------------------------------------------------------------------------------------------ wandb
-
-
-def _has_wandb_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        import netrc
-        from urllib.parse import urlparse
-
-        host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-        return netrc.netrc().authenticators(host or "") is not None
-    except Exception:
-        return False
-
-
-class Logger:
-    """Logs to wandb inside the run directory; any wandb failure prints one warning and never stops the run."""
-
-    def __init__(self, mode: str, project: str, name: str, run_dir: Path, config: dict[str, Any], run_id: str):
-        self.run, self._set_env = None, {}
-        if mode == "disabled":
-            return
-        if mode == "online" and not _has_wandb_key():
-            print("wandb: no API key found, logging offline (wandb sync later)", file=sys.stderr)
-            mode = "offline"
-        try:
-            import wandb
-        except Exception as e:  # pragma: no cover - wandb is a dependency
-            return self._fail(e)
-        wanted = {
-            var: str(run_dir / "wandb" / sub)
-            for var, sub in (
-                ("WANDB_CACHE_DIR", "cache"),
-                ("WANDB_DATA_DIR", "data"),
-                ("WANDB_ARTIFACT_DIR", "artifacts"),
-            )
-        }
-        wanted["WANDB_DISABLE_WEAVE"] = "true"  # wandb takes our `agents` package for OpenAI's and advertises Weave
-        self._set_env = {k: v for k, v in wanted.items() if k not in os.environ}  # the user's settings win
-        os.environ.update(self._set_env)
-        settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True, init_timeout=60)
-        for attempt in [mode, "offline"] if mode == "online" else [mode]:
-            try:
-                self.run = wandb.init(
-                    project=project,
-                    name=name,
-                    id=run_id,
-                    dir=str(run_dir),
-                    config=config,
-                    mode=cast(Literal["online", "offline", "disabled"], attempt),  # RunConfig.validate checks it
-                    resume="allow",
-                    settings=settings,
-                )
-                self.run.define_metric("self_edit/index")
-                self.run.define_metric("self_edit/*", step_metric="self_edit/index")
-                self.run.define_metric("round/index")
-                self.run.define_metric("round/*", step_metric="round/index")
-                return
-            except Exception as e:
-                print(f"wandb: {attempt} init failed ({type(e).__name__}: {e})", file=sys.stderr)
-        self.run = None
-
-    def _fail(self, error: Exception) -> None:
-        warnings.warn(f"wandb logging stopped: {type(error).__name__}: {error}", stacklevel=3)
-        self.run = None
-
-    def log(self, data: dict[str, Any]) -> None:
-        if self.run is not None:
-            try:
-                self.run.log(data)
-            except Exception as e:
-                self._fail(e)
-
-    def table(self, key: str, columns: list[str], rows: list[list[Any]], extra: dict[str, Any]) -> None:
-        if self.run is not None:
-            try:
-                import wandb
-
-                self.run.log({key: wandb.Table(columns=cast("list[str | int]", columns), data=rows), **extra})
-            except Exception as e:
-                self._fail(e)
-
-    def finish(self) -> None:
-        if self.run is not None:
-            try:
-                self.run.finish()
-            except Exception as e:
-                self._fail(e)
-        for var in self._set_env:
-            os.environ.pop(var, None)
-
 
 # ------------------------------------------------------------------------------------------------ the policy model
 

@@ -14,7 +14,7 @@ from agents import grpo, restem
 from agents.base import Agent, Experience, Policy, derive_seed
 from agents.config import TINY_ENV
 from agents.policies import EmptyPolicy, PassagePolicy, PromptPolicy, ReplayPolicy, make_policy
-from agents.run import Run
+from agents.rundir import Run
 
 OBS = [
     {"title": "Tervik Observatory", "context": "Tervik Observatory stands on Mount Hallegrim."},
@@ -192,7 +192,7 @@ def test_grpo_needs_groups(capsys, tmp_path):
 def test_a_wandb_failure_never_stops_a_run(tmp_path, monkeypatch):
     import wandb
 
-    from agents.run import Logger
+    from agents.wandb_logger import Logger
 
     class Broken:
         def define_metric(self, *args, **kwargs):

@@ -12,7 +12,7 @@ import pytest
 from agents import restem
 from agents.base import Experience
 from agents.policies import PromptPolicy, make_policy
-from agents.run import Run
+from agents.rundir import Run
 
 ARGS = ["--preset", "tiny", "--wandb-mode", "disabled", "--no-cache"]  # every reward computed, none reused
 

@@ -1,9 +1,9 @@
 """seal_env.journal: durable appends, a torn last line dropped, corruption reported."""
 
+from seal_env.journal import Journal, read_records
+
 import numpy as np
 import pytest
-
-from seal_env.journal import Journal, read_records
 
 
 def test_append_read_and_torn_last_line(tmp_path):
