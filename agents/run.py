@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env import stats
 from seal_env.articles import Article, select_articles
-from seal_env.executors import InProcessExecutor, RewardRequest
+from seal_env.executors import RewardRequest
 from seal_env.learner import Learner
 from seal_env.models import load_model
 
@@ -92,16 +92,12 @@ def train_with_progress(
 
 
 def make_executor(cfg: RunConfig) -> Any:
-    """The reward executor: ``seal_env.executors.make_executor`` where it exists, else in-process."""
+    """The reward executor the run's settings ask for (in-process, subprocess or Ray)."""
     from seal_env import executors
 
     settings = {**cfg.env.to_dict(), "split": "all"}  # the agent hands articles over itself
-    if hasattr(executors, "make_executor"):
-        address = {"address": cfg.ray_address} if cfg.executor == "ray" else {}
-        return executors.make_executor(cfg.executor, settings, cfg.workers, **address)
-    if cfg.executor != "inprocess":
-        raise ValueError(f"executor {cfg.executor!r} is not available in this seal_env (no make_executor)")
-    return InProcessExecutor(settings)
+    address = {"address": cfg.ray_address} if cfg.executor == "ray" else {}
+    return executors.make_executor(cfg.executor, settings, cfg.workers, **address)
 
 
 class Rewards:
