@@ -22,8 +22,8 @@ from seal_env.config import SealConfig, parse_setting, setting
 from seal_env.prompts import resolve_template
 
 #: Inner-loop settings of the ``demo`` preset (on top of the SealConfig defaults): 2 epochs (SEAL: 10) and short
-#: answers, so that a SmolLM2 reward takes ~30 s on two CPU cores. So short an inner loop almost never makes a
-#: 135M model answer right (the accuracy gain is ~always 0), so the reward is the gold answers' log-likelihood gain.
+#: answers, so that a SmolLM2 reward takes seconds on a CPU. So short an inner loop almost never makes a 135M model
+#: answer right (the accuracy gain is ~always 0), so the reward is the gold answers' log-likelihood gain.
 DEMO_ENV: dict[str, Any] = {"reward": "loglik", "epochs": 2, "answer_max_tokens": 16}
 #: Inner-loop settings of the ``tiny`` preset (tiny-random model; tests). Its answers are never right, so the
 #: reward is the gold answers' log-likelihood gain, which varies between self-edits.

@@ -1,8 +1,8 @@
 """Load an optimized BLAS before mlx on Linux.
 
-The Linux ``mlx[cpu]`` wheel links a reference BLAS (about 6 GFLOP/s for an fp32 matmul on our 2-core machines).
-If OpenBLAS is loaded into the global symbol namespace *before* ``mlx`` is imported, mlx's ``sgemm`` calls
-resolve to it instead (about 30x faster). This module does that once, at ``import seal_env``.
+The Linux ``mlx[cpu]`` wheel links a reference BLAS. If OpenBLAS is loaded into the global symbol namespace
+*before* ``mlx`` is imported, mlx's ``sgemm`` calls resolve to it instead (the speed-up is in
+``benchmarks/RESULTS.md``). This module does that once, at ``import seal_env``.
 
 Set ``SEAL_ENV_BLAS=/path/to/libopenblas.so`` to choose the library, or ``SEAL_ENV_BLAS=none`` to skip.
 """

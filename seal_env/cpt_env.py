@@ -35,15 +35,52 @@ TRAIN_MODES = ("pooled", "online")
 
 
 class ContinualPretrainingEnv(gym.Env):
-    """Observation: ``{"title", "context"}`` of the current article; action: its self-edit (str).
+    """
+    ## Description
 
-    Keyword arguments: ``n_articles`` (episode length, default 5; SEAL's CPT runs use 200), ``train_mode``
-    (``"pooled"`` or ``"online"``), ``render_mode`` (``None`` or ``"ansi"``), ``grader``, and every field of
-    :class:`seal_env.config.SealConfig` (the same settings as ``seal/KnowledgeIncorporation-v0``; ``eval_times``
-    repeats the episode's training with seeds ``seed, seed + 1, ...`` and averages the final reward).
+    SEAL's multi-passage (continued-pretraining) setting: an episode walks through ``n_articles`` articles and
+    all their self-edits train **one** LoRA adapter (``train_mode``, see the module docstring), which is then
+    quizzed on all the episode's questions.
 
-    ``reset(options=...)`` takes ``{"article_indices": [i, ...]}`` or ``{"articles": [Article | dict, ...]}``
-    (the episode is then as long as that list); otherwise ``n_articles`` distinct articles are drawn at random.
+    ## Action Space
+
+    The current article's self-edit, a ``str`` (the same cleaning and splitting rules as
+    ``seal/KnowledgeIncorporation-v0``).
+
+    ## Observation Space
+
+    ``Dict(title: Text, context: Text)`` of the current article, never its questions.
+
+    ## Rewards
+
+    0 at intermediate steps; at the last step, the gain of the ``reward`` kind over the un-adapted model,
+    averaged over the questions of all the episode's articles (the mean over ``eval_times`` trainings with seeds
+    ``seed, seed + 1, ...``); ``diverged_reward`` if a training diverged.
+
+    ## Starting State
+
+    ``reset(options=...)`` takes ``{"article_indices": [i, ...]}`` or ``{"articles": [Article | dict, ...]}`` (the
+    episode is then as long as that list); otherwise ``n_articles`` distinct articles are drawn with
+    ``self.np_random``.
+
+    ## Episode End
+
+    ``terminated=True`` at the step of the last article; ``truncated`` is always ``False``.
+
+    ## Info
+
+    Per-article results under ``"articles"`` at the last step; ``step_train`` (online mode) at every step.
+    Wall-clock fields are kept out of step infos and are in :attr:`last_timings`.
+
+    ## Arguments
+
+    ``n_articles`` (episode length, default 5; SEAL's CPT runs use 200), ``train_mode`` (``"pooled"`` or
+    ``"online"``), ``render_mode`` (``None`` or ``"ansi"``), ``grader``, and every field of
+    :class:`seal_env.config.SealConfig`.
+
+    ## Version History
+
+    * v0: initial version.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}

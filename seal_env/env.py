@@ -21,11 +21,64 @@ from gymnasium import spaces
 
 
 class KnowledgeIncorporationEnv(gym.Env):
-    """Observation: ``{"title", "context"}``; action: a self-edit (str); reward: QA gain after LoRA fine-tuning.
+    """
+    ## Description
 
-    Keyword arguments are the fields of :class:`seal_env.config.SealConfig` (see README's settings table), plus
-    ``grader`` (a callable ``(question, gold, prediction) -> [0, 1]``, e.g. an LLM judge; not JSON-serialisable)
-    and ``render_mode`` (``None`` or ``"ansi"``).
+    SEAL's knowledge-incorporation task (Zweiger et al., 2025, arXiv 2506.10943, section 3.1): the agent reads a
+    passage and writes a *self-edit* (e.g. a list of implications); a fresh LoRA adapter is fine-tuned on it; the
+    adapted model answers the passage's questions **without** seeing the passage; the reward is the gain over the
+    un-adapted model. One episode is one step.
+
+    ## Action Space
+
+    A self-edit: any ``str`` (:class:`seal_env.spaces.UnicodeText`, up to ``max_action_chars``). It is cleaned by
+    fixed rules (control characters removed, lone surrogates replaced, cut at ``max_action_chars``), split into
+    training pieces (``split``), each prefixed with the title; the passage is appended (``include_passage``). A
+    non-``str`` raises ``TypeError`` and leaves the episode as it was; an empty self-edit is valid.
+
+    ## Observation Space
+
+    ``Dict(title: Text, context: Text)``: the article's title and passage, never its questions.
+
+    ## Rewards
+
+    The gain of the ``reward`` kind of the adapted model over the un-adapted one on the article's questions:
+    ``loglik`` (default; mean log-likelihood of the gold answer per answer token), ``accuracy`` and ``f1`` (of
+    greedy answers; ``grader`` replaces the match), ``choice`` (the gold answer ranks first among the article's
+    answers), ``margin`` (gold minus the other answers' log-likelihood) or ``pmi`` (gold log-likelihood given the
+    question minus given the topic alone). The mean over ``eval_times`` inner loops. A diverged inner loop (a
+    non-finite or too-large loss) gives ``diverged_reward``.
+
+    ## Starting State
+
+    ``reset`` picks an article: ``options={"article_index": i}``, ``{"article": Article | dict}``, or one drawn
+    with ``self.np_random``. The inner-loop seed of ``step`` is drawn from ``self.np_random`` too.
+
+    ## Episode End
+
+    ``step`` always terminates (``terminated=True``, ``truncated=False``); stepping again before ``reset`` raises.
+
+    ## Info
+
+    Every reward kind's baseline, adapter value and gain, per-question results (``questions``), the training
+    sequences' counts and losses, what the action cleaning changed, and ``diverged``. Wall-clock fields
+    (``seconds_*``, ``cache_hit``, ``batch_adapters``) are kept out of step infos, so two identical steps give
+    identical infos, and are in :attr:`last_timings` (and in :meth:`evaluate`'s info).
+
+    ## Arguments
+
+    The fields of :class:`seal_env.config.SealConfig` (README's settings table), plus ``grader`` (a callable
+    ``(question, gold, prediction) -> [0, 1]``, e.g. an LLM judge; it switches the reward cache off) and
+    ``render_mode`` (``None`` or ``"ansi"``).
+
+    ```python
+    import gymnasium as gym, seal_env
+    env = gym.make("seal/KnowledgeIncorporation-v0", model="tiny-random")
+    ```
+
+    ## Version History
+
+    * v0: initial version.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}

@@ -28,9 +28,8 @@ def keep_freed_memory() -> None:
     """Let glibc keep freed blocks of up to 32 MB in its heap instead of handing them back to the OS at once.
 
     mlx's CPU buffer cache holds 32 MB by default; a training step frees and reallocates far more (activations of
-    every layer), and glibc unmaps large freed blocks, so every SmolLM2 step page-faulted ~40,000 fresh pages and
-    spent ~20% of its CPU time in the kernel. With a 32 MB mmap threshold (glibc's maximum) and a 1 GB trim
-    threshold, a step takes ~6% less wall time at the same peak RSS (``benchmarks/RESULTS.md``);
+    every layer), and glibc unmaps large freed blocks, so every step page-faults fresh pages. This sets a 32 MB mmap
+    threshold (glibc's maximum) and a 1 GB trim threshold (the effect is measured in ``benchmarks/RESULTS.md``);
     :func:`release_memory` still trims after each fine-tune. Process-wide; ``SEAL_ENV_MALLOC_TUNING=off`` skips it.
     """
     if _LIBC is None or not hasattr(_LIBC, "mallopt") or not switch("SEAL_ENV_MALLOC_TUNING"):
