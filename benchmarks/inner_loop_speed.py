@@ -121,6 +121,19 @@ def benchmark_data(tokenizer: Any, seq_tokens: int, n_seqs: int, seed: int = 0) 
     return article, lines
 
 
+#: A reward's info fields that the speed figures report (its phases' seconds and its size).
+REWARD_FIELDS = (
+    "seconds_baseline",
+    "seconds_reset",
+    "seconds_train",
+    "seconds_eval",
+    "seconds_total",
+    "train_steps",
+    "train_tokens",
+    "n_sequences",
+)
+
+
 def make_env(**settings: Any) -> Any:
     from seal_env.env import KnowledgeIncorporationEnv
 
@@ -139,22 +152,7 @@ def section_reward(env: Any, rewards: int) -> dict[str, Any]:
     for r in range(rewards):
         _, lines = benchmark_data(env.learner.tokenizer, SEQ_TOKENS, N_SEQUENCES, seed=r + 1)
         _, info = env.evaluate(article, "\n".join(lines), seed=r)
-        runs.append(
-            {
-                k: info[k]
-                for k in (
-                    "seconds_baseline",
-                    "seconds_reset",
-                    "seconds_train",
-                    "seconds_eval",
-                    "seconds_total",
-                    "train_steps",
-                    "train_tokens",
-                    "n_sequences",
-                    "reward",
-                )
-            }
-        )
+        runs.append({k: info[k] for k in (*REWARD_FIELDS, "reward")})
     steady = runs[1:] or runs
     mean = {k: float(np.mean([r[k] for r in steady])) for k in runs[0] if k.startswith("seconds")}
     return {

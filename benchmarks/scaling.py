@@ -36,6 +36,8 @@ from seal_env.articles import Article, select_articles
 from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig
 from seal_env.executors import RewardRequest, blas_threads, make_executor
 
+from benchmarks.inner_loop_speed import REWARD_FIELDS
+
 CHEAP = dict(epochs=2, max_sequences=5, answer_max_tokens=16)
 
 
@@ -124,19 +126,7 @@ def paper_probe(model: str, n_articles: int, threads: int = 1) -> dict[str, Any]
             cpu = time.process_time() - cpu0
             out.append(
                 {"cpu_seconds": cpu}
-                | {
-                    k: info[k]
-                    for k in (
-                        "seconds_baseline",
-                        "seconds_reset",
-                        "seconds_train",
-                        "seconds_eval",
-                        "seconds_total",
-                        "train_steps",
-                        "train_tokens",
-                        "n_sequences",
-                    )
-                }
+                | {k: info[k] for k in REWARD_FIELDS}
                 | {"reward": reward, "n_questions": len(req.article.questions)}
             )
     finally:
