@@ -26,7 +26,7 @@ from seal_env.journal import read_records
 
 import numpy as np
 
-from benchmarks.compare_policies import JOURNAL, METRICS
+from benchmarks.policy_analysis import JOURNAL, METRICS, seconds_of
 
 GAIN = {m: f"{m}_gain" for m in METRICS}
 
@@ -206,7 +206,7 @@ def fidelity(
         tab = table(records, order, n_articles)
         rank = ranking(tab, order, ties)
         trained = [r for r in records if r["policy"] in order and r["policy"] != "none" and r["article_id"] in tab]
-        seconds = float(np.nanmean([stats_seconds(r["info"]) for r in trained])) if trained else math.nan
+        seconds = float(np.nanmean([seconds_of(r["info"]) for r in trained])) if trained else math.nan
         for m in kinds:
             row: dict[str, Any] = {
                 "protocol": name,
@@ -227,13 +227,6 @@ def fidelity(
                     }
             rows.append(row)
     return rows
-
-
-def stats_seconds(info: dict[str, Any]) -> float:
-    """Seconds of one reward without the article's baseline quiz (nan without timings)."""
-    if "seconds_total" not in info or info.get("cache_hit"):
-        return math.nan
-    return float(info["seconds_total"] - info.get("seconds_baseline", 0.0))
 
 
 def print_fidelity(rows: list[dict[str, Any]]) -> None:

@@ -12,7 +12,8 @@ from seal_env.journal import read_records
 import numpy as np
 import pytest
 
-from benchmarks.compare_policies import JOURNAL, PolicySpec, main, seconds_of
+from benchmarks.compare_policies import PolicySpec, main
+from benchmarks.policy_analysis import JOURNAL, seconds_of
 
 # ------------------------------------------------------------------------------------------- statistics
 
