@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seal_env.config import SealConfig, parse_setting, setting
+from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig, parse_setting, setting
 from seal_env.prompts import resolve_template
 
 #: Inner-loop settings of the ``demo`` preset (on top of the SealConfig defaults): 2 epochs (SEAL: 10) and short
@@ -50,6 +50,19 @@ TINY: dict[str, Any] = {
     "policy_epochs": 1,
     "progress": False,
     "env": TINY_ENV,
+}
+#: Settings of the ``paper`` preset common to all algorithms: SEAL's knowledge-incorporation outer loop (2 rounds
+#: of 50 articles x 5 self-edits x 3 inner loops, the policy update 2 epochs in batches of 5, every held-out
+#: article) and SEAL's inner loop (the SealConfig defaults + SEAL_PAPER_SETTINGS, with SEAL's accuracy reward).
+PAPER_PRESET: dict[str, Any] = {
+    "rounds": 2,
+    "articles_per_round": 50,
+    "k": 5,
+    "heldout_articles": -1,
+    "self_edit_max_tokens": 1024,
+    "policy_epochs": 2,
+    "policy_batch_size": 5,
+    "env": {**SEAL_PAPER_SETTINGS, "eval_times": 3, "reward": "accuracy"},
 }
 CHOICES = {
     "wandb_mode": ("online", "offline", "disabled"),

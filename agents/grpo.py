@@ -4,7 +4,9 @@ Each round: sample ``k`` self-edits per training article and reward them (as ReS
 self-edit is its reward minus the group's mean, divided by the group's standard deviation (a group whose rewards
 are all equal teaches nothing and is skipped). The policy's LoRA is trained for ``policy_epochs`` passes with
 the clipped-ratio objective on the self-edit tokens (old log-probs from the policy that sampled), plus
-``kl_coef`` times the k3 estimate of KL(policy || initial policy); then the LoRA is folded into the policy.
+``kl_coef`` times the k3 estimate of KL(policy || initial policy); then the LoRA is folded into the policy. The
+training loop is seal_env's :meth:`seal_env.learner.Learner.train` with this loss (AdamW, constant learning rate);
+an update whose loss turns non-finite or exceeds the Learner's ``max_loss`` (50) is dropped.
 
     python -m agents.grpo                     # demo preset
     python -m agents.grpo --preset tiny --wandb-mode disabled
@@ -12,24 +14,23 @@ the clipped-ratio objective on the self-edit tokens (old log-probs from the poli
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
-from seal_env.config import SEAL_PAPER_SETTINGS, setting
-from seal_env.learner import make_batch
+from seal_env.config import SealConfig, setting
+from seal_env.learner import ExtrasRow, make_batch
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
-from tqdm.auto import tqdm
 
 from agents.base import Experience
-from agents.config import TINY, RunConfig
-from agents.run import LoRAPolicy
+from agents.config import PAPER_PRESET, TINY, RunConfig
+from agents.run import LoRAAgent
 from agents.run import main as run_main
 
 
@@ -76,19 +77,14 @@ class GRPOConfig(RunConfig):
         if self.kl_coef < 0 or self.clip_eps <= 0 or self.adv_eps <= 0:
             raise ValueError("kl_coef must be >= 0, clip_eps and adv_eps > 0")
 
+    def update_config(self) -> SealConfig:
+        """The shared policy-update settings with a constant learning rate."""
+        return dataclasses.replace(super().update_config(), lr_schedule="constant")
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
-    "paper": {
-        "rounds": 2,
-        "articles_per_round": 50,
-        "k": 5,
-        "heldout_articles": -1,
-        "self_edit_max_tokens": 1024,
-        "policy_epochs": 2,
-        "policy_batch_size": 5,
-        "env": {**SEAL_PAPER_SETTINGS, "eval_times": 3, "reward": "accuracy"},
-    },
+    "paper": PAPER_PRESET,
     "tiny": {**TINY, "policy_learning_rate": 1e-3, "policy_batch_size": 2},
 }
 
@@ -117,25 +113,44 @@ def grpo_loss(
     ref: mx.array,
     clip_eps: float,
     kl_coef: float,
+    groups: mx.array | None = None,
 ) -> tuple[mx.array, mx.array, mx.array]:
-    """Clipped policy-gradient loss plus ``kl_coef`` * k3 KL, averaged over each self-edit's tokens, then the batch."""
+    """Clipped policy-gradient loss plus ``kl_coef`` * k3 KL, averaged over each self-edit's tokens, then over the
+    self-edits of each group; and the policy-gradient and KL terms' token means. One value per group (``groups``:
+    groups x rows, one-hot), or scalars over all rows (no ``groups``)."""
     logp = -nn.losses.cross_entropy(model(inputs).astype(mx.float32), targets)
     ratio = mx.exp(logp - old)
     pg = -mx.minimum(ratio * adv[:, None], mx.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv[:, None])
     kl = mx.exp(ref - logp) - (ref - logp) - 1
+    single = groups is None
+    groups = mx.ones((1, inputs.shape[0])) if groups is None else groups
     ntoks = mx.maximum(mask.sum(axis=1), 1)
-    loss = (((pg + kl_coef * kl) * mask).sum(axis=1) / ntoks).mean()
-    return loss, (pg * mask).sum() / mask.sum(), (kl * mask).sum() / mask.sum()
+
+    def per_group(rows: mx.array) -> mx.array:  # a where, not a product: a non-finite row stays in its group
+        return mx.where(groups > 0, rows[None, :], 0.0).sum(axis=1)
+
+    tokens = mx.maximum(per_group(mask.sum(axis=1)), 1)
+    loss = per_group(((pg + kl_coef * kl) * mask).sum(axis=1) / ntoks) / mx.maximum(groups.sum(axis=1), 1)
+    pg_mean, kl_mean = per_group((pg * mask).sum(axis=1)) / tokens, per_group((kl * mask).sum(axis=1)) / tokens
+    return (loss[0], pg_mean[0], kl_mean[0]) if single else (loss, pg_mean, kl_mean)
 
 
-class GRPO:
+class GRPO(LoRAAgent[GRPOConfig]):
     """The GRPO agent: group-normalised policy gradient on a LoRA of the policy."""
 
     def __init__(self, cfg: GRPOConfig):
-        self.cfg = cfg
-        self.model = LoRAPolicy(cfg)
-        self.policy = self.model.policy
-        self._loss_and_grad = nn.value_and_grad(self.model.learner.model, grpo_loss)
+        super().__init__(cfg)
+
+        def loss(
+            model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, groups: mx.array, *extras: mx.array
+        ) -> tuple[mx.array, mx.array, dict[str, mx.array]]:
+            """:func:`grpo_loss` as the Learner's training loss: the rows' extras are their advantage, old and
+            reference log-probabilities."""
+            adv, old, ref = extras
+            total, pg, kl = grpo_loss(model, inputs, targets, mask, adv, old, ref, cfg.clip_eps, cfg.kl_coef, groups)
+            return total, groups @ mask.sum(axis=1), {"pg_loss": pg, "kl": kl}
+
+        self._loss = loss  # one function for every round: the Learner keeps its compiled traces
 
     def _logprobs(self, pairs: list[tuple[list[int], int]]) -> list[np.ndarray]:
         """Per-token log-probabilities of each sequence under the current weights (LoRA at zero)."""
@@ -147,7 +162,7 @@ class GRPO:
         return out
 
     def learn(self, batch: list[Experience], seed: int) -> dict[str, float]:
-        cfg, model = self.cfg, self.model.learner.model
+        cfg = self.cfg
         adv = group_advantages(batch, cfg.adv_eps)
         used = [i for i, a in enumerate(adv) if a != 0]
         stats = {"adv_abs_mean": statistics.fmean(abs(a) for a in adv), "used": float(len(used))}
@@ -161,64 +176,19 @@ class GRPO:
             self.model.load_weights(self.model.initial)
             ref = self._logprobs(pairs)
             self.model.load_weights(current)
-        self.model.learner.reset([seed])
-        opt = optim.AdamW(learning_rate=cfg.policy_learning_rate, weight_decay=0.0)
-        rng = np.random.default_rng(seed)
-        steps = cfg.policy_epochs * math.ceil(len(pairs) / cfg.policy_batch_size)
-        bar = tqdm(total=steps, desc="policy GRPO", unit="step", disable=not cfg.progress, leave=False)
-        losses, pgs, kls = [], [], []
-        model.train()
-        try:
-            for _ in range(cfg.policy_epochs):
-                order = rng.permutation(len(pairs))
-                for s in range(0, len(pairs), cfg.policy_batch_size):
-                    idx = order[s : s + cfg.policy_batch_size]
-                    inputs, targets, mask = make_batch([pairs[i] for i in idx])
-                    (loss, pg, kl), grads = self._loss_and_grad(
-                        model,
-                        inputs,
-                        targets,
-                        mask,
-                        mx.array([adv[used[i]] for i in idx], dtype=mx.float32),
-                        _pad([old[i] for i in idx], targets.shape[1]),
-                        _pad([ref[i] for i in idx], targets.shape[1]),
-                        cfg.clip_eps,
-                        cfg.kl_coef,
-                    )
-                    opt.update(model, grads)
-                    mx.eval(model.trainable_parameters(), opt.state)
-                    losses.append(loss.item())
-                    pgs.append(pg.item())
-                    kls.append(kl.item())
-                    bar.update(1)
-        finally:
-            model.eval()
-            bar.close()
-        if all(math.isfinite(x) for x in losses):
-            self.model.fuse()
-        else:
-            self.model.learner.reset([])  # drop a diverged update
+        data: list[ExtrasRow] = [
+            (ids, start, (adv[i], o, r)) for i, (ids, start), o, r in zip(used, pairs, old, ref, strict=True)
+        ]
+        report = self.update(data, seed, "policy GRPO", self._loss)
+        metrics = report["train_metrics"]
         return {
             **stats,
-            "steps": float(len(losses)),
-            "loss": statistics.fmean(losses),
-            "pg_loss": statistics.fmean(pgs),
-            "kl": statistics.fmean(kls),
-            "diverged": float(not all(math.isfinite(x) for x in losses)),
+            "steps": float(report["train_steps"]),
+            "loss": statistics.fmean(report["train_losses"] or [math.nan]),
+            "pg_loss": statistics.fmean(metrics.get("pg_loss") or [math.nan]),
+            "kl": statistics.fmean(metrics.get("kl") or [math.nan]),
+            "diverged": float(report["diverged"]),
         }
-
-    def state(self) -> dict[str, Any]:
-        return self.model.weights()
-
-    def load_state(self, weights: dict[str, Any]) -> None:
-        self.model.load_weights(weights)
-
-
-def _pad(rows: list[np.ndarray], width: int) -> mx.array:
-    out = np.zeros((len(rows), width), np.float32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return mx.array(out)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

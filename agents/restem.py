@@ -18,11 +18,11 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from seal_env.config import SEAL_PAPER_SETTINGS, setting
+from seal_env.config import setting
 
 from agents.base import Experience
-from agents.config import TINY, RunConfig
-from agents.run import LoRAPolicy, train_with_progress
+from agents.config import PAPER_PRESET, TINY, RunConfig
+from agents.run import LoRAAgent
 from agents.run import main as run_main
 
 
@@ -41,16 +41,7 @@ class ReSTEMConfig(RunConfig):
 #: the tiny-random model, for tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
-    "paper": {
-        "rounds": 2,
-        "articles_per_round": 50,
-        "k": 5,
-        "heldout_articles": -1,
-        "self_edit_max_tokens": 1024,
-        "policy_epochs": 2,
-        "policy_batch_size": 5,
-        "env": {**SEAL_PAPER_SETTINGS, "eval_times": 3, "reward": "accuracy"},
-    },
+    "paper": PAPER_PRESET,
     "tiny": TINY,
 }
 
@@ -64,13 +55,8 @@ def select_best(batch: list[Experience], threshold: float | None) -> list[Experi
     return [e for e in best.values() if threshold is None or e.reward > threshold]
 
 
-class ReSTEM:
+class ReSTEM(LoRAAgent[ReSTEMConfig]):
     """The ReSTEM agent: rejection sampling (best of ``k``) and supervised fine-tuning of the policy."""
-
-    def __init__(self, cfg: ReSTEMConfig):
-        self.cfg = cfg
-        self.model = LoRAPolicy(cfg)
-        self.policy = self.model.policy
 
     def learn(self, batch: list[Experience], seed: int) -> dict[str, float]:
         keep = select_best(batch, self.cfg.threshold)
@@ -79,11 +65,7 @@ class ReSTEM:
             return stats
         stats["kept_reward_mean"] = statistics.fmean(e.reward for e in keep)
         data = [self.policy.training_pair(e.observation, e.self_edit) for e in keep]
-        report = train_with_progress(self.model.learner, data, seed, "policy SFT", self.cfg.progress)
-        if report["diverged"]:
-            self.model.learner.reset([])  # drop the update, keep the policy as it was
-        else:
-            self.model.fuse()
+        report = self.update(data, seed, "policy SFT")
         losses = report["train_losses"] or [float("nan")]
         return {
             **stats,
@@ -92,12 +74,6 @@ class ReSTEM:
             "sft_steps": float(report["train_steps"]),
             "diverged": float(report["diverged"]),
         }
-
-    def state(self) -> dict[str, Any]:
-        return self.model.weights()
-
-    def load_state(self, weights: dict[str, Any]) -> None:
-        self.model.load_weights(weights)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

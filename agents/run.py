@@ -15,15 +15,15 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env import stats
 from seal_env.articles import Article, select_articles
 from seal_env.executors import RewardRequest
-from seal_env.learner import Learner
+from seal_env.learner import ExtrasRow, Learner, Loss, TrainRow
 from seal_env.models import load_model
 
 import mlx.core as mx
@@ -76,16 +76,52 @@ class LoRAPolicy:
 
 
 def train_with_progress(
-    learner: Learner, data: list[tuple[list[int], int]], seed: int, desc: str, progress: bool
+    learner: Learner,
+    data: Sequence[TrainRow | ExtrasRow],
+    seed: int,
+    desc: str,
+    progress: bool,
+    loss: Loss | None = None,
 ) -> dict[str, Any]:
-    """Train a fresh adapter (one slot, seeded ``seed``) on ``data`` with a progress bar over its optimiser steps."""
+    """Train a fresh adapter (one slot, seeded ``seed``) on ``data`` with a progress bar over its optimiser steps;
+    ``loss``: the training loss (default: SFT's, see :meth:`seal_env.learner.Learner.train`)."""
     steps = math.ceil(len(data) / learner.cfg.batch_size) * learner.cfg.epochs
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
     try:
         learner.reset([seed])
-        return learner.train([data], [seed], on_step=lambda losses: bar.update(1))[0]
+        return learner.train([data], [seed], on_step=lambda losses: bar.update(1), loss=loss)[0]
     finally:
         bar.close()
+
+
+class LoRAAgent(Generic[C]):
+    """The part of an agent that is its :class:`LoRAPolicy`: the state (the policy's weights) and the update (a LoRA
+    trained by seal_env's Learner, then folded in)."""
+
+    def __init__(self, cfg: C):
+        self.cfg = cfg
+        self.model = LoRAPolicy(cfg)
+        self.policy = self.model.policy
+
+    def update(
+        self, data: Sequence[TrainRow | ExtrasRow], seed: int, desc: str, loss: Loss | None = None
+    ) -> dict[str, Any]:
+        """Train a fresh LoRA on ``data`` (:func:`train_with_progress`) and fold it into the policy, or drop it if it
+        diverged; returns the learner's train report."""
+        report = train_with_progress(self.model.learner, data, seed, desc, self.cfg.progress, loss)
+        if report["diverged"]:
+            self.model.learner.reset([])  # keep the policy as it was
+        else:
+            self.model.fuse()
+        return report
+
+    def state(self) -> dict[str, Any]:
+        """The policy's weights (plain mlx-lm names)."""
+        return self.model.weights()
+
+    def load_state(self, weights: dict[str, Any]) -> None:
+        """Restore weights saved by :meth:`state`."""
+        self.model.load_weights(weights)
 
 
 # ------------------------------------------------------------------------------------------------ the round loop

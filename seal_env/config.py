@@ -135,7 +135,9 @@ class SealConfig:
     warmup_steps: int = setting(0, "linear warm-up steps", group="Optimiser")
     weight_decay: float = setting(0.0, "AdamW / SGD weight decay", group="Optimiser")
     adam_bias_correction: bool = setting(
-        False, "Adam(W) bias correction (PyTorch/HF always apply it; mlx's default: off)", group="Optimiser"
+        True,
+        "Adam(W) bias correction (PyTorch and HF, so SEAL, apply it; mlx's default is off; benchmarks/PAPER_CHECK.md)",
+        group="Optimiser",
     )
     epochs: int = setting(
         3, "passes over the training sequences (SEAL: 10; 3 by benchmarks/PAPER_CHECK.md)", group="Optimiser"

@@ -10,7 +10,9 @@ Training: every step takes the next batch of every slot that still has steps (ea
 from its own seed, its own epochs and learning-rate schedule over its own step count, and its own AdamW state);
 the rows of all those batches are padded to one width and trained in one forward and backward pass. The loss is
 the sum of the slots' mean losses, so each slot's gradient is what it would be alone. A slot whose loss is not
-finite or exceeds ``max_loss`` stops (diverged) without that update; the others go on.
+finite or exceeds ``max_loss`` stops (diverged) without that update; the others go on. The loss is SFT's next-token
+cross-entropy unless :meth:`Learner.train` is given another (as mlx-lm's ``train(loss=...)``): e.g. the GRPO
+objective of ``agents/grpo.py``, whose rows carry their advantage and old and reference log-probabilities.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -38,9 +40,14 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 #: A training sequence: token ids and the index of the first token the loss is on.
 TrainRow = tuple[list[int], int]
+#: A training sequence with its extra inputs to a custom loss (see :func:`stack_extras`).
+ExtrasRow = tuple[list[int], int, tuple[Any, ...]]
+#: A custom training loss, ``loss(model, inputs, targets, mask, groups, *extras) -> (losses, tokens, metrics)``:
+#: see :meth:`Learner.train`.
+Loss = Callable[..., tuple[mx.array, mx.array, dict[str, mx.array]]]
 
 
-def make_batch(rows: Sequence[TrainRow | None]) -> tuple[mx.array, mx.array, mx.array]:
+def make_batch(rows: Sequence[TrainRow | ExtrasRow | None]) -> tuple[mx.array, mx.array, mx.array]:
     """Right-padded ``inputs``, ``targets`` and loss ``mask`` for next-token prediction (``None``: an empty row)."""
     width = max([len(r[0]) for r in rows if r is not None] + [2]) - 1
     inputs = np.zeros((len(rows), width), np.int32)
@@ -49,11 +56,32 @@ def make_batch(rows: Sequence[TrainRow | None]) -> tuple[mx.array, mx.array, mx.
     for i, row in enumerate(rows):
         if row is None:
             continue
-        ids, start = row
+        ids, start = row[0], row[1]
         n = len(ids) - 1
         inputs[i, :n], targets[i, :n] = ids[:-1], ids[1:]
         mask[i, max(start - 1, 0) : n] = 1.0  # target j predicts token j + 1
     return mx.array(inputs), mx.array(targets), mx.array(mask)
+
+
+def stack_extras(rows: Sequence[TrainRow | ExtrasRow | None], width: int) -> list[mx.array]:
+    """The rows' extra inputs (a row's third item), one float32 array per extra: a number per row gives ``(rows,)``,
+    an array per row (a value per target token: ``len(ids) - 1``) gives ``(rows, width)``, zero-padded. Rows without
+    extras (``None`` rows) are zeros."""
+    extras = [row[2] if row is not None and len(row) == 3 else None for row in rows]
+    first = next((e for e in extras if e is not None), ())
+    out = []
+    for i in range(len(first)):
+        per_token = np.ndim(first[i]) > 0
+        stacked = np.zeros((len(rows), width) if per_token else (len(rows),), np.float32)
+        for j, e in enumerate(extras):
+            if e is not None:
+                value = np.asarray(e[i], np.float32)
+                if per_token:
+                    stacked[j, : value.size] = value
+                else:
+                    stacked[j] = value
+        out.append(mx.array(stacked))
+    return out
 
 
 def loss_positions(mask: mx.array, only_loss: bool = True) -> tuple[mx.array, mx.array]:
@@ -91,8 +119,19 @@ def make_loss(head_on_positions: bool = True, fast: bool = True) -> Callable[...
     return loss
 
 
+def slot_loss(loss: Loss) -> Callable[..., tuple[Any, ...]]:
+    """A custom :data:`Loss` in the form the training step takes: ``(total, per-slot losses, per-slot tokens,
+    metrics)``, with ``total`` the sum of the slots' losses."""
+
+    def wrapped(*batch: Any) -> tuple[Any, ...]:
+        losses, tokens, metrics = loss(*batch)
+        return losses.sum(), losses, tokens, metrics
+
+    return wrapped
+
+
 def length_buckets(
-    batches: dict[int, list[TrainRow]], overhead_tokens: int, max_tokens: int = 2**31
+    batches: Mapping[int, Sequence[TrainRow | ExtrasRow]], overhead_tokens: int, max_tokens: int = 2**31
 ) -> list[list[int]]:
     """Group the slots of one step into padded passes: slots sorted by their batch's longest row, cut into
     contiguous groups that minimise the total of ``overhead_tokens + rows x width`` (an exact dynamic programme),
@@ -166,24 +205,30 @@ class Learner:
         """Switch the speed levers (see :meth:`__init__`); results stay equal up to float rounding."""
         self.fast_kernels, self.head_on_positions, self.compile = fast_kernels, head_on_positions, compile
         use_fast_kernels(self.model, fast_kernels)
-        loss = make_loss(head_on_positions, fast_kernels)
+        self._use_loss(None)
+
+    def _use_loss(self, loss: Loss | None) -> None:
+        """Train with ``loss`` (``None``: SFT's cross-entropy, :func:`make_loss`); drops the compiled traces."""
+        self._loss = loss
+        step_loss = make_loss(self.head_on_positions, self.fast_kernels) if loss is None else slot_loss(loss)
         slots = self.slots
 
-        def routed(model: nn.Module, index: mx.array, *batch: mx.array) -> tuple[mx.array, ...]:
+        def routed(model: nn.Module, index: mx.array, *batch: mx.array) -> tuple[Any, ...]:
             slots.index = index  # read by every MultiLoRALinear during this forward (and its trace)
-            return loss(model, *batch)
+            return step_loss(model, *batch)
 
         self._value_and_grad = nn.value_and_grad(self.model, routed)
         self._compiled: Any = None
-        self._shapes: set[tuple[int, ...]] = set()
+        self._shapes: set[tuple[tuple[int, ...], ...]] = set()
 
-    def loss_and_grad(self, index: mx.array, *batch: mx.array) -> tuple[tuple[mx.array, ...], Any]:
+    def loss_and_grad(self, index: mx.array, *batch: mx.array) -> tuple[tuple[Any, ...], Any]:
         """One training step's forward and backward for the slots ``index`` (compiled per batch shape when
-        ``compile``): ``((total, per-slot losses, per-slot tokens), grads)``."""
+        ``compile``): ``((total, per-slot losses, per-slot tokens), grads)``, and the per-slot metrics after the
+        tokens for a custom loss."""
         with self._routed(index):
             if not self.compile:
                 return self._value_and_grad(self.model, index, *batch)
-            shape = (index.shape[0],) + tuple(x.shape[0] for x in batch[2:4]) + batch[0].shape
+            shape = (index.shape, *(x.shape for x in batch))
             if self._compiled is None or (shape not in self._shapes and len(self._shapes) >= self.MAX_TRACES):
                 model = self.model
                 state = [model.state, mx.random.state]
@@ -241,9 +286,10 @@ class Learner:
 
     def train(
         self,
-        datas: Sequence[Sequence[TrainRow]],
+        datas: Sequence[Sequence[TrainRow | ExtrasRow]],
         seeds: Sequence[int],
         on_step: Callable[[list[float]], None] | None = None,
+        loss: Loss | None = None,
     ) -> list[dict[str, Any]]:
         """Fine-tune slot ``j`` on ``datas[j]`` (token ids, loss start) for ``cfg.epochs``, shuffled with
         ``seeds[j]``; returns one train report per slot.
@@ -251,10 +297,20 @@ class Learner:
         ``on_step(losses)`` is called after every batched step with the losses of the slots that stepped. A slot
         stops early, with ``diverged=True``, if its loss is not finite or exceeds ``cfg.max_loss``, or if its
         adapter weights end up non-finite. ``train_seconds`` is the pass's wall time shared by optimizer steps.
+
+        ``loss`` replaces SFT's cross-entropy: ``loss(model, inputs, targets, mask, groups, *extras)`` gets a
+        padded batch of rows (:func:`make_batch`), ``groups`` (slots x rows, one-hot: the stepping slots' rows; the
+        padding rows are in none) and the rows' extras (:func:`stack_extras`), and returns ``(losses, tokens,
+        metrics)``, like mlx-lm's ``(loss, ntoks)``: one loss per slot (each slot's gradient must be its own
+        loss's), its tokens (for ``trained_tokens``) and a dict of per-slot metrics, which the reports then hold as
+        ``train_metrics`` (a list per name, one value per step). Compute each value once: mlx 0.32's compile fails
+        (``IndexError: _Map_base::at``) when a returned value recomputes an expression of the loss.
         """
         cfg, model, n = self.cfg, self.model, self.n_slots
         if len(datas) != n or len(seeds) != n:
             raise ValueError(f"train: {len(datas)} data sets and {len(seeds)} seeds for {n} adapter slots")
+        if loss is not self._loss:
+            self._use_loss(loss)
         bs = cfg.batch_size
         plans: list[list[np.ndarray]] = []  # every slot's batches, epoch after epoch, in its own seeded order
         for data, seed in zip(datas, seeds, strict=True):
@@ -267,6 +323,7 @@ class Learner:
         if seeds:
             mx.random.seed(int(seeds[0]))  # LoRA dropout (one stream for the whole pass)
         losses: list[list[float]] = [[] for _ in range(n)]
+        metrics: list[dict[str, list[float]]] = [{} for _ in range(n)]
         tokens, diverged = [0] * n, [False] * n
         t0 = time.perf_counter()
         opt = self._optimizer([len(p) for p in plans])
@@ -280,13 +337,17 @@ class Learner:
                 batches = {k: [datas[k][j] for j in plans[k][step]] for k in active}
                 values: dict[int, float] = {}
                 counts: dict[int, int] = {}
+                found: dict[int, dict[str, float]] = {k: {} for k in active}
                 grads = None
                 for bucket in length_buckets(batches, self.BUCKET_OVERHEAD_TOKENS, self.PASS_MAX_TOKENS):
-                    (_, per_slot, ntoks), g = self._bucket_loss_and_grad(bucket, batches)
+                    (_, per_slot, ntoks, *rest), g = self._bucket_loss_and_grad(bucket, batches)
                     grads = g if grads is None else tree_map(mx.add, grads, g)
-                    mx.eval(grads, per_slot, ntoks)  # one pass's activations at a time in memory
+                    mx.eval(grads, per_slot, ntoks, rest)  # one pass's activations at a time in memory
                     values.update(zip(bucket, cast(list[float], per_slot.tolist()), strict=True))
                     counts.update(zip(bucket, (int(c) for c in cast(list[float], ntoks.tolist())), strict=True))
+                    for name, value in cast(dict[str, mx.array], rest[0] if rest else {}).items():
+                        for k, x in zip(bucket, cast(list[float], value.tolist()), strict=True):
+                            found[k][name] = x
                 stepping = []
                 for k in active:
                     if math.isfinite(values[k]) and values[k] <= cfg.max_loss:
@@ -301,6 +362,8 @@ class Learner:
                 for k in stepping:
                     losses[k].append(values[k])
                     tokens[k] += counts[k]
+                    for name, x in found[k].items():
+                        metrics[k].setdefault(name, []).append(x)
                 if on_step is not None and stepping:
                     on_step([values[k] for k in stepping])
             finite = self._finite_slots()
@@ -319,23 +382,31 @@ class Learner:
                 "trained_tokens": tokens[k],
                 "diverged": diverged[k],
                 "train_seconds": seconds * (len(losses[k]) / total_steps if n > 1 else 1),
+                **({"train_metrics": metrics[k]} if loss is not None else {}),
             }
             for k in range(n)
         ]
 
     def _bucket_loss_and_grad(
-        self, bucket: list[int], batches: dict[int, list[TrainRow]]
+        self, bucket: list[int], batches: dict[int, list[TrainRow | ExtrasRow]]
     ) -> tuple[tuple[mx.array, ...], Any]:
-        """Loss and gradients of the slots in ``bucket`` (each with its step's batch), as one padded batch."""
+        """Loss and gradients of the slots in ``bucket`` (each with its step's batch), as one padded batch: the
+        default loss's flat loss positions, or a custom loss's rows (see :meth:`train`)."""
         rows_each = max(len(batches[k]) for k in bucket)
-        rows: list[TrainRow | None] = []
+        rows: list[TrainRow | ExtrasRow | None] = []
         for k in bucket:  # slot-major: the rows of bucket[j] form group j
             rows += batches[k] + [None] * (rows_each - len(batches[k]))
         inputs, targets, mask = make_batch(rows)
+        index = mx.array(bucket, dtype=mx.int32)
+        slot_ids = np.arange(len(bucket))[:, None]
+        if self._loss is not None:
+            row_slot = np.array([-1 if row is None else r // rows_each for r, row in enumerate(rows)])
+            groups = mx.array((row_slot[None, :] == slot_ids).astype(np.float32))
+            return self.loss_and_grad(index, inputs, targets, mask, groups, *stack_extras(rows, inputs.shape[1]))
         positions, weights = loss_positions(mask, self.head_on_positions)
         group_of = np.asarray(positions) // (rows_each * inputs.shape[1])
-        groups = mx.array((group_of[None, :] == np.arange(len(bucket))[:, None]).astype(np.float32))
-        return self.loss_and_grad(mx.array(bucket, dtype=mx.int32), inputs, targets, positions, weights, groups)
+        groups = mx.array((group_of[None, :] == slot_ids).astype(np.float32))
+        return self.loss_and_grad(index, inputs, targets, positions, weights, groups)
 
     def _finite_slots(self) -> list[bool]:
         """Per slot: are all of its adapter weights finite?"""

@@ -127,3 +127,17 @@ def test_tiny_preset_end_to_end_with_wandb_offline(tmp_path, monkeypatch):
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
     tables = sorted((offline[0] / "files" / "media" / "table" / "self_edits").glob("round_*.table.json"))
     assert len(tables) == 3 and len(json.loads(tables[-1].read_text())["data"]) == 4 + 1
+
+
+def test_a_diverged_update_is_dropped(monkeypatch):
+    """A non-finite GRPO loss stops the update at that step (the Learner's divergence check): the policy stays."""
+    cfg = grpo.GRPOConfig(**{**grpo.PRESETS["tiny"], "env": SealConfig(**TINY_ENV)})
+    agent = grpo.GRPO(cfg)
+    real = grpo.grpo_loss
+    monkeypatch.setattr(grpo, "grpo_loss", lambda *args: tuple(x * math.nan for x in real(*args)))
+    article = Article("Tervik Observatory", "Tervik Observatory stands on Mount Hallegrim.", (Question("q", "a"),))
+    batch = [Experience(article, "It stands on Mount Hallegrim.", 1.0), Experience(article, "Bread.", 0.0)]
+    saved = agent.state()
+    stats = agent.learn(batch, seed=0)
+    assert stats["diverged"] == 1.0 and stats["steps"] == 0 and math.isnan(stats["loss"])
+    assert all(mx.array_equal(agent.state()[k], saved[k]) for k in saved) and agent.model.learner.n_slots == 0

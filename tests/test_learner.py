@@ -1,5 +1,6 @@
 """The learner's speed levers give the same results as the plain mlx-lm path (tiny random model)."""
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 from seal_env.config import SealConfig
 from seal_env.kernels import fast_exp
-from seal_env.learner import Learner, loss_positions, make_batch
+from seal_env.learner import Learner, loss_positions, make_batch, stack_extras
 from seal_env.models import load_model
 
 import mlx.core as mx
@@ -88,6 +89,44 @@ def test_training_agrees_with_plain_path_and_is_deterministic(learner):
     assert f["trained_tokens"] == p["trained_tokens"]
     assert np.allclose(f["train_losses"], p["train_losses"], rtol=1e-4)
     assert f["logliks"][0] == pytest.approx(p["logliks"][0], rel=1e-4)
+
+
+def test_stack_extras_stacks_numbers_and_pads_per_token_values():
+    rows = [([1, 2, 3], 1, (0.5, [1.0, 2.0])), None, ([4, 5, 6, 7], 2, (-1.0, [3.0, 4.0, 5.0]))]
+    per_row, per_token = stack_extras(rows, width=3)
+    assert per_row.tolist() == [0.5, 0.0, -1.0]
+    assert per_token.tolist() == [[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [3.0, 4.0, 5.0]]
+    assert stack_extras([([1, 2], 1), None], width=1) == []  # rows without extras
+
+
+def test_custom_loss_trains_like_the_default_and_reports_its_metrics(learner, monkeypatch):
+    """SFT's cross-entropy written as a custom loss over rows trains two slots as the default loss does; the rows'
+    extras reach it (a per-row weight of 1), ``groups`` leaves out the padding rows, and its metrics are reported."""
+    import mlx.nn as nn
+
+    def loss(model, inputs, targets, mask, groups, weight):
+        ce = nn.losses.cross_entropy(model(inputs).astype(mx.float32), targets) * mask * weight[:, None]
+        tokens = groups @ mask.sum(axis=1)
+        return (groups @ ce.sum(axis=1)) / mx.maximum(tokens, 1), tokens, {"rows": groups.sum(1), "w": groups @ weight}
+
+    monkeypatch.setattr(learner, "cfg", dataclasses.replace(learner.cfg, batch_size=2))
+    learner.set_levers(**FAST)
+    data = _data(learner.tokenizer)
+    datas = [data, data + data[:1]]  # batches of 2 rows and 1 | 2 and 2: slot 0's single row is padded
+    learner.reset([1, 2])
+    default = learner.train(datas, [1, 2])
+    learner.reset([1, 2])
+    weighted = [[(ids, start, (1.0,)) for ids, start in d] for d in datas]
+    custom = learner.train(weighted, [1, 2], loss=loss)
+    learner.reset([1, 2])
+    again = learner.train(datas, [1, 2])  # the default loss again
+    assert [r["train_losses"] for r in again] == [r["train_losses"] for r in default]
+    for d, c in zip(default, custom, strict=True):
+        assert c["train_steps"] == d["train_steps"] and c["trained_tokens"] == d["trained_tokens"]
+        assert np.allclose(c["train_losses"], d["train_losses"], rtol=1e-5) and not c["diverged"]
+        assert "train_metrics" not in d and c["train_metrics"]["w"] == c["train_metrics"]["rows"]
+    assert custom[0]["train_metrics"]["rows"] == [2.0, 1.0] * learner.cfg.epochs
+    assert custom[1]["train_metrics"]["rows"] == [2.0, 2.0] * learner.cfg.epochs
 
 
 def test_answer_logliks_from_the_prefilled_cache_match_full_logits(learner):
