@@ -517,7 +517,7 @@ class Learner:
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the base weights (names, shapes, dtypes, bytes) and the vocabulary: the model's identity
-        for the reward cache. Computed once (~0.6 s for SmolLM2-135M) and again after :meth:`set_base_weights`."""
+        for the reward cache. Computed once, and again after :meth:`set_base_weights`."""
         fingerprint = getattr(self, "_fingerprint", None)
         if fingerprint is None:
             h = hashlib.sha256()
