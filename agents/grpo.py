@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env.batching import ExtrasRow, make_batch
 from seal_env.config import SealConfig, setting
-from seal_env.learner import ExtrasRow, make_batch
 
 import mlx.core as mx
 import mlx.nn as nn

@@ -22,8 +22,9 @@ from typing import Any, Generic, TypeVar, cast
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env import stats
 from seal_env.articles import Article, select_articles
+from seal_env.batching import ExtrasRow, Loss, TrainRow
 from seal_env.executors import RewardRequest
-from seal_env.learner import ExtrasRow, Learner, Loss, TrainRow
+from seal_env.learner import Learner
 from seal_env.models import load_model
 
 import mlx.core as mx

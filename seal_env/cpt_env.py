@@ -21,9 +21,9 @@ import time
 from typing import Any
 
 from seal_env.articles import Article, select_articles
+from seal_env.batching import TrainRow
 from seal_env.config import SealConfig
 from seal_env.grading import Grader
-from seal_env.learner import TrainRow
 from seal_env.pipeline import KINDS, QUESTION_SCORES, RewardPipeline, prepare
 from seal_env.reward import gain, mean_std, quiz, summarize
 from seal_env.spaces import UnicodeText

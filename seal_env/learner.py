@@ -21,14 +21,25 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
 from seal_env.adapter_optim import AdapterOptimizer
+from seal_env.batching import (
+    ExtrasRow,
+    Loss,
+    TrainRow,
+    length_buckets,
+    loss_positions,
+    make_batch,
+    make_loss,
+    slot_loss,
+    stack_extras,
+)
 from seal_env.config import SealConfig
 from seal_env.decode import greedy_continue, prefill, score, select_rows
-from seal_env.kernels import cross_entropy, position_logits, use_fast_kernels
+from seal_env.kernels import use_fast_kernels
 from seal_env.lora import MultiLoRALinear, add_multi_lora, init_adapters, resolve_lora_keys
 from seal_env.memory import keep_freed_memory, release_memory
 from seal_env.prompts import uses_chat
@@ -37,127 +48,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
-
-#: A training sequence: token ids and the index of the first token the loss is on.
-TrainRow = tuple[list[int], int]
-#: A training sequence with its extra inputs to a custom loss (see :func:`stack_extras`).
-ExtrasRow = tuple[list[int], int, tuple[Any, ...]]
-#: A custom training loss, ``loss(model, inputs, targets, mask, groups, *extras) -> (losses, tokens, metrics)``:
-#: see :meth:`Learner.train`.
-Loss = Callable[..., tuple[mx.array, mx.array, dict[str, mx.array]]]
-
-
-def make_batch(rows: Sequence[TrainRow | ExtrasRow | None]) -> tuple[mx.array, mx.array, mx.array]:
-    """Right-padded ``inputs``, ``targets`` and loss ``mask`` for next-token prediction (``None``: an empty row)."""
-    width = max([len(r[0]) for r in rows if r is not None] + [2]) - 1
-    inputs = np.zeros((len(rows), width), np.int32)
-    targets = np.zeros((len(rows), width), np.int32)
-    mask = np.zeros((len(rows), width), np.float32)
-    for i, row in enumerate(rows):
-        if row is None:
-            continue
-        ids, start = row[0], row[1]
-        n = len(ids) - 1
-        inputs[i, :n], targets[i, :n] = ids[:-1], ids[1:]
-        mask[i, max(start - 1, 0) : n] = 1.0  # target j predicts token j + 1
-    return mx.array(inputs), mx.array(targets), mx.array(mask)
-
-
-def stack_extras(rows: Sequence[TrainRow | ExtrasRow | None], width: int) -> list[mx.array]:
-    """The rows' extra inputs (a row's third item), one float32 array per extra: a number per row gives ``(rows,)``,
-    an array per row (a value per target token: ``len(ids) - 1``) gives ``(rows, width)``, zero-padded. Rows without
-    extras (``None`` rows) are zeros."""
-    extras = [row[2] if row is not None and len(row) == 3 else None for row in rows]
-    first = next((e for e in extras if e is not None), ())
-    out = []
-    for i in range(len(first)):
-        per_token = np.ndim(first[i]) > 0
-        stacked = np.zeros((len(rows), width) if per_token else (len(rows),), np.float32)
-        for j, e in enumerate(extras):
-            if e is not None:
-                value = np.asarray(e[i], np.float32)
-                if per_token:
-                    stacked[j, : value.size] = value
-                else:
-                    stacked[j] = value
-        out.append(mx.array(stacked))
-    return out
-
-
-def loss_positions(mask: mx.array, only_loss: bool = True) -> tuple[mx.array, mx.array]:
-    """Flat positions and weights: where ``mask`` is set, or all positions with the mask as weights."""
-    flat = np.asarray(mask).reshape(-1)
-    if only_loss:
-        idx = np.nonzero(flat > 0)[0].astype(np.int32)
-        return mx.array(idx), mx.array(flat[idx])
-    return mx.arange(flat.size, dtype=mx.int32), mx.array(flat)
-
-
-def make_loss(head_on_positions: bool = True, fast: bool = True) -> Callable[..., tuple[mx.array, ...]]:
-    """``loss(model, inputs, targets, positions, weights, groups) -> (total, per-group mean losses, tokens)``.
-
-    Next-token cross-entropy at flat ``positions`` (of rows * width) with 0/1 ``weights``; ``groups`` (one-hot,
-    groups x positions) says which adapter slot each position belongs to. ``total`` is the sum of the groups' mean
-    losses. ``head_on_positions`` applies the output projection only at the positions; ``fast`` computes the
-    log-sum-exp with :func:`seal_env.kernels.fast_exp`. Both off = the plain mlx-lm path.
-    """
-
-    def loss(
-        model: nn.Module, inputs: mx.array, targets: mx.array, positions: mx.array, weights: mx.array, groups: mx.array
-    ) -> tuple[mx.array, mx.array, mx.array]:
-        if head_on_positions:
-            logits = position_logits(model, inputs, positions)
-        else:
-            logits = model(inputs)
-            logits = logits.reshape(-1, logits.shape[-1])[positions].astype(mx.float32)
-        ce = cross_entropy(logits, targets.reshape(-1)[positions], fast) * weights
-        ntoks = groups @ weights
-        # a where, not a product with the one-hot: a non-finite loss of one slot must not reach the others
-        per_group = mx.where(groups > 0, ce[None, :], 0.0).sum(axis=1) / mx.maximum(ntoks, 1)
-        return per_group.sum(), per_group, ntoks
-
-    return loss
-
-
-def slot_loss(loss: Loss) -> Callable[..., tuple[Any, ...]]:
-    """A custom :data:`Loss` in the form the training step takes: ``(total, per-slot losses, per-slot tokens,
-    metrics)``, with ``total`` the sum of the slots' losses."""
-
-    def wrapped(*batch: Any) -> tuple[Any, ...]:
-        losses, tokens, metrics = loss(*batch)
-        return losses.sum(), losses, tokens, metrics
-
-    return wrapped
-
-
-def length_buckets(
-    batches: Mapping[int, Sequence[TrainRow | ExtrasRow]], overhead_tokens: int, max_tokens: int = 2**31
-) -> list[list[int]]:
-    """Group the slots of one step into padded passes: slots sorted by their batch's longest row, cut into
-    contiguous groups that minimise the total of ``overhead_tokens + rows x width`` (an exact dynamic programme),
-    each group at most ``max_tokens`` padded tokens (unless it is a single slot).
-
-    Long rows (e.g. the passage) then do not pad every short self-edit piece to their length, and the memory of one
-    pass stays bounded whatever the number of slots.
-    """
-    order = sorted(batches, key=lambda k: (max(len(r[0]) for r in batches[k]), k))
-    width = [max(len(r[0]) for r in batches[k]) - 1 for k in order]
-    count = [len(batches[k]) for k in order]
-    best = [0.0] + [math.inf] * len(order)
-    cut = [0] * (len(order) + 1)
-    for end in range(1, len(order) + 1):
-        for start in range(end):
-            tokens = (end - start) * max(count[start:end]) * width[end - 1]
-            if tokens > max_tokens and end - start > 1:
-                continue
-            cost = best[start] + overhead_tokens + tokens
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
-    groups, end = [], len(order)
-    while end > 0:
-        groups.append(order[cut[end] : end])
-        end = cut[end]
-    return groups[::-1]
 
 
 class Learner:

@@ -23,9 +23,10 @@ from typing import Any, cast
 
 from seal_env import cache as reward_cache
 from seal_env.articles import Article
+from seal_env.batching import TrainRow
 from seal_env.config import REWARD_KINDS, SealConfig
 from seal_env.grading import Grader
-from seal_env.learner import Learner, TrainRow
+from seal_env.learner import Learner
 from seal_env.reward import gain, mean_std, quiz, summarize
 from seal_env.sequences import build_sequences, sanitize_action, tokenize_sequences
 

@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 
+from seal_env.batching import loss_positions, make_batch, stack_extras
 from seal_env.config import SealConfig
 from seal_env.kernels import fast_exp
-from seal_env.learner import Learner, loss_positions, make_batch, stack_extras
+from seal_env.learner import Learner
 from seal_env.models import load_model
 
 import mlx.core as mx
