@@ -30,7 +30,7 @@ import numpy as np
 
 from agents.base import Experience
 from agents.config import PAPER_PRESET, TINY, RunConfig
-from agents.run import LoRAAgent
+from agents.lora_agent import LoRAAgent
 from agents.run import main as run_main
 
 

@@ -22,7 +22,7 @@ from seal_env.config import setting
 
 from agents.base import Experience
 from agents.config import PAPER_PRESET, TINY, RunConfig
-from agents.run import LoRAAgent
+from agents.lora_agent import LoRAAgent
 from agents.run import main as run_main
 
 

@@ -1,5 +1,5 @@
 """The round loop every agent in ``agents/`` shares: rollouts, rewards, updates, held-out evaluation, the run's
-summary and its command line; with the policy's LoRA (:class:`LoRAPolicy`).
+summary and its command line. The LoRA policy of ReSTEM and GRPO is :mod:`agents.lora_agent`.
 
 The run directory is :mod:`agents.rundir`, wandb :mod:`agents.wandb_logger`. ``--resume`` replays the journal:
 nothing in it is sampled or evaluated again, and every seed is derived from (seed, round, article, sample) (held-out
@@ -15,17 +15,14 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env import stats
 from seal_env.articles import Article, select_articles
-from seal_env.batching import ExtrasRow, Loss, TrainRow
 from seal_env.executors import RewardRequest
-from seal_env.learner import Learner
-from seal_env.models import load_model
 
 import mlx.core as mx
 import numpy as np
@@ -33,97 +30,10 @@ from tqdm.auto import tqdm
 
 from agents.base import Agent, Experience, Policy, derive_seed, observation
 from agents.config import RunConfig, build_parser, parse_args
-from agents.policies import PromptPolicy
 from agents.rundir import Run
 from agents.wandb_logger import Logger
 
 C = TypeVar("C", bound=RunConfig)  #: an agent's own RunConfig subclass
-
-# ------------------------------------------------------------------------------------------------ the policy model
-
-
-class LoRAPolicy:
-    """A PromptPolicy whose model carries seal_env's LoRA Learner; :meth:`fuse` folds an update into the weights.
-
-    Between updates the learner has no adapter slots, so the policy samples exactly as its (fused) weights say.
-    """
-
-    def __init__(self, cfg: RunConfig):
-        model, tokenizer = load_model(cfg.env.model)
-        self.learner = Learner(model, tokenizer, cfg.update_config())
-        self.policy = PromptPolicy(
-            model,
-            tokenizer,
-            cfg.template,
-            cfg.temperature,
-            cfg.top_p,
-            cfg.self_edit_max_tokens,
-            cfg.sample_batch_size,
-            cfg.progress,
-        )
-        self.initial = self.weights()
-
-    def weights(self) -> dict[str, mx.array]:
-        """The base weights under the LoRA (plain mlx-lm names): what updates change, and what checkpoints hold."""
-        return self.learner.base_weights()
-
-    def fuse(self) -> None:
-        """Fold the trained LoRA (slot 0) into the weights with mlx-lm's ``LoRALinear.fuse``; no adapter after."""
-        self.load_weights(self.learner.fused_weights(0))
-
-    def load_weights(self, weights: dict[str, mx.array]) -> None:
-        self.learner.set_base_weights(weights)
-        self.learner.reset([])
-
-
-def train_with_progress(
-    learner: Learner,
-    data: Sequence[TrainRow | ExtrasRow],
-    seed: int,
-    desc: str,
-    progress: bool,
-    loss: Loss | None = None,
-) -> dict[str, Any]:
-    """Train a fresh adapter (one slot, seeded ``seed``) on ``data`` with a progress bar over its optimiser steps;
-    ``loss``: the training loss (default: SFT's, see :meth:`seal_env.learner.Learner.train`)."""
-    steps = math.ceil(len(data) / learner.cfg.batch_size) * learner.cfg.epochs
-    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
-    try:
-        learner.reset([seed])
-        return learner.train([data], [seed], on_step=lambda losses: bar.update(1), loss=loss)[0]
-    finally:
-        bar.close()
-
-
-class LoRAAgent(Generic[C]):
-    """The part of an agent that is its :class:`LoRAPolicy`: the state (the policy's weights) and the update (a LoRA
-    trained by seal_env's Learner, then folded in)."""
-
-    def __init__(self, cfg: C):
-        self.cfg = cfg
-        self.model = LoRAPolicy(cfg)
-        self.policy = self.model.policy
-
-    def update(
-        self, data: Sequence[TrainRow | ExtrasRow], seed: int, desc: str, loss: Loss | None = None
-    ) -> dict[str, Any]:
-        """Train a fresh LoRA on ``data`` (:func:`train_with_progress`) and fold it into the policy, or drop it if it
-        diverged; returns the learner's train report."""
-        report = train_with_progress(self.model.learner, data, seed, desc, self.cfg.progress, loss)
-        if report["diverged"]:
-            self.model.learner.reset([])  # keep the policy as it was
-        else:
-            self.model.fuse()
-        return report
-
-    def state(self) -> dict[str, Any]:
-        """The policy's weights (plain mlx-lm names)."""
-        return self.model.weights()
-
-    def load_state(self, weights: dict[str, Any]) -> None:
-        """Restore weights saved by :meth:`state`."""
-        self.model.load_weights(weights)
-
 
 # ------------------------------------------------------------------------------------------------ the round loop
 
