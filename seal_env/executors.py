@@ -238,8 +238,9 @@ class RayExecutor:
     killed, node lost), its unfinished request goes back to the front of the queue and is taken by a live
     actor, and a replacement actor is started (with the current base weights). ``on_result`` is called exactly
     once per request, and every request's result is the one a live worker returned; a request whose worker
-    died more than ``max_retries`` times raises ``RuntimeError``. A request that itself raises (e.g. a non-str
-    self-edit) propagates its exception, as in-process.
+    died more than ``max_retries`` times raises ``RuntimeError`` (after starting that worker's replacement, so a
+    later call finds the pool whole). A request that itself raises (e.g. a non-str self-edit) propagates its
+    exception, as in-process.
     """
 
     def __init__(
@@ -367,6 +368,7 @@ class RayExecutor:
                         failures[g] += 1
                         self.stats["retried"] += 1
                         if failures[g] > self.max_retries:
+                            self._replace(slot)  # not left in its slot looking alive: the pool stays usable
                             raise RuntimeError(f"requests {groups[g]}: their worker died {failures[g]} times") from err
                         pending.appendleft(g)
                     else:

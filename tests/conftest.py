@@ -39,3 +39,70 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+# ------------------------------------------------------------------ agents' run directories (tests/test_agents_*.py)
+def journal(run_dir: Path) -> list[dict]:
+    """The records of an agents run's journal, in order."""
+    import json
+
+    return [json.loads(line) for line in (Path(run_dir) / "journal.jsonl").read_text().splitlines()]
+
+
+def crashed_copy(run_dir: Path, dest: Path, records: int, checkpoints=None, torn: bool = False) -> Path:
+    """A finished agents run copied to ``dest`` as a process killed after its journal's first ``records`` records
+    would have left it: the journal cut there (``torn``: and half of the next record written, without its newline),
+    no results.json, and the policy checkpoints of the rounds whose learn record was kept (``checkpoints``: of
+    these rounds instead; a checkpoint is saved just before its learn record)."""
+    import json
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    lines = (dest / "journal.jsonl").read_text().splitlines(keepends=True)
+    text = "".join(lines[:records]) + (lines[records][: len(lines[records]) // 2] if torn else "")
+    (dest / "journal.jsonl").write_text(text)
+    if checkpoints is None:
+        kept = [json.loads(line) for line in lines[:records]]
+        checkpoints = [r["round"] for r in kept if r["event"] == "learn"]
+    for path in (dest / "rounds").glob("*/policy.safetensors"):
+        if int(path.parent.name) not in checkpoints:
+            path.unlink()
+    (dest / "results.json").unlink()
+    return dest
+
+
+def count_evaluations(monkeypatch) -> list:
+    """Every reward request an in-process executor evaluates from now on (the list fills as they are)."""
+    from seal_env.executors import InProcessExecutor
+
+    evaluated: list = []
+    evaluate = InProcessExecutor.evaluate
+
+    def counted(self, requests, on_result=None):
+        requests = list(requests)
+        evaluated.extend(requests)
+        return evaluate(self, requests, on_result)
+
+    monkeypatch.setattr(InProcessExecutor, "evaluate", counted)
+    return evaluated
+
+
+def assert_same_run(run_dir: Path, results: dict, ref_dir: Path, ref: dict) -> None:
+    """A resumed run ended where the uninterrupted one did: the same summaries (but the seconds), the same journal
+    records in the same order, the same self-edits and rewards, bit-identical policy checkpoints."""
+    import mlx.core as mx
+
+    strip = lambda rounds: [{k: v for k, v in r.items() if k != "seconds"} for r in rounds]  # noqa: E731
+    assert strip(results["rounds"]) == strip(ref["rounds"])
+    key = lambda r: (r["event"], r.get("round"), r.get("phase"), r.get("article_id"), r.get("k"))  # noqa: E731
+    mine, theirs = journal(run_dir), journal(ref_dir)
+    assert [key(r) for r in mine] == [key(r) for r in theirs]  # nothing journaled twice, nothing missing
+    content = lambda records: [r.get("self_edits") or r.get("stats") for r in records]  # noqa: E731
+    assert content(mine) == content(theirs)  # the same samples and update statistics
+    edits = lambda records: [(r["self_edit"], r["reward"]) for r in records if r["event"] == "reward"]  # noqa: E731
+    assert edits(mine) == edits(theirs)
+    rounds = sorted(p.parent.name for p in (Path(ref_dir) / "rounds").glob("*/policy.safetensors"))
+    assert sorted(p.parent.name for p in (Path(run_dir) / "rounds").glob("*/policy.safetensors")) == rounds
+    for name in rounds:
+        a, b = (mx.load(str(Path(d) / "rounds" / name / "policy.safetensors")) for d in (run_dir, ref_dir))
+        assert a.keys() == b.keys() and all(mx.array_equal(a[k], b[k]) for k in a)

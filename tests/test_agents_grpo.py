@@ -1,4 +1,6 @@
-"""GRPO on the tiny preset, logging to wandb offline inside the run directory."""
+"""GRPO: its advantages and loss by hand, one update, the tiny preset end to end (logging to wandb offline inside
+the run directory), and runs killed mid-round or between a checkpoint and its learn record that resume to the same
+result."""
 
 import json
 import math
@@ -16,6 +18,8 @@ from mlx.utils import tree_flatten
 from agents import grpo
 from agents.base import Experience
 from agents.config import TINY_ENV
+
+from conftest import assert_same_run, count_evaluations, crashed_copy, journal
 
 # A hand-computed case of grpo_loss: 2 self-edits, 3 token positions, 2-token vocabulary with equal logits, so every
 # target (token 0) has log-probability log(1/2). The old log-probs set each token's probability ratio, the reference
@@ -98,24 +102,32 @@ def test_learn_raises_the_better_self_edit_against_the_worse():
     assert (after[0] - before[0]) - (after[1] - before[1]) > 0
 
 
-def test_tiny_preset_end_to_end_with_wandb_offline(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted tiny run, with ``--wandb-mode online`` and no wandb API key anywhere: the key lookup reads
+    ~/.netrc, so HOME is an empty folder (never the user's key), and "online" must fall back to offline without
+    trying to go online. Returns (run dir, results, the modes wandb.init was called with)."""
     import wandb
 
-    # no API key anywhere: the key lookup reads ~/.netrc, so HOME is an empty folder (never the user's key), and
-    # "online" must fall back to offline without trying to go online
-    monkeypatch.setenv("SEAL_ENV_CACHE", str(cache_dir()))  # the model cache stays where it is
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "NETRC", "WANDB_MODE", "WANDB_DIR", "WANDB_CACHE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR", "WANDB_CONFIG_DIR"):
-        monkeypatch.delenv(var, raising=False)
+    runs = tmp_path_factory.mktemp("runs")
     modes, init = [], wandb.init
-    monkeypatch.setattr(wandb, "init", lambda **kwargs: modes.append(kwargs["mode"]) or init(**kwargs))
-    results = grpo.main(
-        ["--preset", "tiny", "--runs-dir", str(tmp_path), "--name", "g", "--wandb-mode", "online", "--no-cache"]
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEAL_ENV_CACHE", str(cache_dir()))  # the model cache stays where it is
+        mp.setenv("HOME", str(runs / "home"))
+        for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "NETRC", "WANDB_MODE", "WANDB_DIR", "WANDB_CACHE_DIR"):
+            mp.delenv(var, raising=False)
+        for var in ("WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR", "WANDB_CONFIG_DIR"):
+            mp.delenv(var, raising=False)
+        mp.setattr(wandb, "init", lambda **kwargs: modes.append(kwargs["mode"]) or init(**kwargs))
+        results = grpo.main(
+            ["--preset", "tiny", "--runs-dir", str(runs), "--name", "g", "--wandb-mode", "online", "--no-cache"]
+        )
+    return runs / "g", results, modes
+
+
+def test_tiny_preset_end_to_end_with_wandb_offline(reference):
+    run_dir, results, modes = reference
     assert modes == ["offline"]
-    run_dir = tmp_path / "g"
     assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
     for summary in results["rounds"][1:]:
         learn = summary["learn"]
@@ -127,6 +139,37 @@ def test_tiny_preset_end_to_end_with_wandb_offline(tmp_path, monkeypatch):
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
     tables = sorted((offline[0] / "files" / "media" / "table" / "self_edits").glob("round_*.table.json"))
     assert len(tables) == 3 and len(json.loads(tables[-1].read_text())["data"]) == 4 + 1
+
+
+RESUME = ["--wandb-mode", "disabled"]  # the rest from the run directory
+
+
+def test_killed_run_resumes_to_the_same_result(reference, tmp_path, monkeypatch):
+    """Killed in round 2 after its first article's rewards: the resumed run evaluates only the missing rewards
+    and ends exactly where the uninterrupted one did (the GRPO update from the journal's rewards, bit for bit)."""
+    ref_dir, ref, _ = reference
+    records = journal(ref_dir)
+    first = next(i for i, r in enumerate(records) if (r["event"], r["round"], r.get("phase")) == ("reward", 2, "train"))
+    assert records[first + 1]["article_id"] == records[first]["article_id"]  # cut after a whole article's rewards
+    run_dir = crashed_copy(ref_dir, tmp_path / "crash", first + 2)
+    evaluated = count_evaluations(monkeypatch)
+    resumed = grpo.main(["--resume", str(run_dir), *RESUME])
+    assert len(evaluated) == sum(r["event"] == "reward" for r in records[first + 2 :]) == 3
+    assert_same_run(run_dir, resumed, ref_dir, ref)
+
+
+def test_kill_between_checkpoint_and_learn_record_redoes_the_update(reference, tmp_path, monkeypatch):
+    """Killed after round 2's checkpoint was saved but before its learn record: the checkpoint is not trusted (it
+    is not the state to resume from), the update is redone from round 1's policy and gives the same policy."""
+    ref_dir, ref, _ = reference
+    records = journal(ref_dir)
+    learn = next(i for i, r in enumerate(records) if (r["event"], r["round"]) == ("learn", 2))
+    run_dir = crashed_copy(ref_dir, tmp_path / "crash", learn, checkpoints=[1, 2])
+    assert (run_dir / "rounds" / "002" / "policy.safetensors").is_file()
+    evaluated = count_evaluations(monkeypatch)
+    resumed = grpo.main(["--resume", str(run_dir), *RESUME])
+    assert len(evaluated) == 1  # round 2's held-out reward; its training rewards were all journaled
+    assert_same_run(run_dir, resumed, ref_dir, ref)
 
 
 def test_a_diverged_update_is_dropped(monkeypatch):

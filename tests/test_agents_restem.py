@@ -1,18 +1,24 @@
-"""ReSTEM on the tiny preset: end to end, and a run killed mid-round that resumes to the same result."""
+"""ReSTEM on the tiny preset: end to end; runs killed mid-round and in round 0 that resume to the same result;
+``--threshold``, ``inner_loop_learner="base"`` and the ``checkpoint:RUN:ROUND`` policy spec."""
 
 import json
+from pathlib import Path
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.articles import Article, Question
 from seal_env.executors import InProcessExecutor
+from seal_env.models import load_model
 
 import mlx.core as mx
 import pytest
+from mlx.utils import tree_flatten
 
 from agents import restem
 from agents.base import Experience
 from agents.policies import PromptPolicy, make_policy
 from agents.rundir import Run
+
+from conftest import assert_same_run, count_evaluations, crashed_copy, journal
 
 ARGS = ["--preset", "tiny", "--wandb-mode", "disabled", "--no-cache"]  # every reward computed, none reused
 
@@ -101,3 +107,104 @@ def test_killed_run_resumes_to_the_same_result(reference, tmp_path, monkeypatch,
     assert got == {key(r): (r["self_edit"], r["reward"]) for r in records(ref_dir, "reward")}
     mine, theirs = mx.load(resumed["checkpoint"]), mx.load(ref["checkpoint"])
     assert mine.keys() == theirs.keys() and all(mx.array_equal(mine[k], theirs[k]) for k in mine)
+
+
+def _same(weights, other):
+    return all(mx.array_equal(v, other[k]) for k, v in weights.items())
+
+
+@pytest.fixture(scope="module")
+def initial():
+    """The tiny model's weights before any update (plain mlx-lm names, as in the checkpoints)."""
+    return dict(tree_flatten(load_model("tiny-random")[0].parameters()))
+
+
+def test_killed_in_round_0_resumes_to_the_same_result(reference, tmp_path, monkeypatch):
+    """Killed while writing round 0's held-out reward (its samples journaled, the reward record torn): the resumed
+    run takes the journaled samples, drops the torn record and ends where the uninterrupted one did."""
+    ref_dir, ref = reference
+    records = journal(ref_dir)
+    assert [(r["event"], r["round"], r["phase"]) for r in records[:2]] == [
+        ("samples", 0, "heldout"),
+        ("reward", 0, "heldout"),
+    ]
+    run_dir = crashed_copy(ref_dir, tmp_path / "crash", 1, torn=True)
+    evaluated = count_evaluations(monkeypatch)
+    resumed = restem.main(["--resume", str(run_dir), "--wandb-mode", "disabled"])
+    assert len(evaluated) == sum(r["event"] == "reward" for r in records) == 11  # every reward, each once
+    assert_same_run(run_dir, resumed, ref_dir, ref)
+
+
+def test_threshold_above_every_reward_leaves_the_policy_unchanged(tmp_path, initial):
+    """``--threshold`` above every reward keeps nothing: no update, the round's checkpoint is the initial model,
+    and the held-out rollout after the round is round 0's again (the same samples and rewards)."""
+    results = restem.main(ARGS + ["--runs-dir", str(tmp_path), "--name", "t", "--threshold", "1e9", "--rounds", "1"])
+    run_dir = tmp_path / "t"
+    assert json.loads((run_dir / "config.json").read_text())["config"]["threshold"] == 1e9
+    assert results["rounds"][1]["learn"] == {"kept": 0.0}
+    assert max(r["reward"] for r in journal(run_dir) if r["event"] == "reward") < 1e9
+    checkpoint = mx.load(results["checkpoint"])
+    assert checkpoint and _same(checkpoint, initial)
+    samples = {
+        r["round"]: r["self_edits"] for r in journal(run_dir) if (r["event"], r.get("phase")) == ("samples", "heldout")
+    }
+    assert samples[0] == samples[1] and results["rounds"][0]["heldout"] == results["rounds"][1]["heldout"]
+
+
+def test_inner_loop_learner_base_keeps_the_original_model(reference, tmp_path, monkeypatch, initial):
+    """With ``inner_loop_learner="base"`` the policy changes but every reward trains the original model.
+
+    The crashed state is a base run killed after round 1's update: until then a base run journals what the
+    reference (``policy``) run did, as no reward was computed after an update yet."""
+    ref_dir, ref = reference
+    records = journal(ref_dir)
+    learn = next(i for i, r in enumerate(records) if (r["event"], r["round"]) == ("learn", 1))
+    run_dir = crashed_copy(ref_dir, tmp_path / "base", learn + 1)
+    meta = json.loads((run_dir / "config.json").read_text())
+    assert meta["config"]["inner_loop_learner"] == "policy"
+    meta["config"]["inner_loop_learner"] = "base"
+    (run_dir / "config.json").write_text(json.dumps(meta))
+    broadcasts, inner_models = [], []
+    monkeypatch.setattr(InProcessExecutor, "set_base_weights", lambda self, weights: broadcasts.append(weights))
+    evaluate = InProcessExecutor.evaluate
+
+    def evaluate_and_look(self, requests, on_result=None):
+        inner_models.append(_same(self.env.unwrapped.learner.base_weights(), initial))
+        return evaluate(self, requests, on_result)
+
+    monkeypatch.setattr(InProcessExecutor, "evaluate", evaluate_and_look)
+    results = restem.main(["--resume", str(run_dir), "--wandb-mode", "disabled"])
+    assert broadcasts == [] and inner_models == [True] * 3  # round 1 held-out, round 2 train and held-out
+    assert not _same(mx.load(results["checkpoint"]), initial)  # while the policy was updated
+    key = lambda r: (r["round"], r["phase"], r["article_id"], r["k"])  # noqa: E731
+    rewards = lambda records: {key(r): r["reward"] for r in records if r["event"] == "reward"}  # noqa: E731
+    mine, theirs = rewards(journal(run_dir)), rewards(records)
+    assert mine.keys() == theirs.keys()
+    after_update = {k for k in theirs if k[0] == 2 or k[:2] == (1, "heldout")}  # the reference trained the policy
+    assert len(after_update) == 6 and all(mine[k] != theirs[k] for k in after_update)
+    assert all(mine[k] == theirs[k] for k in theirs.keys() - after_update)  # journaled before the crash
+
+
+def test_checkpoint_policy_spec_picks_a_round(reference, initial):
+    """``checkpoint:RUN:ROUND``: round 0 is the initial model, round N the policy saved after round N (the default
+    the last), with the run's sampling settings; a round without a checkpoint is a FileNotFoundError."""
+    run_dir, _ = reference
+
+    def weights(spec):
+        policy = make_policy(spec)
+        assert isinstance(policy, PromptPolicy) and policy.max_tokens == 8  # the run's self_edit_max_tokens
+        return dict(tree_flatten(policy.model.parameters()))
+
+    assert _same(weights(f"checkpoint:{run_dir}:0"), initial)
+    for n in (1, 2):
+        saved, got = (
+            mx.load(str(run_dir / "rounds" / f"{n:03d}" / "policy.safetensors")),
+            weights(f"checkpoint:{run_dir}:{n}"),
+        )
+        assert saved and _same(saved, got) and not _same(saved, initial)
+        assert _same({k: v for k, v in got.items() if k not in saved}, initial)  # nothing else changed
+    assert _same(mx.load(str(run_dir / "rounds" / "002" / "policy.safetensors")), weights(f"checkpoint:{run_dir}"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint for round 3"):
+        make_policy(f"checkpoint:{run_dir}:3")
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        make_policy(f"checkpoint:{Path(run_dir).parent / 'missing'}:1")

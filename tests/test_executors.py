@@ -1,5 +1,7 @@
 """Executors: in-process, the factory and CLI options, and a local 2-worker Ray pool on the tiny model
-(parity with in-process, a worker killed mid-batch, base-weight broadcast, the batched vector env on Ray)."""
+(parity with in-process, a worker killed mid-batch, base-weight broadcast, the batched vector env on Ray; and its
+failure paths: a request whose workers keep dying, no live worker left, a replacement that fails to start, a worker
+that dies during set_base_weights)."""
 
 import argparse
 import os
@@ -137,6 +139,116 @@ def test_ray_base_weights_broadcast_also_to_replacements(pool, local_env, refere
     assert pool.evaluate([req]) == alone
 
 
+class _Gone:
+    """The methods RayExecutor calls on a worker. Its actor is killed as soon as it is created (see
+    :func:`dead_actor`), so every call raises ray's ActorDiedError: a worker whose death is certain, no timing."""
+
+    def ready(self):
+        return os.getpid()
+
+    def evaluate_many(self, *args):
+        return []
+
+    def set_base_weights(self, weights):
+        pass
+
+
+@pytest.fixture
+def dead_actor(pool):
+    """A killed actor with :class:`_Gone`'s methods: every call to it raises ActorDiedError."""
+    import ray
+
+    dead = ray.remote(num_cpus=0)(_Gone).remote()  # no CPU: the 2 real workers hold the local Ray's 2
+    ray.kill(dead, no_restart=True)
+    return dead
+
+
+@pytest.fixture
+def dead_workers(pool, dead_actor, monkeypatch):
+    """``dead_workers(*slots)``: these worker slots of ``pool`` now hold a dead worker, and every replacement the
+    pool starts is dead too (fails to start). The real workers are left alone, idle and loaded: the test works on
+    copies of the pool's slot lists, put back after it (so it starts no real worker)."""
+    for name in ("_actors", "_pids", "_start_failures"):
+        monkeypatch.setattr(pool, name, list(getattr(pool, name)))
+    monkeypatch.setattr(pool, "_seen", [set(seen) for seen in pool._seen])
+    monkeypatch.setattr(pool, "_spawn", lambda: dead_actor)
+
+    def kill(*slots):
+        for slot in slots:
+            pool._actors[slot] = dead_actor  # its pid stays: the pool finds out when it next uses the worker
+
+    return kill
+
+
+def test_ray_request_whose_worker_died_more_than_max_retries_times_raises(pool, dead_workers, monkeypatch):
+    """A request whose worker dies, and whose next worker dies too, is given up after ``max_retries`` retries; the
+    pool is left replacing the dead workers (no slot keeps a dead worker that looks alive)."""
+    monkeypatch.setattr(pool, "max_retries", 1)
+    dead_workers(0, 1)
+    before = dict(pool.stats)
+    calls = []
+    with pytest.raises(RuntimeError, match=r"requests \[0\]: their worker died 2 times"):
+        pool.evaluate(REQUESTS[:1], lambda i, r, info: calls.append(i))
+    assert calls == [] and pool.stats["retried"] - before["retried"] == 2
+    assert pool.worker_pids() == [None, None]  # both slots replaced (or replacing), neither left as it was
+
+
+def test_ray_no_live_workers_left_raises(pool, dead_workers):
+    """Every worker dead and every replacement failing to start: each slot is given up after ``max_retries + 1``
+    failed starts, and the call raises, saying how many requests were not evaluated."""
+    dead_workers(0, 1)
+    before = dict(pool.stats)
+    with pytest.raises(RuntimeError, match=r"no live Ray workers left; 4 request\(s\) not evaluated"):
+        pool.evaluate(REQUESTS)
+    assert pool.actors == [None, None] and pool.worker_pids() == [None, None]
+    assert pool.stats["respawned"] - before["respawned"] == 2 * (pool.max_retries + 1)
+    assert pool.stats["retried"] - before["retried"] == 2 and pool.stats["completed"] == before["completed"]
+
+
+def test_ray_replacement_that_fails_to_start_is_given_up_and_the_live_worker_does_the_rest(
+    pool, dead_workers, reference
+):
+    """Worker 0 dead and its replacements failing to start: the slot is given up after ``max_retries + 1`` failed
+    starts, and worker 1 evaluates every request (the same results)."""
+    dead_workers(0)
+    before = dict(pool.stats)
+    calls = []
+    out = pool.evaluate(REQUESTS, lambda i, r, info: calls.append(i))
+    assert sorted(calls) == list(range(len(REQUESTS))) and out == reference  # all done by worker 1
+    assert pool.actors[0] is None and pool.actors[1] is not None  # slot 0 given up
+    assert pool.stats["respawned"] - before["respawned"] == pool.max_retries + 1  # failed starts, then no more
+    assert pool.stats["retried"] - before["retried"] == 1
+
+
+def test_ray_worker_dying_during_set_base_weights_is_replaced_with_the_new_weights(pool, local_env, dead_actor):
+    """A worker found dead by ``set_base_weights`` is replaced at once, and its replacement starts with the new
+    weights (the in-process result under the same weights)."""
+    import mlx.core as mx
+    import ray
+    from mlx.utils import tree_flatten
+
+    params = dict(tree_flatten(local_env.learner.model.parameters()))
+    original = {"model.norm.weight": params["model.norm.weight"]}
+    changed = {"model.norm.weight": original["model.norm.weight"] * 0.5}
+    req = REQUESTS[1]
+    victim = pool.worker_pids()[1]
+    ray.kill(pool.actors[1], no_restart=True)  # worker 1 dies (its CPU goes to the replacement) ...
+    pool._actors[1] = dead_actor  # ... and the broadcast certainly finds it dead, however soon it comes
+    before = dict(pool.stats)
+    try:
+        pool.set_base_weights(changed)
+        assert pool.stats["respawned"] - before["respawned"] == 1 and pool.worker_pids()[1] is None
+        assert pool.actors[1] is not dead_actor
+        local_env.set_base_weights({k: mx.array(v) for k, v in changed.items()})
+        expected = InProcessExecutor(env=local_env).evaluate([req])
+        assert ray.get(pool.actors[1].evaluate.remote(req.article, req.self_edit, req.seed)) == expected[0]
+        assert ray.get(pool.actors[1].ready.remote()) != victim
+    finally:
+        pool.set_base_weights(original)
+        local_env.set_base_weights(original)
+    assert pool.stats["respawned"] - before["respawned"] == 1  # the replacement took the broadcast back alive
+
+
 def test_batched_vector_env_on_ray(pool):
     from seal_env.vector import KnowledgeIncorporationVectorEnv
 
@@ -155,8 +267,6 @@ def test_batched_vector_env_on_ray(pool):
 
 
 def test_subprocess_executor_equals_inprocess_and_reports_a_dead_child(local_env):
-    import time
-
     ex = make_executor("subprocess", SETTINGS)
     try:
         got = []
@@ -169,8 +279,8 @@ def test_subprocess_executor_equals_inprocess_and_reports_a_dead_child(local_env
         with pytest.raises(TypeError, match="must be a str"):
             ex.evaluate([RewardRequest(ARTICLES[0], 42)])
         os.kill(ex.pid, signal.SIGKILL)
-        time.sleep(0.2)
-        with pytest.raises(RuntimeError, match="subprocess died"):
+        ex._process.wait()  # dead and reaped, so its exit code is known
+        with pytest.raises(RuntimeError, match=r"subprocess died \(exit code -9\)"):
             ex.evaluate(REQUESTS[:1])
     finally:
         ex.close()
