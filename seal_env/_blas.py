@@ -60,7 +60,11 @@ def load_fast_blas() -> str | None:
         loaded_path = path
         break
     if loaded_path is None:
-        warnings.warn(f"seal_env: no optimized BLAS found; mlx matmuls on CPU will be ~30x slower. {FIX}", stacklevel=3)
+        chosen = os.environ.get("SEAL_ENV_BLAS", "").strip()
+        tried = f" (SEAL_ENV_BLAS={chosen!r} did not load)" if chosen and chosen.lower() not in ON else ""
+        warnings.warn(
+            f"seal_env: no optimized BLAS found{tried}; mlx matmuls on CPU will be ~30x slower. {FIX}", stacklevel=3
+        )
     elif "mlx.core" in sys.modules:
         warnings.warn(
             "seal_env: mlx was imported before seal_env, so the optimized BLAS may not be used. "

@@ -40,6 +40,7 @@ def test_blas_file_named_by_seal_env_blas_missing_warns_with_the_fix(tmp_path):
     loaded, stderr = import_seal_env(SEAL_ENV_BLAS=missing)
     assert loaded == "None"  # the library asked for, or none: never another one in its place
     assert NOT_FOUND in stderr and _blas.FIX in stderr and stderr.count("UserWarning") == 1
+    assert f"SEAL_ENV_BLAS={missing!r} did not load" in stderr  # the path that failed is named
 
 
 def test_no_openblas_found_warns_with_the_fix():
@@ -47,6 +48,7 @@ def test_no_openblas_found_warns_with_the_fix():
     assert loaded == "None"
     assert NOT_FOUND in stderr and _blas.FIX in stderr and stderr.count("UserWarning") == 1
     assert "apt-get install libopenblas0-pthread" in stderr and "SEAL_ENV_BLAS" in stderr
+    assert "did not load" not in stderr  # nothing was asked for by name
 
 
 def test_blas_switched_off_is_silent():
