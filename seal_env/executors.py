@@ -7,9 +7,9 @@ Both group the requests by article (:func:`group_requests`): one group is one ba
 ``env.evaluate_many`` call, which trains and quizzes its self-edits together (seal_env.pipeline).
 
 * :class:`InProcessExecutor` (default) evaluates in this process with one environment, one group at a time.
-* :class:`RayExecutor` keeps a pool of Ray actors, each holding one environment (one model copy, loaded once), and
-  evaluates groups in parallel on this machine or on a Ray cluster. ``pip install "seal-env[ray]"``; ray is only
-  imported when this executor is built.
+* :class:`seal_env.ray_executor.RayExecutor` keeps a pool of Ray actors, each holding one environment (one model
+  copy, loaded once), and evaluates groups in parallel on this machine or on a Ray cluster.
+  ``pip install "seal-env[ray]"``; ray is only imported when this executor is built.
 
 Both return the same rewards and infos for the same requests: a reward depends only on (article, self-edit, seed)
 and the settings (the inner loop is deterministic on CPU), never on which worker computed it. Bit for bit, that
@@ -18,14 +18,11 @@ thread count, which
 moves losses and log-likelihoods in about the 7th significant digit (accuracy rewards practically never change).
 A Ray worker uses ``cpus_per_worker`` threads; :func:`blas_threads` sets this process's count.
 :func:`make_executor` picks one by name (``--executor ray --workers N`` on the command line, see
-:func:`add_executor_args`).
+:func:`seal_env.cli.add_executor_args`).
 """
 
 from __future__ import annotations
 
-import os
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -141,55 +138,7 @@ def blas_threads(n: int | None = None) -> int | None:
     return int(lib.openblas_get_num_threads())
 
 
-# --------------------------------------------------------------------------------------------------- Ray
-class RewardWorker:
-    """One Ray actor's state: a :class:`~seal_env.env.KnowledgeIncorporationEnv` (its own model copy).
-
-    Plain class; :class:`RayExecutor` wraps it with ``ray.remote``. Usable directly (in-process) for debugging.
-    """
-
-    def __init__(
-        self, settings: dict[str, Any], base_weights: dict[str, Any] | None = None, threads: int | None = None
-    ):
-        if threads is not None:  # before OpenBLAS/mlx load in this process (a fresh Ray worker has neither)
-            for name in THREAD_ENV_VARS:
-                os.environ[name] = str(threads)
-        import seal_env  # noqa: F401  (OpenBLAS before mlx, in this worker process)
-        from seal_env.env import KnowledgeIncorporationEnv
-
-        if threads is not None:
-            blas_threads(threads)  # and in case OpenBLAS was already loaded
-        self.env = KnowledgeIncorporationEnv(**settings)
-        if base_weights is not None:
-            self.set_base_weights(base_weights)
-
-    def ready(self) -> int:
-        """The worker's process id, once the model is loaded."""
-        return os.getpid()
-
-    def blas_threads(self) -> int | None:
-        """OpenBLAS threads in this worker (None if OpenBLAS is not loaded)."""
-        return blas_threads()
-
-    def cpu_seconds(self) -> float:
-        """CPU time used by this worker process so far (all its threads), for benchmarks."""
-        return time.process_time()
-
-    def evaluate(self, article: Article, self_edit: str, seed: int) -> tuple[float, dict[str, Any]]:
-        return self.env.evaluate(article, self_edit, seed=seed)
-
-    def evaluate_many(
-        self, article: Article, self_edits: list[str], seeds: list[int], adapt: bool = True
-    ) -> list[tuple[float, dict[str, Any]]]:
-        return self.env.evaluate_many(article, self_edits, seeds, adapt=adapt)
-
-    def set_base_weights(self, weights: dict[str, Any]) -> None:
-        import mlx.core as mx
-
-        self.env.set_base_weights({k: mx.array(v) for k, v in weights.items()})
-
-
-def _to_numpy(weights: dict[str, Any]) -> dict[str, Any]:
+def weights_to_numpy(weights: dict[str, Any]) -> dict[str, Any]:
     """Weights as numpy arrays (mlx arrays do not cross process boundaries; bfloat16 goes through float32)."""
     import numpy as np
 
@@ -204,223 +153,6 @@ def _to_numpy(weights: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ray_death_errors(ray: Any) -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the worker (process or node) is gone", not "the request itself failed"."""
-    ex = ray.exceptions
-    names = (
-        "RayActorError",
-        "WorkerCrashedError",
-        "NodeDiedError",
-        "ObjectLostError",
-        "OwnerDiedError",
-        "LocalRayletDiedError",
-    )
-    return tuple(getattr(ex, n) for n in names if hasattr(ex, n))
-
-
-class RayExecutor:
-    """A pool of ``workers`` Ray actors, each loading the model once, evaluating requests in parallel.
-
-    Args:
-        settings: environment settings (the fields of :class:`~seal_env.config.SealConfig`), as for ``gym.make``.
-        workers: number of actors (model copies).
-        address: a Ray cluster address (``"auto"``, ``"ray://head:10001"``, ...); ``None`` starts a local Ray
-            with ``max(cpu_count, workers * cpus_per_worker)`` CPUs. If Ray is already initialised it is used
-            as is (and left running on :meth:`close`).
-        cpus_per_worker: CPUs each actor reserves and math-library threads it uses (``OMP_NUM_THREADS`` /
-            ``OPENBLAS_NUM_THREADS``). Default: ``cpu_count // workers`` locally (1 per worker on 2 cores with
-            2 workers), 1 on a cluster.
-        max_retries: how many times one request may be resubmitted after the worker running it died.
-        ray_init_kwargs: extra arguments for ``ray.init`` (e.g. ``runtime_env`` to ship the code to a cluster).
-
-    Scheduling: each actor runs one request at a time; an idle actor takes the next pending request, preferring
-    one for an article it has already seen (its baseline quiz is cached there). If an actor dies (process
-    killed, node lost), its unfinished request goes back to the front of the queue and is taken by a live
-    actor, and a replacement actor is started (with the current base weights). ``on_result`` is called exactly
-    once per request, and every request's result is the one a live worker returned; a request whose worker
-    died more than ``max_retries`` times raises ``RuntimeError`` (after starting that worker's replacement, so a
-    later call finds the pool whole). A request that itself raises (e.g. a non-str self-edit) propagates its
-    exception, as in-process.
-    """
-
-    def __init__(
-        self,
-        settings: dict[str, Any] | None = None,
-        workers: int = 1,
-        address: str | None = None,
-        *,
-        cpus_per_worker: int | None = None,
-        max_retries: int = 3,
-        ray_init_kwargs: dict[str, Any] | None = None,
-    ):
-        try:
-            import ray
-        except ImportError as err:  # pragma: no cover - depends on the installation
-            raise ImportError('the Ray executor needs ray: pip install "seal-env[ray]" (or "ray>=2.30")') from err
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        from seal_env.config import SealConfig
-
-        self.cfg = SealConfig.from_kwargs(**(settings or {}))  # validate here, not in each actor
-        self.settings = self.cfg.to_dict()
-        self.workers, self.max_retries = workers, max_retries
-        ncpu = os.cpu_count() or 1
-        if cpus_per_worker is None:
-            cpus_per_worker = max(1, ncpu // workers) if address is None else 1
-        self.cpus_per_worker = int(cpus_per_worker)
-        self._ray = ray
-        self._owns_ray = False
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning"}
-            if address is None:
-                kwargs["num_cpus"] = max(ncpu, workers * self.cpus_per_worker)
-            else:
-                kwargs["address"] = address
-            kwargs.update(ray_init_kwargs or {})
-            ray.init(**kwargs)
-            self._owns_ray = True
-        self._death = _ray_death_errors(ray)
-        # Threads are capped inside the worker (RewardWorker sets THREAD_ENV_VARS and OpenBLAS's count): a
-        # runtime_env with env_vars would do it too but needs dedicated worker processes (slower actor starts).
-        self._actor_cls = ray.remote(RewardWorker).options(
-            num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0
-        )
-        self._weights_ref: Any = None  # current base weights in the object store (for replacement actors)
-        self.stats = {"completed": 0, "retried": 0, "respawned": 0}
-        self._actors: list[Any] = [self._spawn() for _ in range(workers)]
-        self._seen: list[set[str]] = [set() for _ in range(workers)]
-        self._start_failures = [0] * workers
-        self._pids: list[int | None] = list(ray.get([a.ready.remote() for a in self._actors]))  # models loaded
-
-    def _spawn(self) -> Any:
-        return self._actor_cls.remote(self.settings, self._weights_ref, self.cpus_per_worker)
-
-    def _replace(self, slot: int) -> bool:
-        """Start a new actor in a dead actor's slot; False (slot given up) after ``max_retries`` failed starts."""
-        try:
-            self._ray.kill(self._actors[slot], no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-        self._seen[slot], self._pids[slot] = set(), None
-        if self._start_failures[slot] > self.max_retries:
-            self._actors[slot] = None
-            return False
-        self._actors[slot] = self._spawn()
-        self.stats["respawned"] += 1
-        return True
-
-    @property
-    def actors(self) -> list[Any]:
-        """The current actor handles (one per worker slot; None for a slot given up)."""
-        return list(self._actors)
-
-    def worker_pids(self) -> list[int | None]:
-        """Process id of each worker slot's actor (None while a replacement is starting)."""
-        return list(self._pids)
-
-    def evaluate(
-        self, requests: Iterable[RewardRequest], on_result: Callable[[int, float, dict], None] | None = None
-    ) -> list[tuple[float, dict[str, Any]]]:
-        ray = self._ray
-        requests = list(requests)
-        check_requests(requests)  # fail before anything runs, as the in-process executor would
-        results: list[tuple[float, dict[str, Any]] | None] = [None] * len(requests)
-        # one actor call each; smaller groups when there are too few requests to keep every worker busy
-        size = min(group_size(self.cfg), max(1, -(-len(requests) // max(1, len(self._actors)))))
-        groups = group_requests(requests, size)
-        pending: deque[int] = deque(range(len(groups)))
-        failures = [0] * len(groups)
-        inflight: dict[Any, tuple[str, int, int]] = {}  # ref -> (kind "task"|"ready", slot, group index)
-        live = [s for s, actor in enumerate(self._actors) if actor is not None]
-        idle = [s for s in live if self._pids[s] is not None]
-        for s in live:
-            if self._pids[s] is None:  # a replacement started by an earlier call or by set_base_weights
-                inflight[self._actors[s].ready.remote()] = ("ready", s, -1)
-
-        def assign() -> None:
-            while idle and pending:
-                slot = idle.pop(0)
-                seen = self._seen[slot]
-                pick = next((g for g in pending if requests[groups[g][0]].article.id in seen), pending[0])
-                pending.remove(pick)
-                first = requests[groups[pick][0]]
-                seen.add(first.article.id)
-                ref = self._actors[slot].evaluate_many.remote(
-                    first.article,
-                    [requests[i].self_edit for i in groups[pick]],
-                    [requests[i].seed for i in groups[pick]],
-                    first.adapt,
-                )
-                inflight[ref] = ("task", slot, pick)
-
-        assign()
-        while pending or any(kind == "task" for kind, _, _ in inflight.values()):
-            if not inflight:
-                n_left = sum(len(groups[g]) for g in pending)
-                raise RuntimeError(f"no live Ray workers left; {n_left} request(s) not evaluated")
-            done, _ = ray.wait(list(inflight), num_returns=1)
-            for ref in done:
-                kind, slot, g = inflight.pop(ref)
-                try:
-                    value = ray.get(ref)
-                except self._death as err:
-                    if kind == "task":
-                        failures[g] += 1
-                        self.stats["retried"] += 1
-                        if failures[g] > self.max_retries:
-                            self._replace(slot)  # not left in its slot looking alive: the pool stays usable
-                            raise RuntimeError(f"requests {groups[g]}: their worker died {failures[g]} times") from err
-                        pending.appendleft(g)
-                    else:
-                        self._start_failures[slot] += 1
-                    if self._replace(slot):
-                        inflight[self._actors[slot].ready.remote()] = ("ready", slot, -1)
-                    continue
-                if kind == "ready":
-                    self._pids[slot], self._start_failures[slot] = value, 0
-                    idle.append(slot)
-                    continue
-                idle.append(slot)
-                for i, (reward, info) in zip(groups[g], value, strict=True):
-                    results[i] = (reward, info)
-                    self.stats["completed"] += 1
-                    if on_result is not None:
-                        on_result(i, reward, info)
-            assign()
-        return cast(list[tuple[float, dict[str, Any]]], results)  # every group completed (or we raised)
-
-    def set_base_weights(self, weights: dict[str, Any]) -> None:
-        """Put ``weights`` in the object store once and load them in every actor (and in future replacements)."""
-        ray = self._ray
-        self._weights_ref = ray.put(_to_numpy(weights))  # replacement actors start with these
-        calls = {s: a.set_base_weights.remote(self._weights_ref) for s, a in enumerate(self._actors) if a is not None}
-        for slot, ref in calls.items():
-            self._seen[slot].clear()  # baselines were dropped with the old weights
-            try:
-                ray.get(ref)
-            except self._death:
-                self._start_failures[slot] += 1
-                self._replace(slot)
-
-    def close(self) -> None:
-        ray = self._ray
-        for actor in filter(None, self._actors):
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass
-        self._actors = []
-        if self._owns_ray and ray.is_initialized():
-            ray.shutdown()
-        self._owns_ray = False
-
-    def __enter__(self) -> RayExecutor:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
 # --------------------------------------------------------------------------------------------------- factory
 def make_executor(
     kind: str = "inprocess",
@@ -433,7 +165,8 @@ def make_executor(
     process: :class:`seal_env.worker.SubprocessExecutor`) or ``"ray"`` (``workers`` actors).
 
     ``settings`` are the environment settings; ``address`` a Ray cluster address (``None``: a local Ray);
-    extra keyword arguments go to :class:`RayExecutor` (``cpus_per_worker``, ``max_retries``, ``ray_init_kwargs``).
+    extra keyword arguments go to :class:`seal_env.ray_executor.RayExecutor` (``cpus_per_worker``, ``max_retries``,
+    ``ray_init_kwargs``).
     """
     if kind in ("inprocess", "subprocess"):
         if workers != 1 or address is not None or kwargs:
@@ -444,5 +177,7 @@ def make_executor(
             return SubprocessExecutor(settings)
         return InProcessExecutor(settings)
     if kind == "ray":
+        from seal_env.ray_executor import RayExecutor
+
         return RayExecutor(settings, workers=workers, address=address, **kwargs)
     raise ValueError(f"executor kind must be one of {EXECUTOR_KINDS}, got {kind!r}")

@@ -86,9 +86,9 @@ class SubprocessExecutor:
         return out  # type: ignore[return-value]
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
-        from seal_env.executors import _to_numpy
+        from seal_env.executors import weights_to_numpy
 
-        self._call("set_base_weights", _to_numpy(weights))
+        self._call("set_base_weights", weights_to_numpy(weights))
 
     def close(self) -> None:
         if self._conn is not None:
