@@ -101,6 +101,7 @@ def plot(curves: list[dict[str, Any]], path: Path, title: str) -> None:
         low = [r["heldout_ci"][0] for r in c["rounds"]]
         high = [r["heldout_ci"][1] for r in c["rounds"]]
         ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.15)
+    ax.set_xticks(sorted({r["round"] for c in curves for r in c["rounds"]}))
     ax.set_xlabel("round (0 = before training)")
     ax.set_ylabel("held-out reward (95 % CI over articles)")
     ax.set_title(title)
