@@ -20,11 +20,12 @@ LOGLIK_KINDS = ("loglik", "choice", "margin", "pmi")
 #: Where SEAL's own code (knowledge-incorporation ``TTT_server.py`` and its launch scripts) differs from the
 #: defaults below: 10 epochs (our default is 3, chosen by benchmarks/PAPER_CHECK.md: with the SmolLM2 learner, 10
 #: epochs leave the log-likelihood reward with no signal), the loss on every token of a training sequence (SEAL
-#: passes no ``end_mask_substring``) and answers of up to 64 tokens. Every other default is already SEAL's. Not
+#: passes no ``end_mask_substring``), answers of up to 64 tokens and the self-edit's Markdown kept in the pieces
+#: (our default strips it, by benchmarks/PAPER_CHECK.md). Every other default is already SEAL's. Not
 #: reproduced at all: SEAL pads each sequence with EOS to 2048 tokens and keeps the loss on the padding too (15x
 #: the compute here; with Adam the loss scale cancels, so it mostly adds "predict EOS after the end" terms). The
 #: ``paper`` presets of the agents and benchmarks use these settings.
-SEAL_PAPER_SETTINGS: dict[str, Any] = {"epochs": 10, "loss_on": "all", "answer_max_tokens": 64}
+SEAL_PAPER_SETTINGS: dict[str, Any] = {"epochs": 10, "loss_on": "all", "answer_max_tokens": 64, "keep_markup": True}
 
 
 def setting(
@@ -106,9 +107,9 @@ class SealConfig:
         group="Self-edit -> training sequences",
     )
     keep_markup: bool = setting(
-        True,
-        'keep Markdown in the pieces (SEAL does); false strips "**" emphasis and "#" heading marks and drops '
-        'pieces that only introduce a list ("**Implications:**")',
+        False,
+        'keep Markdown in the pieces, as SEAL does; false (default) strips "**" emphasis and "#" heading marks and '
+        'drops pieces that only introduce a list ("**Implications:**"; benchmarks/PAPER_CHECK.md)',
         group="Self-edit -> training sequences",
     )
     loss_on: str = setting("text", '"text" (not the title prefix) or "all"', group="Self-edit -> training sequences")
