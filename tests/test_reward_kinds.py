@@ -63,11 +63,10 @@ def test_kinds_agree_with_a_hand_computation():
 
 @pytest.fixture(scope="module")
 def learning_env():
-    # enough steps that the tiny random model measurably learns stated facts
-    env = gym.make(
-        "seal/KnowledgeIncorporation-v0",
-        **{**TINY, "timings": False, "include_passage": False, "learning_rate": 3e-3, "epochs": 6},
-    ).unwrapped
+    # enough learning that the tiny random model measurably learns stated facts: 6 epochs at lr 3e-3, with Adam's
+    # larger uncorrected first steps (with bias correction its rank-4 LoRA moves no gold answer to first place)
+    settings = {"timings": False, "include_passage": False, "learning_rate": 3e-3, "epochs": 6}
+    env = gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, **settings, "adam_bias_correction": False}).unwrapped
     yield env
     env.close()
 
