@@ -34,6 +34,19 @@ def schedule_lr(step: int, total_steps: int, learning_rate: float, schedule: str
 class AdapterOptimizer:
     """Optimises ``n`` adapter slots at once; slot ``k`` follows its own schedule over ``total_steps[k]`` updates."""
 
+    @classmethod
+    def from_config(cls, cfg: Any, total_steps: Sequence[int]) -> AdapterOptimizer:
+        """The optimizer a :class:`seal_env.config.SealConfig` asks for, over slots of ``total_steps`` steps."""
+        return cls(
+            cfg.optimizer,
+            total_steps,
+            cfg.learning_rate,
+            schedule=cfg.lr_schedule,
+            warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay,
+            bias_correction=cfg.adam_bias_correction,
+        )
+
     def __init__(
         self,
         kind: str,

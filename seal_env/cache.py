@@ -1,7 +1,7 @@
 """A persistent, content-addressed reward cache: the same inner loop is never trained twice.
 
 A reward is a pure function of (base model, article, self-edit, settings, seed): :func:`reward_key` hashes all of
-them (the model as a SHA-256 of its weights and vocabulary, see :meth:`seal_env.learner.Learner.fingerprint`,
+them (the model as a SHA-256 of its weights and vocabulary, :func:`model_fingerprint`,
 so ``set_base_weights`` starts a new namespace) together with the seal-env and mlx versions and
 :data:`CACHE_VERSION`. :class:`RewardCache` keeps one small JSON file per key under ``<dir>/<key[:2]>/<key>.json``.
 
@@ -25,7 +25,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from seal_env.environ import OFF, ON, cache_dir, switch
 
@@ -49,6 +49,25 @@ def default_dir() -> Path:
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=True, separators=(",", ":"), allow_nan=True)
+
+
+def model_fingerprint(model: Any, tokenizer: Any) -> str:
+    """SHA-256 (hex) of a model's base weights (names, shapes, dtypes, bytes; LoRA weights left out) and its
+    tokenizer's vocabulary: the model's identity in :func:`reward_key`."""
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    h = hashlib.sha256()
+    params = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
+    for name, value in sorted(params, key=lambda item: item[0]):
+        if "lora_" in name:
+            continue
+        array = np.ascontiguousarray(np.array(value, copy=False))
+        h.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        h.update(array.data.cast("B"))
+    vocab = getattr(tokenizer, "vocab", None) or {}
+    h.update(json.dumps(sorted(vocab.items()) if isinstance(vocab, dict) else [], ensure_ascii=True).encode())
+    return h.hexdigest()
 
 
 def reward_key(model_fingerprint: str, article: Any, self_edit: str, settings: dict[str, Any], seed: int) -> str:

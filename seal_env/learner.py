@@ -17,8 +17,6 @@ objective of ``agents/grpo.py``, whose rows carry their advantage and old and re
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +35,7 @@ from seal_env.batching import (
     slot_loss,
     stack_extras,
 )
+from seal_env.cache import model_fingerprint
 from seal_env.config import SealConfig
 from seal_env.decode import greedy_continue, prefill, score, select_rows
 from seal_env.kernels import use_fast_kernels
@@ -143,18 +142,6 @@ class Learner:
         self.slots.index = mx.arange(self.n_slots, dtype=mx.int32) if self.n_slots else None
 
     # ----------------------------------------------------------------------------------------------- training
-    def _optimizer(self, total_steps: list[int]) -> AdapterOptimizer:
-        cfg = self.cfg
-        return AdapterOptimizer(
-            cfg.optimizer,
-            total_steps,
-            cfg.learning_rate,
-            schedule=cfg.lr_schedule,
-            warmup_steps=cfg.warmup_steps,
-            weight_decay=cfg.weight_decay,
-            bias_correction=cfg.adam_bias_correction,
-        )
-
     def _update_fn(self, opt: AdapterOptimizer) -> Callable[..., None]:
         """``apply(grads, mask, lr, c1, c2)``: one optimizer update of every adapter slot (compiled when
         ``self.compile``; the shapes are fixed for a whole :meth:`train`)."""
@@ -216,7 +203,7 @@ class Learner:
         metrics: list[dict[str, list[float]]] = [{} for _ in range(n)]
         tokens, diverged = [0] * n, [False] * n
         t0 = time.perf_counter()
-        opt = self._optimizer([len(p) for p in plans])
+        opt = AdapterOptimizer.from_config(self.cfg, [len(p) for p in plans])
         apply = self._update_fn(opt) if any(plans) else None
         model.train()
         try:
@@ -408,16 +395,6 @@ class Learner:
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the base weights (names, shapes, dtypes, bytes) and the vocabulary: the model's identity
         for the reward cache. Computed once, and again after :meth:`set_base_weights`."""
-        fingerprint = getattr(self, "_fingerprint", None)
-        if fingerprint is None:
-            h = hashlib.sha256()
-            for name, value in sorted(cast(list[tuple[str, mx.array]], tree_flatten(self.model.parameters()))):
-                if "lora_" in name:
-                    continue
-                array = np.ascontiguousarray(np.array(value, copy=False))
-                h.update(f"{name}:{array.dtype}:{array.shape};".encode())
-                h.update(array.data.cast("B"))
-            vocab = getattr(self.tokenizer, "vocab", None) or {}
-            h.update(json.dumps(sorted(vocab.items()) if isinstance(vocab, dict) else [], ensure_ascii=True).encode())
-            fingerprint = self._fingerprint = h.hexdigest()
-        return fingerprint
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = model_fingerprint(self.model, self.tokenizer)
+        return cast(str, self._fingerprint)
