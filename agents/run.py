@@ -1,5 +1,6 @@
 """The round loop every agent in ``agents/`` shares: rollouts, rewards, updates, held-out evaluation, the run's
-summary and its command line. The LoRA policy of ReSTEM and GRPO is :mod:`agents.lora_agent`.
+summary and its command line. What a run shows (statistics, held-out change, printed lines) is :mod:`agents.report`;
+the LoRA policy of ReSTEM and GRPO :mod:`agents.lora_agent`.
 
 The run directory is :mod:`agents.rundir`, wandb :mod:`agents.wandb_logger`. ``--resume`` replays the journal:
 nothing in it is sampled or evaluated again, and every seed is derived from (seed, round, article, sample) (held-out
@@ -12,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
-from seal_env import stats
 from seal_env.articles import Article, select_articles
 from seal_env.executors import RewardRequest
 
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from agents.base import Agent, Experience, Policy, derive_seed, observation
 from agents.config import RunConfig, build_parser, parse_args
+from agents.report import heldout_change, log_round, print_summary, reward_stats, round_line
 from agents.rundir import Run
 from agents.wandb_logger import Logger
 
@@ -87,23 +87,6 @@ def round_articles(train: list[Article], round: int, cfg: RunConfig) -> list[Art
     order = np.random.default_rng(derive_seed(cfg.seed, "article-order")).permutation(len(train))
     start = (round - 1) * cfg.articles_per_round
     return [train[order[(start + i) % len(train)]] for i in range(cfg.articles_per_round)]
-
-
-def reward_stats(batch: list[Experience]) -> dict[str, float]:
-    """Mean / max / min reward, fraction positive, and mean baseline and adapter accuracy of a batch."""
-    rewards = [e.reward for e in batch]
-    if not rewards:
-        return {}
-    mean = lambda key: statistics.fmean(e.info.get(key, math.nan) for e in batch)  # noqa: E731
-    return {
-        "reward_mean": statistics.fmean(rewards),
-        "reward_max": max(rewards),
-        "reward_min": min(rewards),
-        "frac_positive": sum(r > 0 for r in rewards) / len(rewards),
-        "n": float(len(rewards)),
-        "baseline_accuracy": mean("baseline_accuracy"),
-        "adapter_accuracy": mean("adapter_accuracy"),
-    }
 
 
 def rollout(
@@ -235,8 +218,8 @@ def train(
         summary["seconds"] = {**seconds, "total": time.perf_counter() - t0}
         run.append({"event": "round", "round": rnd, "summary": summary})
         summaries.append(summary)
-        _log_round(logger, summary, batch, rnd)
-        print(_round_line(summary), flush=True)
+        log_round(logger, summary, batch, rnd)
+        print(round_line(summary), flush=True)
     last = max([r for r in range(1, cfg.rounds + 1) if run.checkpoint(r).is_file()], default=0)
     results = {
         "algorithm": run.meta["algorithm"],
@@ -248,110 +231,6 @@ def train(
     }
     (run.path / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     return results
-
-
-def heldout_rewards(run: Run, article_ids: list[str], round: int, field: str = "reward") -> list[float]:
-    """Each held-out article's mean reward (or ``info[field]``) over its samples in ``round``, from the journal."""
-    samples = run.get("samples", round, "heldout")
-    if samples is None:
-        raise ValueError(f"{run.path}: round {round} has no held-out samples")
-    means = []
-    for a in article_ids:
-        recs = [run.get("reward", round, "heldout", a, j) for j in range(len(samples["self_edits"][a]))]
-        means.append(statistics.fmean(r["reward"] if field == "reward" else r["info"][field] for r in recs if r))
-    return means
-
-
-def heldout_change(run: Run, article_ids: list[str], round: int, conf: float = 0.95) -> dict[str, Any]:
-    """The held-out reward of ``round`` minus round 0's, paired by article (the same seeds both rounds): the mean
-    difference with its Student-t interval over articles, and the sign test."""
-    before = heldout_rewards(run, article_ids, 0)
-    after = heldout_rewards(run, article_ids, round)
-    diff, low, high = stats.mean_ci([b - a for a, b in zip(before, after, strict=True)], conf)
-    return {
-        "round": round,
-        "n_articles": len(article_ids),
-        "before": statistics.fmean(before),
-        "after": statistics.fmean(after),
-        "mean_diff": diff,
-        "ci": [low, high],
-        "conf": conf,
-        "significant": bool(low > 0 or high < 0),
-        "sign_test": stats.sign_test(before, after),
-    }
-
-
-def _log_round(logger: Logger, summary: dict[str, Any], batch: list[Experience], rnd: int) -> None:
-    flat = {"round/index": rnd}
-    for part in ("train", "heldout", "learn", "seconds"):
-        flat.update({f"round/{part}_{k}": v for k, v in summary.get(part, {}).items()})
-    logger.log(flat)
-    rows = [
-        [
-            rnd,
-            "heldout" if i >= summary.get("train", {}).get("n", 0) else "train",
-            e.article.title,
-            e.k,
-            e.reward,
-            e.info.get("baseline_accuracy"),
-            e.info.get("adapter_accuracy"),
-            e.self_edit,
-        ]
-        for i, e in enumerate(batch)
-    ]
-    logger.table(
-        f"self_edits/round_{rnd}",
-        ["round", "phase", "title", "k", "reward", "baseline_accuracy", "adapter_accuracy", "self_edit"],
-        rows,
-        {"round/index": rnd},
-    )
-
-
-def _fmt(stats: dict[str, Any] | None) -> str:
-    if not stats:
-        return "-"
-    return f"{stats['reward_mean']:+.3f} (max {stats['reward_max']:+.3f}, >0 {stats['frac_positive']:.0%})"
-
-
-def _round_line(summary: dict[str, Any]) -> str:
-    learn = ", ".join(
-        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.get("learn", {}).items()
-    )
-    return (
-        f"round {summary['round']}: train reward {_fmt(summary.get('train'))} | held-out {_fmt(summary.get('heldout'))}"
-        + (f" | {learn}" if learn else "")
-        + f" | {summary['seconds']['total']:.0f} s"
-    )
-
-
-def print_summary(results: dict[str, Any]) -> None:
-    print(
-        f"\n{results['algorithm']} finished: {len(results['rounds']) - 1} rounds, "
-        f"{results['seconds']:.0f} s this session"
-    )
-    print(f"{'round':>5}  {'train reward (mean, max, >0)':34} {'held-out reward':34}")
-    for s in results["rounds"]:
-        print(f"{s['round']:>5}  {_fmt(s.get('train')):34} {_fmt(s.get('heldout')):34}")
-    if change := results.get("heldout_change"):
-        print(change_line(change))
-    print(f"run dir:    {results['run_dir']}\ncheckpoint: {results['checkpoint']}")
-
-
-def change_line(change: dict[str, Any]) -> str:
-    """What a run shows about learning: the held-out change of its last round over round 0, and its interval."""
-    low, high = change["ci"]
-    sign = change["sign_test"]
-    if math.isnan(low):
-        verdict = "no interval: one held-out article (use --heldout-articles > 1)"
-    elif change["significant"]:
-        verdict = "significant: the interval excludes 0"
-    else:
-        verdict = "not significant: the interval includes 0, so this run does not show learning"
-    return (
-        f"held-out change, round {change['round']} - round 0: {change['mean_diff']:+.3f} "
-        f"[{low:+.3f}, {high:+.3f}] ({change['conf']:.0%} CI over {change['n_articles']} articles; "
-        f"sign test {sign['wins']} up, {sign['losses']} down, p {sign['p_value']:.2f}): {verdict}"
-    )
 
 
 def run_agent(

@@ -25,7 +25,7 @@ import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env import stats
 
 from agents import grpo, restem
-from agents.run import change_line, heldout_change, heldout_rewards
+from agents.report import change_line, heldout_change, heldout_rewards
 from agents.rundir import Run
 
 AGENTS = {"restem": restem.main, "grpo": grpo.main}

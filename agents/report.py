@@ -1,0 +1,136 @@
+"""What a run shows: a batch's reward statistics, the held-out change of a round over round 0 (paired by article,
+with its interval and sign test), the lines printed per round and at the end, and the per-round wandb log.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from seal_env import stats
+
+from agents.base import Experience
+from agents.rundir import Run
+from agents.wandb_logger import Logger
+
+
+def reward_stats(batch: list[Experience]) -> dict[str, float]:
+    """Mean / max / min reward, fraction positive, and mean baseline and adapter accuracy of a batch."""
+    rewards = [e.reward for e in batch]
+    if not rewards:
+        return {}
+    mean = lambda key: statistics.fmean(e.info.get(key, math.nan) for e in batch)  # noqa: E731
+    return {
+        "reward_mean": statistics.fmean(rewards),
+        "reward_max": max(rewards),
+        "reward_min": min(rewards),
+        "frac_positive": sum(r > 0 for r in rewards) / len(rewards),
+        "n": float(len(rewards)),
+        "baseline_accuracy": mean("baseline_accuracy"),
+        "adapter_accuracy": mean("adapter_accuracy"),
+    }
+
+
+def heldout_rewards(run: Run, article_ids: list[str], round: int, field: str = "reward") -> list[float]:
+    """Each held-out article's mean reward (or ``info[field]``) over its samples in ``round``, from the journal."""
+    samples = run.get("samples", round, "heldout")
+    if samples is None:
+        raise ValueError(f"{run.path}: round {round} has no held-out samples")
+    means = []
+    for a in article_ids:
+        recs = [run.get("reward", round, "heldout", a, j) for j in range(len(samples["self_edits"][a]))]
+        means.append(statistics.fmean(r["reward"] if field == "reward" else r["info"][field] for r in recs if r))
+    return means
+
+
+def heldout_change(run: Run, article_ids: list[str], round: int, conf: float = 0.95) -> dict[str, Any]:
+    """The held-out reward of ``round`` minus round 0's, paired by article (the same seeds both rounds): the mean
+    difference with its Student-t interval over articles, and the sign test."""
+    before = heldout_rewards(run, article_ids, 0)
+    after = heldout_rewards(run, article_ids, round)
+    diff, low, high = stats.mean_ci([b - a for a, b in zip(before, after, strict=True)], conf)
+    return {
+        "round": round,
+        "n_articles": len(article_ids),
+        "before": statistics.fmean(before),
+        "after": statistics.fmean(after),
+        "mean_diff": diff,
+        "ci": [low, high],
+        "conf": conf,
+        "significant": bool(low > 0 or high < 0),
+        "sign_test": stats.sign_test(before, after),
+    }
+
+
+def log_round(logger: Logger, summary: dict[str, Any], batch: list[Experience], rnd: int) -> None:
+    flat = {"round/index": rnd}
+    for part in ("train", "heldout", "learn", "seconds"):
+        flat.update({f"round/{part}_{k}": v for k, v in summary.get(part, {}).items()})
+    logger.log(flat)
+    rows = [
+        [
+            rnd,
+            "heldout" if i >= summary.get("train", {}).get("n", 0) else "train",
+            e.article.title,
+            e.k,
+            e.reward,
+            e.info.get("baseline_accuracy"),
+            e.info.get("adapter_accuracy"),
+            e.self_edit,
+        ]
+        for i, e in enumerate(batch)
+    ]
+    logger.table(
+        f"self_edits/round_{rnd}",
+        ["round", "phase", "title", "k", "reward", "baseline_accuracy", "adapter_accuracy", "self_edit"],
+        rows,
+        {"round/index": rnd},
+    )
+
+
+def _fmt(stats: dict[str, Any] | None) -> str:
+    if not stats:
+        return "-"
+    return f"{stats['reward_mean']:+.3f} (max {stats['reward_max']:+.3f}, >0 {stats['frac_positive']:.0%})"
+
+
+def round_line(summary: dict[str, Any]) -> str:
+    learn = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.get("learn", {}).items()
+    )
+    return (
+        f"round {summary['round']}: train reward {_fmt(summary.get('train'))} | held-out {_fmt(summary.get('heldout'))}"
+        + (f" | {learn}" if learn else "")
+        + f" | {summary['seconds']['total']:.0f} s"
+    )
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    print(
+        f"\n{results['algorithm']} finished: {len(results['rounds']) - 1} rounds, "
+        f"{results['seconds']:.0f} s this session"
+    )
+    print(f"{'round':>5}  {'train reward (mean, max, >0)':34} {'held-out reward':34}")
+    for s in results["rounds"]:
+        print(f"{s['round']:>5}  {_fmt(s.get('train')):34} {_fmt(s.get('heldout')):34}")
+    if change := results.get("heldout_change"):
+        print(change_line(change))
+    print(f"run dir:    {results['run_dir']}\ncheckpoint: {results['checkpoint']}")
+
+
+def change_line(change: dict[str, Any]) -> str:
+    """What a run shows about learning: the held-out change of its last round over round 0, and its interval."""
+    low, high = change["ci"]
+    sign = change["sign_test"]
+    if math.isnan(low):
+        verdict = "no interval: one held-out article (use --heldout-articles > 1)"
+    elif change["significant"]:
+        verdict = "significant: the interval excludes 0"
+    else:
+        verdict = "not significant: the interval includes 0, so this run does not show learning"
+    return (
+        f"held-out change, round {change['round']} - round 0: {change['mean_diff']:+.3f} "
+        f"[{low:+.3f}, {high:+.3f}] ({change['conf']:.0%} CI over {change['n_articles']} articles; "
+        f"sign test {sign['wins']} up, {sign['losses']} down, p {sign['p_value']:.2f}): {verdict}"
+    )
