@@ -79,6 +79,10 @@ RESUME_OVERRIDES = (
 )  # settings that do not change results
 
 
+#: The --help group of the policy-update settings.
+POLICY_UPDATE = "Policy update: a LoRA on the policy, folded into its weights after each round"
+
+
 @dataclass
 class RunConfig:
     """Settings shared by every agent: the run, the rollouts, the policy's LoRA update, and the environment."""
@@ -124,38 +128,38 @@ class RunConfig:
     policy_lora_rank: int = setting(
         64,
         "LoRA rank of the policy update",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
     policy_lora_alpha: float = setting(
         128.0,
         "LoRA alpha of the policy update",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
     policy_lora_modules: list[str] = setting(
         factory=lambda: ["all"],
         help="modules with LoRA (short names or all)",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
     policy_learning_rate: float = setting(
         3e-4,
         "learning rate of the policy update (AdamW, linear decay)",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
     policy_epochs: int = setting(
         1,
         "epochs over a round's training data",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
     policy_batch_size: int = setting(
         1,
         "sequences per policy update step",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
 
     env: SealConfig = setting(
         factory=lambda: SealConfig(**DEMO_ENV),
         help="the environment (inner loop)",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
 
     def validate(self) -> None:

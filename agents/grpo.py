@@ -29,7 +29,7 @@ import mlx.nn as nn
 import numpy as np
 
 from agents.base import Experience
-from agents.config import PAPER_PRESET, TINY, RunConfig
+from agents.config import PAPER_PRESET, POLICY_UPDATE, TINY, RunConfig
 from agents.lora_agent import LoRAAgent
 from agents.run import main as run_main
 
@@ -39,31 +39,27 @@ class GRPOConfig(RunConfig):
     """GRPO's settings, on top of the shared ones in :class:`agents.config.RunConfig` (it changes their update
     defaults)."""
 
-    policy_lora_rank: int = setting(
-        16, "", group="Policy update: a LoRA on the policy, folded into its weights after each round"
-    )
-    policy_lora_alpha: float = setting(
-        32.0, "", group="Policy update: a LoRA on the policy, folded into its weights after each round"
-    )
+    policy_lora_rank: int = setting(16, "", group=POLICY_UPDATE)
+    policy_lora_alpha: float = setting(32.0, "", group=POLICY_UPDATE)
     policy_lora_modules: list[str] = setting(
         factory=lambda: ["q_proj", "v_proj"],
         help="",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
     policy_learning_rate: float = setting(
         5e-5,
         "learning rate of the policy update (AdamW, constant)",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
     policy_epochs: int = setting(
         1,
         "passes over a round's self-edits (> 1 makes the ratio clipping matter)",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
     policy_batch_size: int = setting(
         3,
         "self-edits per gradient step",
-        group="Policy update: a LoRA on the policy, folded into its weights after each round",
+        group=POLICY_UPDATE,
     )
 
     kl_coef: float = setting(0.04, "weight of the KL penalty to the initial policy (0: none)", group="GRPO")
