@@ -129,3 +129,41 @@ def test_torch_baseline_trains_and_quizzes_in_a_child_process():
     out = torch_baseline.run(job, threads=1)
     assert len(out["runs"]) == 1 and out["runs"][0]["train_steps"] == len(data)
     assert out["runs"][0]["seconds_total"] >= out["runs"][0]["seconds_train"] > 0
+
+
+def test_decode_speed_reports_fraction_of_bound_per_batch(tmp_path):
+    from seal_env.models import load_model
+
+    from mlx.utils import tree_flatten
+
+    from benchmarks import decode_speed
+
+    out = tmp_path / "decode.json"
+    figures = decode_speed.main(
+        ["--model", "tiny-random", "--batch-sizes", "1,3", "--steps", "2", "--prompt-tokens", "8", "--json", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(figures))
+    model, _ = load_model("tiny-random")
+    assert figures["weight_bytes"] == sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    bound_s = figures["weight_bytes"] / figures["copy_bandwidth_bytes_per_s"]
+    assert figures["bound_ms"] == pytest.approx(bound_s * 1e3) and set(figures["batch"]) == {"1", "3"}
+    for b, row in figures["batch"].items():
+        assert row["fraction_of_bound"] == pytest.approx(bound_s * 1e3 / row["greedy_step_ms"])
+        assert figures["fraction_of_bound"][b] == row["fraction_of_bound"]
+        assert row["greedy_tokens_per_s"] == pytest.approx(int(b) / (row["greedy_step_ms"] / 1e3))
+        assert row["rest_of_greedy_step_ms"] == pytest.approx(row["greedy_step_ms"] - row["matmuls_ms"])
+    one, three = figures["batch"]["1"], figures["batch"]["3"]
+    assert three["greedy_speedup_vs_batch_1"] == pytest.approx(
+        three["greedy_tokens_per_s"] / one["greedy_tokens_per_s"]
+    )
+    assert one["sampled_speedup_vs_batch_1"] == 1.0 and all(r["sampling_ms"] > 0 for r in figures["batch"].values())
+
+
+def test_decode_speed_prompts_have_the_asked_length_and_differ():
+    from seal_env.models import load_model
+
+    from benchmarks import decode_speed
+
+    _, tok = load_model("tiny-random")
+    prompts = decode_speed.prompts_for(tok, 3, 40)
+    assert [len(p) for p in prompts] == [40, 40, 40] and len({tuple(p) for p in prompts}) == 3
