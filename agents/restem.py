@@ -38,9 +38,11 @@ class ReSTEMConfig(RunConfig):
 #: ``demo`` is the dataclass defaults; ``paper`` is SEAL's knowledge-incorporation ReSTEM (50 articles x 5
 #: self-edits x 3 inner loops, 2 rounds, SFT with LoRA r=64 on all linear layers, lr 3e-4, 2 epochs, batch 5,
 #: and SEAL's inner loop: the SealConfig defaults + SEAL_PAPER_SETTINGS, with SEAL's accuracy reward); ``tiny`` is
-#: the tiny-random model, for tests.
+#: the tiny-random model, for tests; ``learn`` is the demo with 8 training articles a round, 3 policy epochs and
+#: every held-out article evaluated (the setting measured in ``benchmarks/LEARNING.md``).
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
+    "learn": {"articles_per_round": 8, "policy_epochs": 3, "heldout_articles": -1},
     "paper": PAPER_PRESET,
     "tiny": TINY,
 }

@@ -158,6 +158,7 @@ def test_help_lists_every_setting_and_the_presets(capsys):
         "--workers",
         "paper",
         "tiny",
+        "learn",
     ):
         assert text in out
 
