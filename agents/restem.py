@@ -8,6 +8,7 @@ with the loss on the self-edit only. The LoRA is folded into the policy, which s
 after every round the policy is evaluated on held-out articles that are never trained on.
 
     python -m agents.restem                   # demo preset: SmolLM2-135M, bundled articles, minutes on a CPU
+    python -m agents.restem --preset learn    # larger policy updates (benchmarks/LEARNING.md), ~30 min on a CPU
     python -m agents.restem --preset paper --data ../shared/data/squad_train_pool300.json
     python -m agents.restem --resume runs/<run>
 """
