@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gemv = gemv_seconds(model)
     if gemv is not None:
         print(f"batch   1 matmuls through cblas_sgemv: {gemv * 1e3:.1f} ms")
-    base = rows[str(batches[0])] if batches[0] == 1 else None
-    for r in rows.values():
-        if base is not None:
+    base = rows.get("1")
+    if base is not None:
+        for r in rows.values():
             r["greedy_speedup_vs_batch_1"] = r["greedy_tokens_per_s"] / base["greedy_tokens_per_s"]
             r["sampled_speedup_vs_batch_1"] = r["sampled_tokens_per_s"] / base["sampled_tokens_per_s"]
     out = {
