@@ -116,6 +116,12 @@ class RunConfig:
         group="Rollouts",
     )
     temperature: float = setting(1.0, "sampling temperature of self-edits (0 = greedy)", group="Rollouts")
+    heldout_temperature: float | None = setting(
+        None,
+        "sampling temperature of held-out self-edits (none: --temperature; 0: greedy, so that rounds differ only by "
+        "the policy's most likely self-edit, not by sampling noise)",
+        group="Rollouts",
+    )
     top_p: float = setting(1.0, "nucleus sampling of self-edits", group="Rollouts")
     self_edit_max_tokens: int = setting(64, "token budget of a self-edit", group="Rollouts")
     sample_batch_size: int = setting(32, "self-edits generated together", group="Rollouts")
@@ -187,6 +193,8 @@ class RunConfig:
             raise ValueError(f"heldout_articles must be -1 (all), 0 (none) or a count, got {self.heldout_articles}")
         if not (self.temperature >= 0 and 0 < self.top_p <= 1):
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        if self.heldout_temperature is not None and not self.heldout_temperature >= 0:
+            raise ValueError(f"heldout_temperature must be >= 0 or none, got {self.heldout_temperature}")
         if self.name and (os.sep in self.name or self.name in (".", "..")):
             raise ValueError(f"name must be a plain directory name, got {self.name!r}")
         resolve_template(self.template)

@@ -2,10 +2,11 @@
 
 Each round: take the next ``articles_per_round`` training articles, sample ``k`` self-edits per article from the
 policy, reward every one in the environment (``eval_times`` inner loops each), keep each article's best (only
-if its reward > ``threshold``, when set), and fine-tune the policy with a LoRA on (self-edit prompt -> self-edit)
-with the loss on the self-edit only. The LoRA is folded into the policy, which samples the next round and, with
-``inner_loop_learner="policy"`` (SEAL), is also the model that the inner loop fine-tunes. Before training and
-after every round the policy is evaluated on held-out articles that are never trained on.
+if its reward > ``threshold``, when set; with ``keep_empty=False`` never an empty self-edit), and fine-tune the
+policy with a LoRA on (self-edit prompt -> self-edit) with the loss on the self-edit only. The LoRA is folded into
+the policy, which samples the next round and, with ``inner_loop_learner="policy"`` (SEAL), is also the model that
+the inner loop fine-tunes. Before training and after every round the policy is evaluated on held-out articles that
+are never trained on.
 
     python -m agents.restem                   # demo preset: SmolLM2-135M, bundled articles, minutes on a CPU
     python -m agents.restem --preset learn    # larger policy updates (benchmarks/LEARNING.md), ~30 min on a CPU
@@ -34,25 +35,41 @@ class ReSTEMConfig(RunConfig):
     threshold: float | None = setting(
         None, "keep an article's best self-edit only if its reward > threshold (none: always)", group="ReSTEM"
     )
+    keep_empty: bool = setting(
+        True,
+        "an empty self-edit (no training piece of its own, so its reward is the passage-only reward) may be kept; "
+        "false: never, so the policy is not taught to write nothing",
+        group="ReSTEM",
+    )
 
 
 #: ``demo`` is the dataclass defaults; ``paper`` is SEAL's knowledge-incorporation ReSTEM (50 articles x 5
 #: self-edits x 3 inner loops, 2 rounds, SFT with LoRA r=64 on all linear layers, lr 3e-4, 2 epochs, batch 5,
 #: and SEAL's inner loop: the SealConfig defaults + SEAL_PAPER_SETTINGS, with SEAL's accuracy reward); ``tiny`` is
-#: the tiny-random model, for tests; ``learn`` is the demo with 8 training articles a round, 3 policy epochs and
-#: every held-out article evaluated (the setting measured in ``benchmarks/LEARNING.md``).
+#: the tiny-random model, for tests; ``learn`` is the demo with 8 training articles a round, 3 policy epochs, every
+#: held-out article evaluated with the policy's greedy self-edit, and empty self-edits never kept (the setting
+#: measured in ``benchmarks/LEARNING.md``).
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
-    "learn": {"articles_per_round": 8, "policy_epochs": 3, "heldout_articles": -1},
+    "learn": {
+        "articles_per_round": 8,
+        "policy_epochs": 3,
+        "heldout_articles": -1,
+        "heldout_temperature": 0.0,
+        "keep_empty": False,
+    },
     "paper": PAPER_PRESET,
     "tiny": TINY,
 }
 
 
-def select_best(batch: list[Experience], threshold: float | None) -> list[Experience]:
-    """Each article's highest-reward self-edit (the first on ties), if its reward clears ``threshold``."""
+def select_best(batch: list[Experience], threshold: float | None, keep_empty: bool = True) -> list[Experience]:
+    """Each article's highest-reward self-edit (the first on ties), if its reward clears ``threshold``; with
+    ``keep_empty=False`` among the self-edits that are not empty (``info["empty_action"]``) only."""
     best: dict[str, Experience] = {}
     for e in batch:
+        if not keep_empty and e.info.get("empty_action", False):
+            continue
         if e.article.id not in best or e.reward > best[e.article.id].reward:
             best[e.article.id] = e
     return [e for e in best.values() if threshold is None or e.reward > threshold]
@@ -62,7 +79,7 @@ class ReSTEM(LoRAAgent[ReSTEMConfig]):
     """The ReSTEM agent: rejection sampling (best of ``k``) and supervised fine-tuning of the policy."""
 
     def learn(self, batch: list[Experience], seed: int) -> dict[str, float]:
-        keep = select_best(batch, self.cfg.threshold)
+        keep = select_best(batch, self.cfg.threshold, self.cfg.keep_empty)
         stats: dict[str, float] = {"kept": float(len(keep))}
         if not keep:
             return stats

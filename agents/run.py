@@ -9,6 +9,7 @@ rollouts: without the round), so a resumed run ends exactly where an uninterrupt
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from agents.base import Agent, Experience, Policy, derive_seed, observation
 from agents.config import RunConfig, build_parser, parse_args
+from agents.policies import PromptPolicy
 from agents.report import heldout_change, log_round, print_summary, reward_stats, round_line
 from agents.rundir import Run
 from agents.wandb_logger import Logger
@@ -171,12 +173,25 @@ def rollout(
     return batch, seconds
 
 
+def heldout_policy(policy: Policy, cfg: RunConfig) -> Policy:
+    """The policy that samples held-out self-edits: ``policy`` itself, or (``cfg.heldout_temperature`` set) a copy
+    of it that shares its model and samples at that temperature, so that it follows every update."""
+    if cfg.heldout_temperature is None:
+        return policy
+    if not isinstance(policy, PromptPolicy):
+        raise ValueError(f"heldout_temperature needs a PromptPolicy, got {type(policy).__name__}")
+    held = copy.copy(policy)
+    held.temperature = cfg.heldout_temperature
+    return held
+
+
 def train(
     cfg: RunConfig, agent: Agent, run: Run, executor: Any, logger: Logger, splits: tuple[list[Article], list[Article]]
 ) -> dict[str, Any]:
     """Round 0 evaluates the initial policy on held-out articles; rounds 1..R sample, reward, learn, checkpoint and
     evaluate on held-out articles again. Returns (and saves as results.json) the per-round summaries."""
     train_articles, heldout = splits
+    held_policy = heldout_policy(agent.policy, cfg)
     rewards, t_start = Rewards(executor), time.perf_counter()
     learned = [r for r in range(1, cfg.rounds + 1) if run.get("learn", r) and run.checkpoint(r).is_file()]
     if learned:  # resume from the last policy update
@@ -209,9 +224,7 @@ def train(
             if cfg.inner_loop_learner == "policy":
                 rewards.set_base_weights(agent.state())
         if heldout:
-            held, held_seconds = rollout(
-                run, agent.policy, rewards, heldout, cfg.heldout_k, rnd, "heldout", cfg, logger
-            )
+            held, held_seconds = rollout(run, held_policy, rewards, heldout, cfg.heldout_k, rnd, "heldout", cfg, logger)
             summary["heldout"] = reward_stats(held)
             seconds.update({f"heldout_{k}": v for k, v in held_seconds.items()})
             batch += held

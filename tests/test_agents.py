@@ -1,5 +1,6 @@
 """The agent interface: ready policies, make_policy, the command line, the run journal."""
 
+import dataclasses
 import json
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
@@ -12,8 +13,9 @@ import pytest
 
 from agents import grpo, restem
 from agents.base import Agent, Experience, Policy, derive_seed
-from agents.config import TINY_ENV
+from agents.config import TINY_ENV, RunConfig
 from agents.policies import EmptyPolicy, PassagePolicy, PromptPolicy, ReplayPolicy, make_policy
+from agents.run import heldout_policy
 from agents.rundir import Run
 
 OBS = [
@@ -118,6 +120,19 @@ def test_prompt_policy_sampling_is_seeded_per_observation_and_sample(tiny_model)
         make_policy("prompt:nonsense", loaded=tiny_model)
 
 
+def test_heldout_policy_samples_at_the_heldout_temperature_from_the_same_model(tiny_model):
+    policy = make_policy("prompt:implications", loaded=tiny_model, max_tokens=6)
+    assert isinstance(policy, PromptPolicy)
+    cfg = RunConfig()
+    assert heldout_policy(policy, cfg) is policy  # none: the policy itself
+    held = heldout_policy(policy, dataclasses.replace(cfg, heldout_temperature=0.0))
+    assert isinstance(held, PromptPolicy) and held.model is policy.model and policy.temperature == 1.0
+    greedy = make_policy("prompt:implications", loaded=tiny_model, max_tokens=6, temperature=0.0)
+    assert held.propose(OBS, seed=3) == greedy.propose(OBS, seed=4) != policy.propose(OBS, seed=3)
+    with pytest.raises(ValueError, match="heldout_temperature needs a PromptPolicy"):
+        heldout_policy(EmptyPolicy(), dataclasses.replace(cfg, heldout_temperature=0.0))
+
+
 def test_derive_seed_is_deterministic_and_spread():
     assert derive_seed(0, 1, "train", "abc", 2) == derive_seed(0, 1, "train", "abc", 2)
     assert len({derive_seed(0, r, k) for r in range(5) for k in range(5)}) == 25
@@ -149,6 +164,8 @@ def test_help_lists_every_setting_and_the_presets(capsys):
         "--articles-per-round",
         "--k",
         "--threshold",
+        "--keep-empty, --no-keep-empty",
+        "--heldout-temperature",
         "--epochs",
         "--lora-rank",
         "--data",
@@ -175,6 +192,7 @@ def test_help_lists_every_setting_and_the_presets(capsys):
         (["--preset", "huge"], "invalid choice"),
         (["--workers", "2"], "need --executor ray"),
         (["--resume", "/nonexistent/run"], "not a run directory"),
+        (["--heldout-temperature", "-1"], "heldout_temperature must be >= 0 or none"),
     ],
 )
 def test_bad_settings_exit_with_a_clear_message(argv, message, capsys, tmp_path):

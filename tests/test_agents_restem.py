@@ -39,7 +39,7 @@ def reference(tmp_path_factory):
     return runs / "ref", results
 
 
-def test_select_best_keeps_each_articles_best_above_threshold():
+def test_select_best_keeps_each_articles_best_above_threshold_and_can_skip_empty_self_edits():
     a, b = (Article(t, "c " + t, (Question("q", "a"),)) for t in "ab")
     batch = [
         Experience(a, "a0", 0.1, k=0),
@@ -50,6 +50,12 @@ def test_select_best_keeps_each_articles_best_above_threshold():
     ]
     assert [e.self_edit for e in restem.select_best(batch, None)] == ["a1", "b1"]
     assert [e.self_edit for e in restem.select_best(batch, 0.0)] == ["a1"]
+    batch[1].info["empty_action"] = True  # a1 taught nothing of its own: a2 is the best non-empty one
+    assert [e.self_edit for e in restem.select_best(batch, None)] == ["a1", "b1"]
+    assert [e.self_edit for e in restem.select_best(batch, None, keep_empty=False)] == ["a2", "b1"]
+    for e in batch[3:]:
+        e.info["empty_action"] = True
+    assert [e.self_edit for e in restem.select_best(batch, None, keep_empty=False)] == ["a2"]
 
 
 def test_tiny_preset_end_to_end(reference, capsys):
