@@ -5,10 +5,12 @@ Each run (``--runs N``: run seeds 0..N-1) is one agent run (``agents.restem`` or
 and inner-loop seeds every round), so round r - round 0 is a paired comparison in which only the policy changed.
 Per run and round it reports the held-out reward's mean with a 95 % CI over articles, the paired difference to
 round 0 with its CI and sign test, the accuracy and F1 gains, the mean self-edit length, and seconds; then how many
-runs end significantly above round 0. Writes ``OUT/learning_curve.json`` and ``OUT/learning_curve.png``. Rerunning
+runs end significantly above round 0, and the last round's change per article averaged over the runs (all runs
+share the held-out articles) with its CI. Writes ``OUT/learning_curve.json`` and ``OUT/learning_curve.png``. Rerunning
 the same command resumes every unfinished run and reuses the finished ones.
 
     python -m benchmarks.learning_curve --preset tiny --runs 2 --out results/lc_tiny       # the machinery, a minute
+    python -m benchmarks.learning_curve --preset learn --runs 3 --out results/lc_learn     # benchmarks/LEARNING.md
     python -m benchmarks.learning_curve --runs 3 --out results/lc_demo -- --heldout-articles 8
     python -m benchmarks.learning_curve --agent grpo --runs 3 --out results/lc_grpo -- --k 4
 """
@@ -69,20 +71,42 @@ def curve(folder: Path) -> dict[str, Any]:
             }
             if rnd > 0:
                 row["change"] = heldout_change(run, ids, rnd)
+                after, before = heldout_rewards(run, ids, rnd), heldout_rewards(run, ids, 0)
+                row["article_changes"] = {a: y - x for a, x, y in zip(ids, before, after, strict=True)}
             rows.append(row)
     finally:
         run.close()
     return {"run_dir": str(folder), "n_articles": len(ids), "rounds": rows}
 
 
+def pooled_change(curves: list[dict[str, Any]], conf: float = 0.95) -> dict[str, Any] | None:
+    """The last round's change to round 0 per held-out article, averaged over the runs, with its Student-t interval
+    over articles; None unless every run has a last round on the same held-out articles."""
+    changes = [c["rounds"][-1].get("article_changes") for c in curves]
+    if not changes or any(ch is None or sorted(ch) != sorted(changes[0]) for ch in changes):
+        return None
+    per_article = [statistics.fmean(ch[a] for ch in changes) for a in sorted(changes[0])]
+    mean, low, high = stats.mean_ci(per_article, conf)
+    return {
+        "n_articles": len(per_article),
+        "runs": len(changes),
+        "mean_diff": mean,
+        "ci": [low, high],
+        "conf": conf,
+        "significant": bool(low > 0 or high < 0),
+    }
+
+
 def summarize(curves: list[dict[str, Any]]) -> dict[str, Any]:
-    """How many runs end significantly above (or below) round 0, and the mean change of the last round."""
+    """How many runs end significantly above (or below) round 0, the mean change of the last round, and that change
+    per article averaged over the runs (:func:`pooled_change`)."""
     last = [c["rounds"][-1]["change"] for c in curves if len(c["rounds"]) > 1]
     return {
         "runs": len(curves),
         "runs_significantly_up": sum(ch["significant"] and ch["mean_diff"] > 0 for ch in last),
         "runs_significantly_down": sum(ch["significant"] and ch["mean_diff"] < 0 for ch in last),
         "mean_last_change": statistics.fmean(ch["mean_diff"] for ch in last) if last else float("nan"),
+        "pooled_last_change": pooled_change(curves),
     }
 
 
@@ -127,6 +151,12 @@ def print_curves(curves: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         f"\n{summary['runs_significantly_up']} of {summary['runs']} runs end significantly above round 0 "
         f"({summary['runs_significantly_down']} below); mean last-round change {summary['mean_last_change']:+.3f}"
     )
+    if pooled := summary["pooled_last_change"]:
+        low, high = pooled["ci"]
+        print(
+            f"last-round change per article, averaged over the {pooled['runs']} runs: {pooled['mean_diff']:+.3f} "
+            f"[{low:+.3f}, {high:+.3f}] ({pooled['conf']:.0%} CI over {pooled['n_articles']} articles)"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -60,9 +60,26 @@ def test_report_matches_the_journal(report):
             assert ch["mean_diff"] == pytest.approx(np.mean(diff)) and ch["n_articles"] == 3
             assert ch["ci"] == pytest.approx([np.mean(diff) - half, np.mean(diff) + half])
             assert ch["significant"] == (ch["ci"][0] > 0 or ch["ci"][1] < 0)
+            assert row["article_changes"] == pytest.approx(dict(zip(ids, diff, strict=True)))
     last = [c["rounds"][-1]["change"] for c in rep["curves"]]
     assert rep["runs_significantly_up"] == sum(ch["significant"] and ch["mean_diff"] > 0 for ch in last)
     assert rep["mean_last_change"] == pytest.approx(np.mean([ch["mean_diff"] for ch in last]))
+    per_article = [np.mean([c["rounds"][-1]["article_changes"][a] for c in rep["curves"]]) for a in ids]
+    mean, low, high = stats.mean_ci(per_article)
+    pooled = rep["pooled_last_change"]
+    assert pooled["mean_diff"] == pytest.approx(mean) and pooled["ci"] == pytest.approx([low, high])
+    assert pooled["n_articles"] == 3 and pooled["runs"] == 2
+
+
+def test_pooled_change_needs_the_same_articles_in_every_run():
+    def run(changes):
+        return {"rounds": [{"round": 0}, {"round": 1, "article_changes": changes}]}
+
+    pooled = learning_curve.pooled_change([run({"a": 0.1, "b": 0.3, "c": 0.2}), run({"c": 0.4, "a": 0.3, "b": 0.1})])
+    assert pooled is not None and pooled["mean_diff"] == pytest.approx(0.7 / 3) and pooled["runs"] == 2
+    assert pooled["ci"][0] < pooled["mean_diff"] < pooled["ci"][1]
+    assert learning_curve.pooled_change([run({"a": 0.1, "b": 0.3}), run({"a": 0.1, "c": 0.3})]) is None
+    assert learning_curve.pooled_change([{"rounds": [{"round": 0}]}]) is None  # no trained round
 
 
 def test_rerun_resumes_without_recomputing(report, capsys):
