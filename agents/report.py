@@ -46,10 +46,11 @@ def heldout_rewards(run: Run, article_ids: list[str], round: int, field: str = "
 
 def heldout_change(run: Run, article_ids: list[str], round: int, conf: float = 0.95) -> dict[str, Any]:
     """The held-out reward of ``round`` minus round 0's, paired by article (the same seeds both rounds): the mean
-    difference with its Student-t interval over articles, and the sign test."""
+    difference with its Student-t interval over articles, the sign test, and each article's difference."""
     before = heldout_rewards(run, article_ids, 0)
     after = heldout_rewards(run, article_ids, round)
-    diff, low, high = stats.mean_ci([b - a for a, b in zip(before, after, strict=True)], conf)
+    diffs = [b - a for a, b in zip(before, after, strict=True)]
+    diff, low, high = stats.mean_ci(diffs, conf)
     return {
         "round": round,
         "n_articles": len(article_ids),
@@ -60,6 +61,7 @@ def heldout_change(run: Run, article_ids: list[str], round: int, conf: float = 0
         "conf": conf,
         "significant": bool(low > 0 or high < 0),
         "sign_test": stats.sign_test(before, after),
+        "article_changes": dict(zip(article_ids, diffs, strict=True)),
     }
 
 

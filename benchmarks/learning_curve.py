@@ -71,8 +71,7 @@ def curve(folder: Path) -> dict[str, Any]:
             }
             if rnd > 0:
                 row["change"] = heldout_change(run, ids, rnd)
-                after, before = heldout_rewards(run, ids, rnd), heldout_rewards(run, ids, 0)
-                row["article_changes"] = {a: y - x for a, x, y in zip(ids, before, after, strict=True)}
+                row["article_changes"] = row["change"].pop("article_changes")
             rows.append(row)
     finally:
         run.close()
