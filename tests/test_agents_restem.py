@@ -15,7 +15,9 @@ from mlx.utils import tree_flatten
 
 from agents import restem
 from agents.base import Experience
+from agents.config import preset_config
 from agents.policies import PromptPolicy, make_policy
+from agents.run import load_splits, round_articles
 from agents.rundir import Run
 
 from conftest import assert_same_run, count_evaluations, crashed_copy, journal
@@ -214,3 +216,14 @@ def test_checkpoint_policy_spec_picks_a_round(reference, initial):
         make_policy(f"checkpoint:{run_dir}:3")
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         make_policy(f"checkpoint:{Path(run_dir).parent / 'missing'}:1")
+
+
+def test_learn_preset_fits_the_bundled_articles():
+    """The ``learn`` preset runs on the bundled articles: 16 held out, and no training article used twice."""
+    cfg = preset_config(restem.ReSTEMConfig, restem.PRESETS, "learn")
+    cfg.validate()
+    train, heldout = load_splits(cfg)
+    assert len(heldout) == 16 and not {a.id for a in train} & {a.id for a in heldout}
+    used = [a.id for r in range(1, cfg.rounds + 1) for a in round_articles(train, r, cfg)]
+    assert len(used) == cfg.rounds * cfg.articles_per_round == len(set(used))
+    assert not cfg.env.include_passage and cfg.threshold == 0.0  # writing nothing earns 0 and is never kept
