@@ -5,17 +5,27 @@ The Linux ``mlx[cpu]`` wheel links a reference BLAS. If OpenBLAS is loaded into 
 ``benchmarks/RESULTS.md``). This module does that once, at ``import seal_env``.
 
 Set ``SEAL_ENV_BLAS=/path/to/libopenblas.so`` to choose the library, or ``SEAL_ENV_BLAS=none`` to skip.
+
+With OpenBLAS found and a C compiler on the machine (``$CC`` or ``cc``), a small ``cblas_sgemm``
+(``csrc/gemv_sgemm.c``, compiled once into the cache folder) is loaded ahead of it: products with one row (a
+decoding step at batch 1) go to ``cblas_sgemv``, which reads the weights once instead of packing them, and every
+other product to OpenBLAS's ``cblas_sgemm``. ``SEAL_ENV_GEMV=off`` skips it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
-from seal_env.environ import ON, switch
+from seal_env.environ import ON, cache_dir, switch
 
 CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
@@ -31,8 +41,12 @@ FIX = (
     "libopenblas.so, then restart Python (it must load before `import mlx`)."
 )
 
+GEMV_SOURCE = Path(__file__).parent / "csrc" / "gemv_sgemm.c"
+
 #: Path of the BLAS library that was loaded, or None. Set by :func:`load_fast_blas`.
 loaded_path: str | None = None
+#: The loaded one-row ``cblas_sgemm`` (``csrc/gemv_sgemm.c``), or None. Set by :func:`load_fast_blas`.
+gemv_library: ctypes.CDLL | None = None
 _attempted = False
 
 
@@ -54,9 +68,11 @@ def load_fast_blas() -> str | None:
         return None
     for path in _candidates():
         try:
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            blas = ctypes.CDLL(path)  # local first: the one-row sgemm must enter the global namespace before it
         except OSError:
             continue
+        _load_gemv_sgemm(blas)
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         loaded_path = path
         break
     if loaded_path is None:
@@ -72,3 +88,44 @@ def load_fast_blas() -> str | None:
             stacklevel=3,
         )
     return loaded_path
+
+
+def _load_gemv_sgemm(blas: ctypes.CDLL) -> None:
+    """Load ``csrc/gemv_sgemm.c`` (compiled if needed) into the global namespace, bound to ``blas``'s
+    ``cblas_sgemm`` / ``cblas_sgemv``; leave things as they are when switched off or when it cannot be built."""
+    global gemv_library
+    if not switch("SEAL_ENV_GEMV") or not all(hasattr(blas, f) for f in ("cblas_sgemm", "cblas_sgemv")):
+        return
+    try:  # a cache folder that cannot be written, a compiler that fails: the stock path, as without a compiler
+        built = _compiled_gemv_sgemm()
+        library = None if built is None else ctypes.CDLL(str(built), mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return
+    if library is None:
+        return
+    sgemm, sgemv = (ctypes.cast(f, ctypes.c_void_p) for f in (blas.cblas_sgemm, blas.cblas_sgemv))
+    library.seal_gemv_bind(sgemm, sgemv)
+    gemv_library = library
+
+
+def _compiled_gemv_sgemm() -> Path | None:
+    """``csrc/gemv_sgemm.c`` compiled into the cache folder (once per source and compiler), or None without a C
+    compiler or when the build fails."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None or not GEMV_SOURCE.exists():
+        return None
+    source = GEMV_SOURCE.read_bytes()
+    tag = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
+    target = cache_dir() / "blas" / f"gemv_sgemm-{tag}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        command = [compiler, "-O2", "-shared", "-fPIC", "-o", str(built), str(GEMV_SOURCE)]
+        try:
+            subprocess.run(command, check=True, capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        os.replace(built, target)  # atomic: parallel workers never load a half-written file
+    return target
