@@ -5,20 +5,28 @@
 
 A decoding step reads every weight once, so it cannot be faster than ``weight bytes / memory bandwidth``. This
 measures, in one run: the bandwidth (a large ``memcpy``: bytes read + bytes written per second), the weight bytes of
-the model, and for each batch size the time of one step of
+the model, and for each batch size the time of one step, for two decoding paths measured in turn (``--repeats``
+rounds, each path once per round; the medians are reported, so that both see the same machine):
+
+* **fast** (what seal-env runs): :func:`seal_env.kernels.use_fast_decoding` on, and one-row products through
+  ``cblas_sgemv`` where :mod:`seal_env._blas` could build its one-row ``cblas_sgemm``;
+* **stock**: mlx-lm's modules and mlx's ``cblas_sgemm`` for every product (seal-env before issue 15);
+
+of
 
 * **greedy**: :func:`seal_env.decode.greedy_continue` (the quiz's path) after one prefill;
 * **sampled**: mlx-lm's ``BatchGenerator`` with one seeded sampler per row (:class:`agents.policies.PromptPolicy`'s
   path: temperature 1, full nucleus), after its prefill;
-* **matmuls only**: the step's weight products alone (every 2-D weight times ``batch`` rows, one evaluation), so
-  that ``step - matmuls`` is the time of everything else (norms, rotary embeddings, attention, sampling, Python);
-  at batch 1 also the same products through the BLAS's matrix-vector routine (``cblas_sgemv``, called directly on
-  the weights: what mlx's ``cblas_sgemm`` path, which packs each weight matrix on every call, leaves on the table);
+* **matmuls only**: the step's weight products alone as the fast path computes them (every 2-D weight times
+  ``batch`` rows, one evaluation), so that ``step - matmuls`` is the time of everything else (norms, rotary
+  embeddings, attention, sampling, Python); at batch 1 also the same products through the BLAS's matrix-vector
+  routine called directly on the weights (``cblas_sgemv`` from Python, no mlx);
 * **sampling**: the sampling part of a ``BatchGenerator`` step alone (log-probabilities over the vocabulary, one
   seeded sampler per row) on random logits.
 
-``fraction_of_bound`` = bound seconds / step seconds (greedy; ``sampled_fraction_of_bound`` for sampling) per
-batch size, and ``speedup_vs_batch_1`` compares tokens per second.
+``fraction_of_bound`` = bound seconds / step seconds (greedy, fast path; ``sampled_fraction_of_bound`` for
+sampling) per batch size, ``speedup_vs_batch_1`` compares tokens per second, and ``stock`` holds the stock path's
+figures.
 """
 
 from __future__ import annotations
@@ -33,8 +41,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
+from seal_env import _blas
 from seal_env.articles import load_articles
 from seal_env.decode import greedy_continue, prefill
+from seal_env.kernels import use_fast_decoding
 
 import mlx.core as mx
 import numpy as np
@@ -106,6 +116,13 @@ def sampled_step_seconds(model: Any, prompts: list[list[int]], steps: int, seed:
         gen.close()
 
 
+def use_path(model: Any, fast: bool) -> None:
+    """Decode through the fast path (``True``) or the stock one (``False``), in this process."""
+    use_fast_decoding(model, fast)
+    if _blas.gemv_library is not None:
+        ctypes.c_int.in_dll(_blas.gemv_library, "seal_gemv_on").value = int(fast)
+
+
 def matmul_seconds(model: Any, batch: int, repeats: int = 3) -> float:
     """Seconds for every 2-D weight times ``batch`` rows, in one evaluation (best of ``repeats``)."""
     weights = [v for v in parameters(model) if v.ndim == 2]
@@ -137,7 +154,7 @@ def sampling_seconds(batch: int, vocab: int, repeats: int = 3) -> float:
 def gemv_seconds(model: Any, repeats: int = 3) -> float | None:
     """Seconds for every 2-D fp32 weight times one row through OpenBLAS's ``cblas_sgemv`` (best of ``repeats``);
     None without a loaded OpenBLAS or with other weight dtypes."""
-    path = seal_env._blas.loaded_path
+    path = _blas.loaded_path
     weights = [np.asarray(v) for v in parameters(model) if v.ndim == 2]
     if path is None or any(w.dtype != np.float32 for w in weights):
         return None
@@ -161,11 +178,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-sizes", default="1,4,16,64", help="comma-separated batch sizes")
     parser.add_argument("--steps", type=int, default=16, help="timed decoding steps per measurement")
     parser.add_argument("--prompt-tokens", type=int, default=128, help="tokens of each prompt (the KV cache)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of (fast, stock) measurements per batch size")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    if args.steps < 1 or args.prompt_tokens < 1 or any(b < 1 for b in batches):
-        parser.error("--steps, --prompt-tokens and every batch size must be >= 1")
+    if args.steps < 1 or args.prompt_tokens < 1 or args.repeats < 1 or any(b < 1 for b in batches):
+        parser.error("--steps, --prompt-tokens, --repeats and every batch size must be >= 1")
 
     from seal_env.models import load_model
 
@@ -179,39 +197,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"bound {bound * 1e3:.1f} ms a step ({1 / bound:.1f} steps/s)"
     )
     rows: dict[str, dict[str, float]] = {}
+    stock: dict[str, dict[str, float]] = {}
     for b in batches:
         prompts = prompts_for(tokenizer, b, args.prompt_tokens)
-        greedy = greedy_step_seconds(model, prompts, args.steps)
-        sampled = sampled_step_seconds(model, prompts, args.steps)
+        times: dict[bool, dict[str, list[float]]] = {True: {}, False: {}}
+        for fast in (True, False):  # warm-up: mx.compile's first traces and kernel builds are not timed
+            use_path(model, fast)
+            greedy_step_seconds(model, prompts, 1)
+            sampled_step_seconds(model, prompts, 1)
+        for _ in range(args.repeats):
+            for fast in (True, False):
+                use_path(model, fast)
+                times[fast].setdefault("greedy", []).append(greedy_step_seconds(model, prompts, args.steps))
+                times[fast].setdefault("sampled", []).append(sampled_step_seconds(model, prompts, args.steps))
+        use_path(model, True)
         matmuls = matmul_seconds(model, b)
         sampling = sampling_seconds(b, vocab)
-        rows[str(b)] = {
-            "greedy_step_ms": greedy * 1e3,
-            "greedy_tokens_per_s": b / greedy,
-            "fraction_of_bound": bound / greedy,
-            "sampled_step_ms": sampled * 1e3,
-            "sampled_tokens_per_s": b / sampled,
-            "sampled_fraction_of_bound": bound / sampled,
-            "matmuls_ms": matmuls * 1e3,
-            "rest_of_greedy_step_ms": (greedy - matmuls) * 1e3,
-            "sampling_ms": sampling * 1e3,
-        }
-        r = rows[str(b)]
-        print(
-            f"batch {b:3d}: greedy {r['greedy_step_ms']:7.1f} ms ({r['greedy_tokens_per_s']:6.1f} tok/s, "
-            f"{r['fraction_of_bound']:.2f} of bound) | sampled {r['sampled_step_ms']:7.1f} ms "
-            f"({r['sampled_tokens_per_s']:6.1f} tok/s; sampling {r['sampling_ms']:5.1f} ms) | "
-            f"matmuls {r['matmuls_ms']:6.1f} ms",
-            flush=True,
+        for fast, table in ((True, rows), (False, stock)):
+            greedy, sampled = (float(np.median(times[fast][k])) for k in ("greedy", "sampled"))
+            table[str(b)] = {
+                "greedy_step_ms": greedy * 1e3,
+                "greedy_step_ms_each": [t * 1e3 for t in times[fast]["greedy"]],
+                "greedy_tokens_per_s": b / greedy,
+                "fraction_of_bound": bound / greedy,
+                "sampled_step_ms": sampled * 1e3,
+                "sampled_step_ms_each": [t * 1e3 for t in times[fast]["sampled"]],
+                "sampled_tokens_per_s": b / sampled,
+                "sampled_fraction_of_bound": bound / sampled,
+            }
+        rows[str(b)].update(
+            matmuls_ms=matmuls * 1e3, rest_of_greedy_step_ms=rows[str(b)]["greedy_step_ms"] - matmuls * 1e3
         )
+        rows[str(b)]["sampling_ms"] = sampling * 1e3
+        for name, r in (("fast", rows[str(b)]), ("stock", stock[str(b)])):
+            print(
+                f"batch {b:3d} {name:5s}: greedy {r['greedy_step_ms']:7.1f} ms ({r['greedy_tokens_per_s']:6.1f} tok/s, "
+                f"{r['fraction_of_bound']:.2f} of bound) | sampled {r['sampled_step_ms']:7.1f} ms "
+                f"({r['sampled_tokens_per_s']:6.1f} tok/s)",
+                flush=True,
+            )
+        print(f"batch {b:3d}: matmuls {matmuls * 1e3:6.1f} ms; sampling {sampling * 1e3:5.1f} ms", flush=True)
     gemv = gemv_seconds(model)
     if gemv is not None:
         print(f"batch   1 matmuls through cblas_sgemv: {gemv * 1e3:.1f} ms")
-    base = rows.get("1")
-    if base is not None:
-        for r in rows.values():
-            r["greedy_speedup_vs_batch_1"] = r["greedy_tokens_per_s"] / base["greedy_tokens_per_s"]
-            r["sampled_speedup_vs_batch_1"] = r["sampled_tokens_per_s"] / base["sampled_tokens_per_s"]
+    for table in (rows, stock):
+        base = table.get("1")
+        if base is not None:
+            for r in table.values():
+                r["greedy_speedup_vs_batch_1"] = r["greedy_tokens_per_s"] / base["greedy_tokens_per_s"]
+                r["sampled_speedup_vs_batch_1"] = r["sampled_tokens_per_s"] / base["sampled_tokens_per_s"]
     out = {
         "model": args.model,
         "weight_bytes": nbytes,
@@ -220,13 +254,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bound_steps_per_s": 1 / bound,
         "steps": args.steps,
         "prompt_tokens": args.prompt_tokens,
+        "repeats": args.repeats,
         "batch": rows,
         "fraction_of_bound": {b: r["fraction_of_bound"] for b, r in rows.items()},
+        "stock": {"batch": stock, "fraction_of_bound": {b: r["fraction_of_bound"] for b, r in stock.items()}},
         "matmuls_as_gemv_ms_batch_1": None if gemv is None else gemv * 1e3,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
-            "blas": seal_env._blas.loaded_path,
+            "blas": _blas.loaded_path,
+            "one_row_sgemv": _blas.gemv_library is not None,
             "mlx": getattr(mx, "__version__", None),
             "load_average_end": os.getloadavg(),
         },
