@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -109,13 +110,13 @@ def _load_gemv_sgemm(blas: ctypes.CDLL) -> None:
 
 
 def _compiled_gemv_sgemm() -> Path | None:
-    """``csrc/gemv_sgemm.c`` compiled into the cache folder (once per source and compiler), or None without a C
-    compiler or when the build fails."""
+    """``csrc/gemv_sgemm.c`` compiled into the cache folder (once per source, compiler and machine type), or None
+    without a C compiler or when the build fails."""
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None or not GEMV_SOURCE.exists():
         return None
     source = GEMV_SOURCE.read_bytes()
-    tag = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
+    tag = hashlib.sha256(source + f"{compiler} {platform.machine()}".encode()).hexdigest()[:16]  # shared homes
     target = cache_dir() / "blas" / f"gemv_sgemm-{tag}.so"
     if target.exists():
         return target
