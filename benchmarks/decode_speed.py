@@ -226,9 +226,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "sampled_fraction_of_bound": bound / sampled,
             }
         rows[str(b)].update(
-            matmuls_ms=matmuls * 1e3, rest_of_greedy_step_ms=rows[str(b)]["greedy_step_ms"] - matmuls * 1e3
+            matmuls_ms=matmuls * 1e3,
+            rest_of_greedy_step_ms=rows[str(b)]["greedy_step_ms"] - matmuls * 1e3,
+            sampling_ms=sampling * 1e3,
         )
-        rows[str(b)]["sampling_ms"] = sampling * 1e3
         for name, r in (("fast", rows[str(b)]), ("stock", stock[str(b)])):
             print(
                 f"batch {b:3d} {name:5s}: greedy {r['greedy_step_ms']:7.1f} ms ({r['greedy_tokens_per_s']:6.1f} tok/s, "

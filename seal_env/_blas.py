@@ -99,10 +99,10 @@ def _load_gemv_sgemm(blas: ctypes.CDLL) -> None:
         return
     try:  # a cache folder that cannot be written, a compiler that fails: the stock path, as without a compiler
         built = _compiled_gemv_sgemm()
-        library = None if built is None else ctypes.CDLL(str(built), mode=ctypes.RTLD_GLOBAL)
+        if built is None:
+            return
+        library = ctypes.CDLL(str(built), mode=ctypes.RTLD_GLOBAL)
     except OSError:
-        return
-    if library is None:
         return
     sgemm, sgemv = (ctypes.cast(f, ctypes.c_void_p) for f in (blas.cblas_sgemm, blas.cblas_sgemv))
     library.seal_gemv_bind(sgemm, sgemv)

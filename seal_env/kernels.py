@@ -87,14 +87,14 @@ def _causal(n: int) -> tuple[mx.array, mx.array]:
     return _CAUSAL[n]
 
 
-_DECODE_FNS: dict[tuple[Any, ...], Any] = {}
+_ROPE_PAIRS: dict[tuple[int, bool, float, float], Any] = {}
 
 
 def _rope_pair(rope: nn.RoPE) -> Any:
     """``(q, k, offset) -> (rope(q), rope(k))`` compiled once per rotary setting (one set of angles for both)."""
-    key = ("rope", rope.dims, rope.traditional, rope.base, rope.scale)
-    if key not in _DECODE_FNS:
-        dims, traditional, base, scale = key[1:]
+    key = (rope.dims, rope.traditional, rope.base, rope.scale)
+    if key not in _ROPE_PAIRS:
+        dims, traditional, base, scale = key
 
         def pair(q: mx.array, k: mx.array, offset: mx.array) -> tuple[mx.array, mx.array]:
             def one(x: mx.array) -> mx.array:
@@ -102,8 +102,8 @@ def _rope_pair(rope: nn.RoPE) -> Any:
 
             return one(q), one(k)
 
-        _DECODE_FNS[key] = mx.compile(pair)
-    return _DECODE_FNS[key]
+        _ROPE_PAIRS[key] = mx.compile(pair)
+    return _ROPE_PAIRS[key]
 
 
 class FastAttention(llama.Attention):

@@ -5,7 +5,6 @@
  * goes to cblas_sgemv, which reads the matrix once; every other call goes to the BLAS's own cblas_sgemm.
  * seal_gemv_bind() must be called with OpenBLAS's two functions before the first product.
  */
-#include <stddef.h>
 
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int, float, float *,
                          int);
