@@ -27,21 +27,70 @@ SQUAD_HF_ID = "rajpurkar/squad"
 SQUAD_DEFAULT_SPLIT = "validation"
 
 
+#: The longest title, passage (``context``), question and gold answer an :class:`Article` takes, in characters:
+#: caps against runaway inputs (a book pasted as one passage), far above any real article's texts. The passage
+#: cap is the default ``max_action_chars``, the cap of a self-edit.
+MAX_TITLE_CHARS = 1_000
+MAX_CONTEXT_CHARS = 100_000
+MAX_QUESTION_CHARS = 2_000
+MAX_ANSWER_CHARS = 2_000
+_LIMITS = {
+    "title": ("MAX_TITLE_CHARS", MAX_TITLE_CHARS),
+    "context": ("MAX_CONTEXT_CHARS", MAX_CONTEXT_CHARS),
+    "question": ("MAX_QUESTION_CHARS", MAX_QUESTION_CHARS),
+    "answer": ("MAX_ANSWER_CHARS", MAX_ANSWER_CHARS),
+}
+
+
 @dataclass(frozen=True)
 class Question:
-    """One question about an article, with its short gold answer."""
+    """One question about an article, with its short gold answer (both non-empty strings; ValueError otherwise)."""
 
     question: str
     answer: str
 
+    def __post_init__(self) -> None:
+        _nonempty_str(self.question, "question")
+        _nonempty_str(self.answer, "answer")
+
 
 @dataclass(frozen=True)
 class Article:
-    """A passage to be learned (``context``) and the questions that test it."""
+    """A passage to be learned (``context``) and the questions that test it.
+
+    Building one checks it, however it is built (:meth:`from_dict`, :func:`load_articles` or by hand): ``title``
+    and ``context`` are non-empty strings, ``questions`` a non-empty tuple of :class:`Question`, and no text is
+    longer than its cap (:data:`MAX_TITLE_CHARS` 1,000, :data:`MAX_CONTEXT_CHARS` 100,000,
+    :data:`MAX_QUESTION_CHARS` and :data:`MAX_ANSWER_CHARS` 2,000 characters); otherwise ValueError, naming the
+    article (id and title) and the limit."""
 
     title: str
     context: str
     questions: tuple[Question, ...]
+
+    def __post_init__(self) -> None:
+        _nonempty_str(self.title, "title")
+        _nonempty_str(self.context, "context")
+        where = f"article {self.id} ({self.title[:60]!r})"
+        if not (
+            isinstance(self.questions, tuple)
+            and self.questions
+            and all(isinstance(q, Question) for q in self.questions)
+        ):
+            raise ValueError(f"{where}: questions must be a non-empty tuple of Question, got {self.questions!r:.60}")
+        texts = [("title", "title", self.title), ("context", "context", self.context)]
+        for i, q in enumerate(self.questions):
+            texts += [
+                (f"questions[{i}].question", "question", q.question),
+                (f"questions[{i}].answer", "answer", q.answer),
+            ]
+        for field, kind, text in texts:
+            if _too_long(kind, text):
+                name, limit = _LIMITS[kind]
+                raise ValueError(
+                    f"{where}: {field} has {len(text):,} characters, over the limit of {limit:,} "
+                    f"(seal_env.articles.{name})"
+                )
 
     @property
     def id(self) -> str:
@@ -62,9 +111,7 @@ class Article:
         """Build and validate an article; raise ValueError naming the bad field."""
         if not isinstance(d, dict):
             raise ValueError(f"article must be a JSON object, got {type(d).__name__}")
-        title = d.get("title", "")
-        if not isinstance(title, str):
-            raise ValueError(f"'title' must be a string, got {type(title).__name__}")
+        title = _nonempty_str(d.get("title"), "title")
         context = _nonempty_str(d.get("context"), "context")
         if "questions" not in d:
             hint = " (looks like a self-edit file, which has no questions)" if "completions" in d else ""
@@ -73,13 +120,24 @@ class Article:
         if not isinstance(raw, list) or not raw:
             raise ValueError("'questions' must be a non-empty list")
         questions = tuple(_question(q, i) for i, q in enumerate(raw))
-        return cls(title=title.strip(), context=context, questions=questions)
+        return cls(title=title, context=context, questions=questions)
 
 
 def _nonempty_str(value: Any, field: str) -> str:
+    """``value`` stripped; ValueError naming ``field`` if it is not a string with something besides whitespace, or
+    not valid Unicode text (a lone surrogate, which no tokenizer takes)."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"'{field}' must be a non-empty string, got {value!r:.60}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"'{field}' is not valid Unicode text (a lone surrogate at character {err.start})") from None
     return value.strip()
+
+
+def _too_long(kind: str, text: str) -> bool:
+    """Whether ``text`` is longer than the cap of its kind (``title``, ``context``, ``question``, ``answer``)."""
+    return len(text) > _LIMITS[kind][1]
 
 
 def _question(q: Any, i: int) -> Question:
@@ -134,7 +192,8 @@ def _load_json_file(path: Path, limit: int | None) -> list[Article]:
 
 
 def _load_squad(split: str, limit: int | None) -> list[Article]:
-    """SQuAD v1.1 from Hugging Face, grouped by context in first-seen order."""
+    """SQuAD v1.1 from Hugging Face, grouped by context in first-seen order; rows with an empty text or one over
+    its cap (:data:`MAX_CONTEXT_CHARS`, ...) are skipped."""
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is a dependency
@@ -151,15 +210,19 @@ def _load_squad(split: str, limit: int | None) -> list[Article]:
     for title, context, question, answers in zip(
         ds["title"], ds["context"], ds["question"], ds["answers"], strict=True
     ):
-        context, question = context.strip(), question.strip()
+        title, context, question = title.replace("_", " ").strip(), context.strip(), question.strip()
         texts = answers.get("text", []) if isinstance(answers, dict) else []
-        if not context or not question or not texts or not texts[0].strip():
+        answer = texts[0].strip() if texts else ""
+        if not (title and context and question and answer):
+            continue
+        fields = {"title": title, "context": context, "question": question, "answer": answer}
+        if any(_too_long(kind, text) for kind, text in fields.items()):
             continue
         if context not in groups:
             if limit is not None and len(groups) >= limit:
                 continue
-            groups[context] = (title.replace("_", " ").strip(), [])
-        groups[context][1].append(Question(question, texts[0].strip()))
+            groups[context] = (title, [])
+        groups[context][1].append(Question(question, answer))
     return [Article(t, c, tuple(qs)) for c, (t, qs) in groups.items()]
 
 

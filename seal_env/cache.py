@@ -11,7 +11,9 @@ atomic on POSIX and Windows: readers see either no file or a complete one, two p
 both succeed (last rename wins, the contents are equal), and nothing is left locked if a process dies. It works
 on any file system (sqlite's WAL mode does not work on network file systems), the cache is shared by every env
 instance and process pointed at the same folder, and entries can be inspected or deleted by hand. A hit is one
-``open`` + ``json.loads`` (well under a millisecond for a warm file system).
+``open`` + ``json.loads`` (well under a millisecond for a warm file system). An entry is checked before it is
+used (:func:`valid_entry`: a finite reward, an info with the fields of a result); an invalid one (edited by hand,
+written by other code) is a miss: the reward is recomputed and stored over it.
 
 Switch: the env setting ``cache=False``, or the environment variable ``SEAL_ENV_REWARD_CACHE=off`` (e.g. in test
 suites); ``SEAL_ENV_REWARD_CACHE=/some/dir`` or ``cache_dir=...`` chooses the folder (default
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, cast
 
+from seal_env.config import REWARD_KINDS
 from seal_env.environ import OFF, ON, cache_dir, switch
 
 #: Bump when the reward computation changes in a way the key does not capture: old entries are then ignored.
@@ -89,6 +93,30 @@ def reward_key(model_fingerprint: str, article: Any, self_edit: str, settings: d
     return hashlib.sha256(_canonical(payload).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+#: Info fields that every computed result has (seal_env.pipeline.reward_info) and a cache entry must carry: the
+#: reward itself, whether the inner loop diverged, and the gain of every reward kind.
+REQUIRED_INFO_KEYS = ("reward", "diverged", *(f"{kind}_gain" for kind in REWARD_KINDS))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def valid_entry(entry: Any, key: str) -> bool:
+    """Whether ``entry`` (a decoded cache file) is a result stored under ``key``: a finite number ``reward`` and an
+    ``info`` object with :data:`REQUIRED_INFO_KEYS`, the same reward, a bool ``diverged`` and numeric gains (a
+    diverged loop's gains may be NaN; the reward never is)."""
+    if not isinstance(entry, dict) or entry.get("key") != key:
+        return False
+    reward: Any = entry.get("reward")
+    info: Any = entry.get("info")
+    if not (_number(reward) and math.isfinite(reward)) or not isinstance(info, dict):
+        return False
+    if any(name not in info for name in REQUIRED_INFO_KEYS) or info["reward"] != reward:
+        return False
+    return isinstance(info["diverged"], bool) and all(_number(info[f"{kind}_gain"]) for kind in REWARD_KINDS)
+
+
 class RewardCache:
     """Reward and info per key, as one JSON file per key in ``folder`` (created on first write)."""
 
@@ -99,21 +127,25 @@ class RewardCache:
         return self.folder / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> tuple[float, dict[str, Any]] | None:
-        """``(reward, info)`` stored under ``key``, or None (also for an unreadable or foreign file)."""
+        """``(reward, info)`` stored under ``key``, or None: a miss, also for an unreadable, foreign or invalid
+        entry (:func:`valid_entry`), which the caller then recomputes and whose next :meth:`put` replaces it."""
         try:
             with open(self.path(key), encoding="utf-8") as f:
                 entry = json.load(f)
-            if entry.get("key") != key:
-                return None
-            return float(entry["reward"]), entry["info"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             return None
+        if not valid_entry(entry, key):
+            return None
+        return float(entry["reward"]), entry["info"]
 
     def put(self, key: str, reward: float, info: dict[str, Any]) -> bool:
-        """Store atomically (temp file + ``os.replace``); False, with nothing stored, if it cannot be written."""
-        target = self.path(key)
+        """Store atomically (temp file + ``os.replace``); False, with nothing stored, if it cannot be written or is
+        not a valid entry (:func:`valid_entry`, e.g. a NaN reward)."""
+        target, entry = self.path(key), {"key": key, "reward": reward, "info": info}
+        if not valid_entry(entry, key):
+            return False
         try:
-            text = json.dumps({"key": key, "reward": reward, "info": info}, ensure_ascii=True, allow_nan=True)
+            text = json.dumps(entry, ensure_ascii=True, allow_nan=True)
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}-", suffix=".tmp", dir=target.parent)
         except (OSError, TypeError, ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field
 from typing import Any
@@ -37,6 +38,49 @@ def setting(
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def field_type(hint: Any) -> tuple[Any, bool]:
+    """``(type, optional)`` of a dataclass field's resolved annotation: ``int | None`` -> ``(int, True)``."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def _type_problem(kind: Any, value: Any) -> str | None:
+    """What ``value`` should be if it is not of settings type ``kind`` (bool, int, float, str, list[str]), else
+    None; a type not listed here is not checked."""
+    if kind is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if kind is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if kind is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if number and math.isfinite(value) else "a finite number (not NaN or +-inf)"
+    if kind is str:
+        return None if isinstance(value, str) else "a string"
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        ok = isinstance(value, list) and all(_type_problem(item, x) is None for x in value)
+        return None if ok else f"a list of {getattr(item, '__name__', item)}"
+    return None
+
+
+def check_field_types(obj: Any) -> None:
+    """Raise ValueError naming the first field of dataclass instance ``obj`` whose value is not of its annotated
+    type: a ``bool`` field takes only True/False, an ``int`` field an int (not a bool), a ``float`` field a finite
+    int or float (not a bool, NaN or +-inf), a ``str`` field a str, a ``list[str]`` field a list of str, and an
+    optional one (``X | None``) also None. Fields of any other type are left to the class."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        kind, optional = field_type(hints[f.name])
+        value = getattr(obj, f.name)
+        if optional and value is None:
+            continue
+        problem = _type_problem(kind, value)
+        if problem is not None:
+            raise ValueError(f"{f.name} must be {problem}{' or None' if optional else ''}, got {value!r}")
 
 
 @dataclass
@@ -149,11 +193,14 @@ class SealConfig:
     )
 
     def __post_init__(self) -> None:
-        self.lora_modules = list(self.lora_modules)
+        if isinstance(self.lora_modules, (list, tuple)):
+            self.lora_modules = list(self.lora_modules)
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad setting."""
+        """Raise ValueError naming the first bad setting: every value has its field's type
+        (:func:`check_field_types`: no NaN or +-inf, no bool or str for a number), then each setting's range."""
+        check_field_types(self)
         choices = {
             "reward": REWARD_KINDS,
             "split": ("train", "heldout", "all"),
@@ -161,54 +208,60 @@ class SealConfig:
             "loss_on": ("text", "all"),
             "optimizer": ("adamw", "adam", "sgd"),
             "lr_schedule": ("linear", "constant"),
+            "dtype": ("auto", "float32", "bfloat16", "float16"),
+            "quantize": (None, 4, 8),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        positive = (
-            "eval_times",
-            "max_sequences",
-            "max_sequence_tokens",
-            "max_total_tokens",
-            "max_action_chars",
-            "lora_rank",
-            "epochs",
-            "batch_size",
-            "max_batch_adapters",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        tokens = self.answer_max_tokens
-        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-            raise ValueError(f"answer_max_tokens must be a non-negative integer, got {tokens!r}")
-        if tokens == 0 and self.reward not in LOGLIK_KINDS:
+        for name in ("model", "dataset"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} must be a non-empty string")
+        at_least = {
+            **dict.fromkeys(
+                (
+                    "eval_times",
+                    "max_sequences",
+                    "max_sequence_tokens",
+                    "max_total_tokens",
+                    "max_action_chars",
+                    "lora_rank",
+                    "epochs",
+                    "batch_size",
+                    "max_batch_adapters",
+                ),
+                1,
+            ),
+            "answer_max_tokens": 0,
+            "warmup_steps": 0,
+            "split_seed": 0,
+            "heldout": 0,
+            "weight_decay": 0,
+            "lora_dropout": 0,
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                what = "a positive integer" if low == 1 else "non-negative (>= 0)"
+                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+        for name in ("learning_rate", "lora_alpha", "max_loss"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
+        if self.answer_max_tokens == 0 and self.reward not in LOGLIK_KINDS:
             raise ValueError(
                 f"answer_max_tokens=0 generates no answers, so it needs a log-likelihood reward "
                 f"{LOGLIK_KINDS} (got reward={self.reward!r})"
             )
-        for name in ("learning_rate", "lora_alpha", "max_loss"):
-            if not (
-                isinstance(getattr(self, name), (int, float))
-                and math.isfinite(getattr(self, name))
-                and getattr(self, name) > 0
-            ):
-                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
+        if self.heldout >= 1 and self.heldout != int(self.heldout):
+            raise ValueError(f"heldout must be a fraction below 1 or a whole count, got {self.heldout!r}")
+        if not self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError("warmup_steps and weight_decay must be >= 0")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
-        if self.quantize not in (None, 4, 8):
-            raise ValueError(f"quantize must be None, 4 or 8, got {self.quantize!r}")
-        if not self.lora_modules:
-            raise ValueError("lora_modules must name at least one module (e.g. ['q_proj', 'v_proj'] or ['all'])")
+        if not self.lora_modules or not all(m.strip() for m in self.lora_modules):
+            raise ValueError(
+                f"lora_modules must name at least one module (e.g. ['q_proj', 'v_proj'] or ['all']), "
+                f"got {self.lora_modules!r}"
+            )
         if self.lora_layers == 0 or self.lora_layers < -1:
             raise ValueError(f"lora_layers must be -1 (all) or a positive count, got {self.lora_layers!r}")
-        if not math.isfinite(self.diverged_reward):
-            raise ValueError("diverged_reward must be finite")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> SealConfig:
@@ -244,17 +297,12 @@ def parse_setting(name: str, text: str) -> Any:
     """The value of :class:`SealConfig` setting ``name`` from command-line text, by the field's type: booleans
     ``true/false/yes/no/on/off/1/0``, ``none`` for optional ones, numbers, lists as JSON (``["all"]``) or
     comma-separated (``q_proj,v_proj``). An unknown name raises ``TypeError``, an unparsable value ``ValueError``."""
-    import typing
-
     hints = typing.get_type_hints(SealConfig)
     if name not in hints:
         raise TypeError(f"unknown setting {name!r}; valid settings: {sorted(hints)}")
-    hint, text = hints[name], text.strip()
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if type(None) in typing.get_args(hint):
-        if text.lower() in ("none", "null"):
-            return None
-        hint = args[0]
+    (hint, optional), text = field_type(hints[name]), text.strip()
+    if optional and text.lower() in ("none", "null"):
+        return None
     try:
         if hint is bool:
             if text.lower() in _TRUE + _FALSE:

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from seal_env.articles import (
     DATASETS_HELP,
+    MAX_ANSWER_CHARS,
+    MAX_CONTEXT_CHARS,
+    MAX_QUESTION_CHARS,
+    MAX_TITLE_CHARS,
     Article,
     Question,
     load_articles,
@@ -89,12 +93,104 @@ def test_from_dict_strips_and_accepts_squad_answers():
         ),
         ({"title": "x", "context": "c", "questions": [{"question": " ", "answer": "a"}]}, r"questions\[0\]\.question"),
         ({"title": 3, "context": "c", "questions": [{"question": "q", "answer": "a"}]}, "title"),
+        ({"title": "", "context": "c", "questions": [{"question": "q", "answer": "a"}]}, "title"),
+        ({"title": " \n", "context": "c", "questions": [{"question": "q", "answer": "a"}]}, "title"),
+        ({"context": "c", "questions": [{"question": "q", "answer": "a"}]}, "title"),
+        ({"title": "x", "context": ["c"], "questions": [{"question": "q", "answer": "a"}]}, "context"),
+        ({"title": "x" * 1001, "context": "c", "questions": [{"question": "q", "answer": "a"}]}, "MAX_TITLE_CHARS"),
         ("not a dict", "object"),
     ],
 )
 def test_from_dict_errors(entry, field):
     with pytest.raises(ValueError, match=field):
         Article.from_dict(entry)
+
+
+Q = (Question("Who?", "Zed"),)
+LIMITS = {
+    "title": MAX_TITLE_CHARS,
+    "context": MAX_CONTEXT_CHARS,
+    "question": MAX_QUESTION_CHARS,
+    "answer": MAX_ANSWER_CHARS,
+}
+
+
+def _article(title="T", context="Ctx about Zed.", question="Who?", answer="Zed") -> Article:
+    return Article(title, context, (Question("First?", "Zed"), Question(question, answer)))
+
+
+@pytest.mark.parametrize("field", LIMITS)
+def test_texts_over_their_cap_are_refused_naming_the_article_and_the_limit(field):
+    _article(**{field: "z" * LIMITS[field]})  # the cap itself is accepted
+    title = "z" * (LIMITS[field] + 1) if field == "title" else "T"
+    where = f"questions\\[1\\]\\.{field}" if field in ("question", "answer") else field
+    limit = f"MAX_{field.upper()}_CHARS"
+    message = rf"^article [0-9a-f]{{16}} \({title[:60]!r}\): {where} has {LIMITS[field] + 1:,} characters, "
+    message += rf"over the limit of {LIMITS[field]:,} \(seal_env\.articles\.{limit}\)$"
+    with pytest.raises(ValueError, match=message):
+        _article(**{field: "z" * (LIMITS[field] + 1)})
+
+
+@pytest.mark.parametrize(
+    "build, field",
+    [
+        (lambda: Article("", "c", Q), "title"),
+        (lambda: Article("  ", "c", Q), "title"),
+        (lambda: Article(None, "c", Q), "title"),
+        (lambda: Article(b"T", "c", Q), "title"),
+        (lambda: Article("T", "", Q), "context"),
+        (lambda: Article("T", 3, Q), "context"),
+        (lambda: Article("T", "c", ()), "questions"),
+        (lambda: Article("T", "c", list(Q)), "questions"),
+        (lambda: Article("T", "c", ({"question": "q", "answer": "a"},)), "questions"),
+        (lambda: Question("", "a"), "question"),
+        (lambda: Question("q", " "), "answer"),
+        (lambda: Question("q", 3), "answer"),
+        (lambda: Article("T\ud800", "c", Q), "title"),
+        (lambda: Article("T", "a \udfff passage", Q), "context"),
+        (lambda: Question("q\udc80?", "a"), "question"),
+    ],
+)
+def test_hand_built_article_is_checked(build, field):
+    with pytest.raises(ValueError, match=field):
+        build()
+
+
+def test_loading_a_file_with_an_over_long_article_fails_naming_it(tmp_path, bundled):
+    entries = [a.to_dict() for a in bundled[:3]]
+    entries[1]["context"] = "A long passage." + "z" * 104_985  # 105,000 characters
+    p = tmp_path / "long.json"
+    p.write_text(json.dumps(entries), encoding="utf-8")
+    with pytest.raises(
+        ValueError,
+        match=rf"long\.json: entry 1: article [0-9a-f]{{16}} \({bundled[1].title!r}\): "
+        r"context has 105,000 characters, over the limit of 100,000 \(seal_env\.articles\."
+        r"MAX_CONTEXT_CHARS\)",
+    ):
+        load_articles(p)
+    with pytest.raises(ValueError, match="MAX_CONTEXT_CHARS"):
+        load_articles(p, limit=2)  # the bad entry is among the two kept
+
+
+def _max_lengths(articles: list[Article]) -> dict[str, int]:
+    return {
+        "title": max(len(a.title) for a in articles),
+        "context": max(len(a.context) for a in articles),
+        "question": max(len(q.question) for a in articles for q in a.questions),
+        "answer": max(len(q.answer) for a in articles for q in a.questions),
+    }
+
+
+def test_bundled_articles_are_far_below_the_caps(bundled):
+    for field, longest in _max_lengths(bundled).items():
+        assert longest * 10 <= LIMITS[field], field
+
+
+def test_shared_data_is_far_below_the_caps(shared_data):
+    for name in ("squad_seal_eval_dev100.json", "squad_train_pool300.json"):
+        if (shared_data / name).exists():
+            for field, longest in _max_lengths(load_articles(shared_data / name)).items():
+                assert longest * 10 <= LIMITS[field], (name, field)
 
 
 def test_json_loader_tmp_file(tmp_path, bundled):
@@ -194,14 +290,23 @@ def test_squad_offline_raises_runtime_error(monkeypatch):
 def test_squad_grouping_with_fake_hub(monkeypatch):
     datasets = pytest.importorskip("datasets")
     rows = {
-        "title": ["Foo_Bar", "Foo_Bar", "Baz", "Qux"],
-        "context": ["Ctx one about Zed.", "Ctx one about Zed.", "Ctx two about Yam.", "Ctx three."],
-        "question": ["Who? ", "Again?", "What?", "Skip?"],
+        "title": ["Foo_Bar", "Foo_Bar", "Baz", "Qux", "Long", "Foo_Bar"],
+        "context": [
+            "Ctx one about Zed.",
+            "Ctx one about Zed.",
+            "Ctx two about Yam.",
+            "Ctx three.",
+            "Zed " * (MAX_CONTEXT_CHARS // 4 + 1),
+            "Ctx one about Zed.",
+        ],
+        "question": ["Who? ", "Again?", "What?", "Skip?", "Long?", "Long answer?"],
         "answers": [
             {"text": ["Zed", "zed"], "answer_start": [14, 14]},
             {"text": ["Zed"], "answer_start": [14]},
             {"text": ["Yam"], "answer_start": [14]},
             {"text": [], "answer_start": []},
+            {"text": ["Zed"], "answer_start": [0]},
+            {"text": ["x" * (MAX_ANSWER_CHARS + 1)], "answer_start": [0]},
         ],
     }
     seen = {}

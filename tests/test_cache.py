@@ -1,6 +1,7 @@
 """The persistent reward cache: hits, misses, key sensitivity, concurrent writers, the switch, base-weight changes."""
 
 import json
+import math
 import multiprocessing as mp
 import os
 import threading
@@ -11,6 +12,7 @@ from types import SimpleNamespace
 from seal_env import pipeline
 from seal_env.articles import Article, Question
 from seal_env.cache import RewardCache, enabled, reward_key
+from seal_env.config import REWARD_KINDS
 
 import gymnasium as gym
 import pytest
@@ -168,7 +170,7 @@ def _write_many(folder: str, worker: int, n: int) -> None:
     cache = RewardCache(folder)
     for i in range(n):
         key = f"{i % 7:02d}" + "ab" * 31
-        cache.put(key, float(i % 7), {"worker": worker, "payload": "x" * 5000, "i": i % 7})
+        cache.put(key, float(i % 7), result_info(float(i % 7), worker=worker, payload="x" * 5000, i=i % 7))
 
 
 def _check_raw_files(folder: Path, seen: set[str]) -> None:
@@ -260,12 +262,90 @@ def test_two_processes_computing_the_same_reward(tmp_path, monkeypatch):
     assert info["cache_hit"] is True and reward == r1
 
 
+def result_info(reward: float, **extra) -> dict:
+    """The smallest info that the cache accepts with ``reward`` (the fields every computed result has)."""
+    return {"reward": reward, "diverged": False, **{f"{k}_gain": 0.0 for k in REWARD_KINDS}, **extra}
+
+
 def test_unreadable_entry_is_a_miss(tmp_path):
     cache = RewardCache(tmp_path)
     key = "cd" * 32
     cache.path(key).parent.mkdir(parents=True)
     cache.path(key).write_text("{not json")
     assert cache.get(key) is None
-    assert cache.put(key, 1.0, {"a": 1}) and cache.get(key) == (1.0, {"a": 1})
-    assert not cache.put("ef" * 32, 1.0, {"bad": object()})  # not JSON-able: nothing stored
+    assert cache.put(key, 1.0, result_info(1.0)) and cache.get(key) == (1.0, result_info(1.0))
+    assert not cache.put("ef" * 32, 1.0, result_info(1.0, bad=object()))  # not JSON-able: nothing stored
     assert cache.get("ef" * 32) is None
+
+
+def test_invalid_entry_is_not_stored(tmp_path):
+    cache = RewardCache(tmp_path)
+    assert not cache.put(KEY, float("nan"), result_info(float("nan")))
+    assert not cache.put(KEY, 0.5, {"a": 1})
+    assert not cache.path(KEY).exists() and len(cache) == 0
+
+
+def _without(info: dict, name: str) -> dict:
+    return {k: v for k, v in info.items() if k != name}
+
+
+KEY = "cd" * 32
+INVALID_ENTRIES = {
+    "reward NaN": {"key": KEY, "reward": float("nan"), "info": result_info(float("nan"))},
+    "reward inf": {"key": KEY, "reward": float("inf"), "info": result_info(float("inf"))},
+    "reward -inf": {"key": KEY, "reward": -float("inf"), "info": result_info(-float("inf"))},
+    "reward a string": {"key": KEY, "reward": "0.5", "info": result_info(0.5)},
+    "reward a bool": {"key": KEY, "reward": True, "info": result_info(1.0)},
+    "reward missing": {"key": KEY, "info": result_info(0.5)},
+    "info missing": {"key": KEY, "reward": 0.5},
+    "info not a dict": {"key": KEY, "reward": 0.5, "info": [0.5]},
+    "info without reward": {"key": KEY, "reward": 0.5, "info": _without(result_info(0.5), "reward")},
+    "info with another reward": {"key": KEY, "reward": 0.5, "info": result_info(0.25)},
+    "info without a gain": {"key": KEY, "reward": 0.5, "info": _without(result_info(0.5), "loglik_gain")},
+    "info with a string gain": {"key": KEY, "reward": 0.5, "info": result_info(0.5, f1_gain="0.1")},
+    "info without diverged": {"key": KEY, "reward": 0.5, "info": _without(result_info(0.5), "diverged")},
+    "another key": {"key": "ab" * 32, "reward": 0.5, "info": result_info(0.5)},
+    "not an object": [KEY, 0.5],
+}
+
+
+@pytest.mark.parametrize("entry", INVALID_ENTRIES.values(), ids=INVALID_ENTRIES.keys())
+def test_invalid_entry_is_a_miss_and_the_next_put_replaces_it(tmp_path, entry):
+    cache = RewardCache(tmp_path)
+    cache.path(KEY).parent.mkdir(parents=True)
+    cache.path(KEY).write_text(json.dumps(entry))
+    assert cache.get(KEY) is None
+    assert cache.put(KEY, 0.5, result_info(0.5)) and cache.get(KEY) == (0.5, result_info(0.5))
+
+
+def test_nan_gain_of_a_diverged_result_is_kept(tmp_path):
+    """Only the reward is promised finite: a diverged inner loop's gains may be NaN (the reward is then
+    ``diverged_reward``), and such an entry is a hit."""
+    cache = RewardCache(tmp_path)
+    info = result_info(0.0, diverged=True, loglik_gain=float("nan"))
+    assert cache.put(KEY, 0.0, info)
+    reward, got = cache.get(KEY)
+    assert reward == 0.0 and got["diverged"] is True and math.isnan(got["loglik_gain"])
+
+
+CORRUPTIONS = {
+    "reward NaN": lambda entry: {**entry, "reward": float("nan"), "info": {**entry["info"], "reward": float("nan")}},
+    "info without its gains": lambda entry: {
+        **entry,
+        "info": {k: v for k, v in entry["info"].items() if not k.endswith("_gain")},
+    },
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_corrupt_entry_on_disk_is_recomputed_and_rewritten(env, tmp_path, corrupt):
+    reward, info = env.evaluate(ART, EDIT, seed=2)
+    (path,) = (tmp_path / "rewards").glob("*/*.json")
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps(corrupt(stored)))
+    again, info2 = env.evaluate(ART, EDIT, seed=2)
+    assert info2["cache_hit"] is False and info2["seconds_train"] > 0  # a miss: trained again
+    assert math.isfinite(again) and again == reward
+    assert json.loads(path.read_text()) == stored  # rewritten as computed
+    third, info3 = env.evaluate(ART, EDIT, seed=2)
+    assert info3["cache_hit"] is True and third == reward

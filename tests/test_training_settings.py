@@ -133,3 +133,13 @@ def test_token_caps_drop_and_truncate_sequences(env, default):
     info, _ = train(env, max_sequence_tokens=cap)
     assert (info["truncated_tokens"], info["train_tokens"]) == (passage + 1 - cap, full - (passage + 1 - cap))
     assert info["dropped_sequences"] == 0 and info.get("truncated_chars", 0) == 0
+
+
+@pytest.mark.parametrize("name", ["weight_decay", "learning_rate", "lora_dropout", "max_loss", "lora_alpha"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_training_setting_is_refused_before_anything_trains(env, name, value):
+    """A NaN weight decay would make every loss NaN, so every reward silently ``diverged_reward``: refused."""
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number"):
+        KnowledgeIncorporationEnv(**{**SETTINGS, name: value})
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number"):
+        dataclasses.replace(env.cfg, **{name: value})
