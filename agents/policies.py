@@ -16,6 +16,7 @@ from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.prompts import resolve_template, self_edit_prompt, uses_chat
+from seal_env.sequences import sanitize_action
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
@@ -117,10 +118,12 @@ class PromptPolicy:
         return self.tokenizer.encode(text, add_special_tokens=not uses_chat(self.tokenizer))
 
     def training_pair(self, obs: Observation, self_edit: str) -> tuple[list[int], int]:
-        """``(prompt + self-edit + eos token ids, loss start)``: a training sequence with the loss on the self-edit."""
+        """``(prompt + self-edit + eos token ids, loss start)``: a training sequence with the loss on the self-edit,
+        cleaned as the environment cleans an action (lone surrogates, which no tokenizer takes, become U+FFFD)."""
         prompt = self.prompt_ids(obs)
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        return prompt + self.tokenizer.encode(self_edit, add_special_tokens=False) + eos, len(prompt)
+        text, _ = sanitize_action(self_edit, max(1, len(self_edit)))
+        return prompt + self.tokenizer.encode(text, add_special_tokens=False) + eos, len(prompt)
 
     def propose(self, observations: Sequence[Observation], k: int = 1, seed: int = 0) -> list[list[str]]:
         prompts, samplers = [], []

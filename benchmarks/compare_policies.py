@@ -27,13 +27,14 @@ the un-adapted model, i.e. over `none` (whose gain is 0 by construction).
 Outputs in --out: journal.jsonl (one JSON line per evaluated (policy, article, k, seed), and the self-edits; an
 interrupted run started again with the same --out resumes: finished work is skipped), results.md (tables),
 results.json (settings, summaries, tests and every per-question result) and results.png (gains with 95 % CIs).
+The report files are replaced whole (never left half-written), and while a run uses --out it holds the folder's
+lock (.lock): a second run on the same --out stops at once with an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -45,7 +46,15 @@ from typing import Any
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.articles import Article, select_articles
 from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig, parse_assignments
-from seal_env.journal import Journal, read_records
+from seal_env.journal import (
+    FolderInUseError,
+    FolderLock,
+    Journal,
+    JournalWriteError,
+    read_records,
+    write_atomic,
+    write_json_atomic,
+)
 
 from agents.base import derive_seed, observation
 from benchmarks.policy_analysis import JOURNAL, analyse, markdown, plot_gains
@@ -270,10 +279,8 @@ def _evaluate(
         policy = build_policy(p, args, settings)
         proposed = policy.propose([observation(a) for a in need], k=K, seed=args.seed)
         for a, texts in zip(need, proposed, strict=True):
-            edits[(p.label, a.id)] = list(texts)
-            journal.append(
-                {"type": "self_edits", "policy": p.label, "spec": p.spec, "article_id": a.id, "self_edits": list(texts)}
-            )
+            record = {"type": "self_edits", "policy": p.label, "spec": p.spec, "article_id": a.id, "self_edits": texts}
+            edits[(p.label, a.id)] = journal.append(record)["self_edits"]  # as journaled: what a resumed run reads
         del policy
     # 2. requests, article-major (a partial run holds complete pairs for its first articles), `none` first. `none`
     # trains nothing: its requests (adapt=False) are answered from the article's baseline quiz, where it is computed.
@@ -357,7 +364,7 @@ def write_report(
     ids = [a.id for a in articles]
     analysis = analyse(records, labels, ids, n_boot)
     text = markdown(analysis, policies, settings, len(articles), K, S)
-    (out / "results.md").write_text(text, encoding="utf-8")
+    write_atomic(out / "results.md", text)
     report = {
         "settings": settings,
         "policies": [{"label": p.label, "spec": p.spec, "condition": p.condition} for p in policies],
@@ -368,7 +375,7 @@ def write_report(
         **analysis,
         "records": [r for r in records if r["policy"] in set(labels) and r["article_id"] in set(ids)],
     }
-    (out / "results.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=float), encoding="utf-8")
+    write_json_atomic(out / "results.json", report)
     if plot:
         plot_gains(
             analysis,
@@ -490,8 +497,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--articles must be non-zero, --self-edits and --seeds positive")
     if args.executor == "inprocess" and args.ray_address is None and args.workers != 1:
         parser.error("--workers > 1 needs --executor ray")
+    out = Path(args.out)
+    if args.report_only and not out.is_dir():
+        raise SystemExit(f"no journal in {out}")
     t0 = time.perf_counter()
-    report = report_only(args) if args.report_only else run(args)
+    try:
+        with FolderLock(out):  # one process at a time appends to the journal and writes the report
+            report = report_only(args) if args.report_only else run(args)
+    except (FolderInUseError, JournalWriteError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return report
 

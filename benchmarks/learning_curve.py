@@ -6,8 +6,9 @@ and inner-loop seeds every round), so round r - round 0 is a paired comparison i
 Per run and round it reports the held-out reward's mean with a 95 % CI over articles, the paired difference to
 round 0 with its CI and sign test, the accuracy and F1 gains, the mean self-edit length, and seconds; then how many
 runs end significantly above round 0, and the last round's change per article averaged over the runs (all runs
-share the held-out articles) with its CI. Writes ``OUT/learning_curve.json`` and ``OUT/learning_curve.png``. Rerunning
-the same command resumes every unfinished run and reuses the finished ones.
+share the held-out articles) with its CI. Writes ``OUT/learning_curve.json`` and ``OUT/learning_curve.png`` (each
+replaced whole). Rerunning the same command resumes every unfinished run and reuses the finished ones; while it runs
+it holds ``OUT``'s lock (``OUT/.lock``), so a second process on the same ``OUT`` stops at once with an error.
 
     python -m benchmarks.learning_curve --preset tiny --runs 2 --out results/lc_tiny       # the machinery, a minute
     python -m benchmarks.learning_curve --preset learn --runs 3 --out results/lc_learn     # benchmarks/LEARNING.md
@@ -18,13 +19,14 @@ the same command resumes every unfinished run and reuses the finished ones.
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import statistics
 from pathlib import Path
 from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env import stats
+from seal_env.journal import FolderInUseError, FolderLock, read_json, write_atomic, write_json_atomic
 
 from agents import grpo, restem
 from agents.report import change_line, heldout_change, heldout_rewards
@@ -50,7 +52,7 @@ def curve(folder: Path) -> dict[str, Any]:
     F1 gains, mean self-edit length, seconds."""
     run = Run(folder)
     try:
-        results = json.loads((folder / "results.json").read_text())
+        results = read_json(folder / "results.json")
         samples = run.get("samples", 0, "heldout")
         if samples is None:
             raise ValueError(f"{folder}: no held-out rollout (the run needs --heldout-articles > 0)")
@@ -130,8 +132,10 @@ def plot(curves: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    write_atomic(path, png.getvalue())
 
 
 def print_curves(curves: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -171,13 +175,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
-    for seed in range(args.runs):
-        run_agent(args.agent, args.out, seed, args.preset, args.agent_args)
-    curves = [curve(args.out / f"run-{seed}") for seed in range(args.runs)]
-    summary = summarize(curves)
-    report = {"agent": args.agent, "preset": args.preset, "agent_args": args.agent_args, **summary, "curves": curves}
-    (args.out / RESULTS).write_text(json.dumps(report, indent=1))
-    plot(curves, args.out / "learning_curve.png", f"{args.agent} ({args.preset}): held-out reward per round")
+    try:
+        lock = FolderLock(args.out)  # held until the report is written (each run also locks its own folder)
+    except FolderInUseError as e:
+        parser.error(str(e))
+    with lock:
+        for seed in range(args.runs):
+            run_agent(args.agent, args.out, seed, args.preset, args.agent_args)
+        curves = [curve(args.out / f"run-{seed}") for seed in range(args.runs)]
+        summary = summarize(curves)
+        report = {
+            "agent": args.agent,
+            "preset": args.preset,
+            "agent_args": args.agent_args,
+            **summary,
+            "curves": curves,
+        }
+        write_json_atomic(args.out / RESULTS, report)
+        plot(curves, args.out / "learning_curve.png", f"{args.agent} ({args.preset}): held-out reward per round")
     print_curves(curves, summary)
     return report
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from seal_env import stats
 from seal_env.config import REWARD_KINDS
+from seal_env.journal import atomic_path
 
 JOURNAL = "journal.jsonl"  #: a comparison's journal, in its output folder
 METRICS = REWARD_KINDS  # every reward kind is in every info (journals of older versions read nan for new kinds)
@@ -258,5 +259,6 @@ def plot_gains(analysis: dict[str, Any], labels: list[str], path: Path, title: s
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
