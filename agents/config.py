@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig, parse_setting, setting
+from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig, check_field_types, parse_setting, setting
+from seal_env.executors import DEFAULT_REQUEST_TIMEOUT, check_request_timeout
+from seal_env.journal import read_json
 from seal_env.prompts import resolve_template
 
 #: Inner-loop settings of the ``demo`` preset (on top of the SealConfig defaults): 2 epochs (SEAL: 10) and short
@@ -74,6 +75,7 @@ RESUME_OVERRIDES = (
     "executor",
     "workers",
     "ray_address",
+    "request_timeout",
     "wandb_mode",
     "progress",
 )  # settings that do not change results
@@ -98,6 +100,12 @@ class RunConfig:
     workers: int = setting(1, "reward workers, one model copy each (--executor ray)", group="Run")
     ray_address: str | None = setting(
         None, "Ray cluster address for --executor ray (none: start a local Ray)", group="Run"
+    )
+    request_timeout: float | None = setting(
+        DEFAULT_REQUEST_TIMEOUT,
+        "seconds a reward worker (--executor ray) may take to answer one batched group of requests, or to load "
+        "its model, before it is killed and replaced and its requests retried (none: no limit)",
+        group="Run",
     )
     progress: bool = setting(True, "show progress bars", group="Run")
 
@@ -169,7 +177,10 @@ class RunConfig:
     )
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad setting (the env validated itself when it was built)."""
+        """Raise ValueError naming the first bad setting (the env validated itself when it was built): every value
+        has its field's type (no NaN or +-inf, no bool for a number), then each setting's range."""
+        check_field_types(self)
+        check_request_timeout(self.request_timeout)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -185,7 +196,7 @@ class RunConfig:
             "policy_epochs",
             "policy_batch_size",
         ):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.executor == "inprocess" and (self.workers != 1 or self.ray_address):
             raise ValueError("--workers > 1 and --ray-address need --executor ray")
@@ -374,4 +385,4 @@ def read_meta(run_dir: Path | str) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"not a run directory (no config.json): {run_dir}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return cast(dict[str, Any], read_json(path))

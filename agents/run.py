@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -23,6 +22,7 @@ from typing import Any, TypeVar, cast
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.articles import Article, select_articles
 from seal_env.executors import RewardRequest
+from seal_env.journal import FolderInUseError, JournalWriteError, write_json_atomic
 
 import mlx.core as mx
 import numpy as np
@@ -45,8 +45,8 @@ def make_executor(cfg: RunConfig) -> Any:
     from seal_env import executors
 
     settings = {**cfg.env.to_dict(), "split": "all"}  # the agent hands articles over itself
-    address = {"address": cfg.ray_address} if cfg.executor == "ray" else {}
-    return executors.make_executor(cfg.executor, settings, cfg.workers, **address)
+    address = cfg.ray_address if cfg.executor == "ray" else None
+    return executors.make_executor(cfg.executor, settings, cfg.workers, address, request_timeout=cfg.request_timeout)
 
 
 class Rewards:
@@ -108,22 +108,24 @@ def rollout(
     sample) every round, so that only the policy differs between rounds."""
     seconds = {"sample": 0.0, "rewards": 0.0}
     when = (phase,) if phase == "heldout" else (round, phase)
-    record = run.get("samples", round, phase)
-    if record is None:
+    if run.get("samples", round, phase) is None:
         t0 = time.perf_counter()
         proposed = policy.propose([observation(a) for a in articles], k, derive_seed(cfg.seed, *when))
         if len(proposed) != len(articles) or any(
             len(p) != k or not all(isinstance(s, str) for s in p) for p in proposed
         ):
             raise ValueError(f"{type(policy).__name__}.propose must return {k} str self-edits for each observation")
-        record = {
-            "event": "samples",
-            "round": round,
-            "phase": phase,
-            "self_edits": {a.id: list(p) for a, p in zip(articles, proposed, strict=True)},
-        }
-        run.append(record)
+        run.append(
+            {
+                "event": "samples",
+                "round": round,
+                "phase": phase,
+                "self_edits": {a.id: list(p) for a, p in zip(articles, proposed, strict=True)},
+            }
+        )
         seconds["sample"] = time.perf_counter() - t0
+    record = run.get("samples", round, phase)  # the self-edits as journaled: what a resumed run reads
+    assert record is not None
     todo = [(a, j) for a in articles for j in range(k) if run.get("reward", round, phase, a.id, j) is None]
     requests = [RewardRequest(a, record["self_edits"][a.id][j], derive_seed(cfg.seed, *when, a.id, j)) for a, j in todo]
     bar = tqdm(
@@ -242,7 +244,7 @@ def train(
         "checkpoint": str(run.checkpoint(last)) if last else None,
         "seconds": time.perf_counter() - t_start,
     }
-    (run.path / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    write_json_atomic(run.path / "results.json", results)
     return results
 
 
@@ -289,6 +291,9 @@ def run_agent(
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with  python -m agents.{algorithm} --resume {run.path}", file=sys.stderr)
         raise
+    except JournalWriteError:
+        print(f"\nonce fixed, continue with  python -m agents.{algorithm} --resume {run.path}", file=sys.stderr)
+        raise
     finally:
         if executor is not None:
             executor.close()
@@ -320,5 +325,7 @@ def main(
         results = run_agent(algorithm, cfg, make_agent, preset=preset, resume=resume, splits=splits)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except (FolderInUseError, JournalWriteError) as e:  # another process has the run; the disk is full
+        raise SystemExit(f"error: {e}") from None
     print_summary(results)
     return results

@@ -1,16 +1,31 @@
 """Command-line helpers for scripts that compute rewards: the executor options (``--executor``, ``--workers``,
-``--ray-address``) and the executor they ask for."""
+``--ray-address``, ``--request-timeout``) and the executor they ask for."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from seal_env.executors import EXECUTOR_KINDS, Executor, make_executor
+from seal_env.executors import (
+    DEFAULT_REQUEST_TIMEOUT,
+    EXECUTOR_KINDS,
+    Executor,
+    check_request_timeout,
+    make_executor,
+)
+
+
+def _seconds_or_none(text: str) -> float | None:
+    """``--request-timeout``'s value: seconds (a positive finite number) or ``none`` (no limit)."""
+    try:
+        return check_request_timeout(None if text.lower() == "none" else float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_executor_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--executor {inprocess,ray}``, ``--workers N`` and ``--ray-address ADDR`` to an agent/benchmark CLI."""
+    """Add ``--executor {inprocess,subprocess,ray}``, ``--workers N``, ``--ray-address ADDR`` and
+    ``--request-timeout SECONDS`` to an agent/benchmark CLI."""
     group = parser.add_argument_group("reward executor")
     group.add_argument(
         "--executor",
@@ -22,6 +37,14 @@ def add_executor_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument(
         "--ray-address", default=None, help="Ray cluster address (default: start a local Ray); implies --executor ray"
     )
+    group.add_argument(
+        "--request-timeout",
+        type=_seconds_or_none,
+        default=DEFAULT_REQUEST_TIMEOUT,
+        metavar="SECONDS",
+        help="a subprocess or Ray worker that gives no answer within this time (one batched group of requests, or a "
+        "model load) is killed and replaced, and its requests retried; none: no limit (default: %(default)g)",
+    )
     return parser
 
 
@@ -30,4 +53,6 @@ def executor_from_args(args: argparse.Namespace, settings: dict[str, Any] | None
     kind = "ray" if args.ray_address is not None else args.executor
     if kind == "inprocess" and args.workers != 1:
         raise ValueError("--workers > 1 needs --executor ray")
-    return make_executor(kind, settings, workers=args.workers, address=args.ray_address)
+    return make_executor(
+        kind, settings, workers=args.workers, address=args.ray_address, request_timeout=args.request_timeout
+    )

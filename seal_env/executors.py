@@ -19,10 +19,16 @@ moves losses and log-likelihoods in about the 7th significant digit (accuracy re
 A Ray worker uses ``cpus_per_worker`` threads; :func:`blas_threads` sets this process's count.
 :func:`make_executor` picks one by name (``--executor ray --workers N`` on the command line, see
 :func:`seal_env.cli.add_executor_args`).
+
+A worker in another process (subprocess, Ray) that gives no answer within ``request_timeout`` seconds (default
+:data:`DEFAULT_REQUEST_TIMEOUT`; ``None``: no limit) is taken as hung (deadlock, stuck math library, stopped
+process): it is killed and replaced, and its unfinished requests are retried (``max_retries``), as for a worker that
+died. Each executor's docstring says exactly what the limit applies to.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -30,6 +36,10 @@ from typing import Any, Protocol, cast
 from seal_env.articles import Article
 
 EXECUTOR_KINDS = ("inprocess", "subprocess", "ray")
+#: Default ``request_timeout`` of the executors with workers in other processes (seconds).
+DEFAULT_REQUEST_TIMEOUT = 3600.0
+#: Default ``max_retries`` of those executors: how often a request may be retried after its worker was lost.
+DEFAULT_MAX_RETRIES = 3
 #: Environment variables that cap a worker's math-library threads (set before the worker imports numpy/mlx).
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
@@ -51,9 +61,9 @@ class RewardRequest:
 def group_requests(requests: Sequence[RewardRequest], size: int) -> list[list[int]]:
     """Request indices grouped by (article, adapt), in order of first appearance, cut into groups of ``size``:
     each group is one :meth:`~seal_env.env.KnowledgeIncorporationEnv.evaluate_many` call."""
-    by_key: dict[tuple[str, bool], list[int]] = {}
-    for i, req in enumerate(requests):
-        by_key.setdefault((req.article.id, req.adapt), []).append(i)
+    by_key: dict[tuple[Article, bool], list[int]] = {}
+    for i, req in enumerate(requests):  # the whole article: two may share a title and passage (the id)
+        by_key.setdefault((req.article, req.adapt), []).append(i)
     return [idx[s : s + size] for idx in by_key.values() for s in range(0, len(idx), size)]
 
 
@@ -67,6 +77,22 @@ def check_requests(requests: Sequence[RewardRequest]) -> None:
     for req in requests:
         if not isinstance(req.self_edit, str):
             raise TypeError(f"a self-edit must be a str, got {type(req.self_edit).__name__}")
+
+
+def check_request_timeout(value: Any) -> float | None:
+    """``value`` as a time limit in seconds: a positive finite number, or None (no limit); ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"request_timeout must be a positive finite number of seconds or None, got {value!r}")
+    return float(value)
+
+
+def check_max_retries(value: Any) -> int:
+    """``value`` as a retry count: an integer >= 0; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"max_retries must be an integer >= 0, got {value!r}")
+    return value
 
 
 class Executor(Protocol):
@@ -159,25 +185,36 @@ def make_executor(
     settings: dict[str, Any] | None = None,
     workers: int = 1,
     address: str | None = None,
+    *,
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    max_retries: int = DEFAULT_MAX_RETRIES,
     **kwargs: Any,
 ) -> Executor:
     """An executor by name: ``"inprocess"`` (one worker, this process), ``"subprocess"`` (one worker, a child
     process: :class:`seal_env.worker.SubprocessExecutor`) or ``"ray"`` (``workers`` actors).
 
-    ``settings`` are the environment settings; ``address`` a Ray cluster address (``None``: a local Ray);
-    extra keyword arguments go to :class:`seal_env.ray_executor.RayExecutor` (``cpus_per_worker``, ``max_retries``,
-    ``ray_init_kwargs``).
+    ``settings`` are the environment settings; ``address`` a Ray cluster address (``None``: a local Ray).
+    ``request_timeout`` (seconds, or None for no limit) and ``max_retries`` are checked for every kind and go to the
+    subprocess and Ray executors (a worker that gives no answer within the limit is killed and replaced, and its
+    requests retried); the in-process executor has no worker to kill, so it has no time limit. Extra keyword
+    arguments go to :class:`seal_env.worker.SubprocessExecutor` (``threads``) or
+    :class:`seal_env.ray_executor.RayExecutor` (``cpus_per_worker``, ``ray_init_kwargs``).
     """
+    request_timeout, max_retries = check_request_timeout(request_timeout), check_max_retries(max_retries)
     if kind in ("inprocess", "subprocess"):
-        if workers != 1 or address is not None or kwargs:
+        if workers != 1 or address is not None:
             raise ValueError(f"the {kind} executor has exactly one worker and no address; use kind='ray'")
         if kind == "subprocess":
             from seal_env.worker import SubprocessExecutor
 
-            return SubprocessExecutor(settings)
+            return SubprocessExecutor(settings, request_timeout=request_timeout, max_retries=max_retries, **kwargs)
+        if kwargs:
+            raise ValueError(f"the inprocess executor takes no options, got {sorted(kwargs)}")
         return InProcessExecutor(settings)
     if kind == "ray":
         from seal_env.ray_executor import RayExecutor
 
-        return RayExecutor(settings, workers=workers, address=address, **kwargs)
+        return RayExecutor(
+            settings, workers, address, request_timeout=request_timeout, max_retries=max_retries, **kwargs
+        )
     raise ValueError(f"executor kind must be one of {EXECUTOR_KINDS}, got {kind!r}")

@@ -95,11 +95,12 @@ class Baselines:
 
     def __init__(self, learner: Learner, cfg: SealConfig, grader: Grader | None = None):
         self.learner, self.cfg, self.grader = learner, cfg, grader
-        self._store: dict[str, dict[str, Any]] = {}
+        self._store: dict[tuple[Article, str], dict[str, Any]] = {}
         self.computed = 0
 
-    def key(self, article: Article) -> str:
-        return article.id + json.dumps(self.cfg.eval_key(), sort_keys=True)
+    def key(self, article: Article) -> tuple[Article, str]:
+        """The whole article (its questions too: two articles may share a title and passage) and the settings."""
+        return article, json.dumps(self.cfg.eval_key(), sort_keys=True)
 
     def __contains__(self, article: Article) -> bool:
         return self.key(article) in self._store

@@ -1,10 +1,12 @@
 """The Ray executor: a pool of Ray actors, each holding one environment (one model copy, loaded once), that
-evaluates groups of reward requests in parallel on this machine or a Ray cluster; a dead worker is replaced and its
-work retried (``max_retries`` per request). ``pip install "seal-env[ray]"``; ray is imported when one is built.
+evaluates groups of reward requests in parallel on this machine or a Ray cluster; a dead worker, or one that gives no
+answer within ``request_timeout``, is replaced and its work retried (``max_retries`` per request).
+``pip install "seal-env[ray]"``; ray is imported when one is built.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -13,9 +15,13 @@ from typing import Any, cast
 
 from seal_env.articles import Article
 from seal_env.executors import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_REQUEST_TIMEOUT,
     THREAD_ENV_VARS,
     RewardRequest,
     blas_threads,
+    check_max_retries,
+    check_request_timeout,
     check_requests,
     group_requests,
     group_size,
@@ -96,17 +102,28 @@ class RayExecutor:
         cpus_per_worker: CPUs each actor reserves and math-library threads it uses (``OMP_NUM_THREADS`` /
             ``OPENBLAS_NUM_THREADS``). Default: ``cpu_count // workers`` locally (1 per worker on 2 cores with
             2 workers), 1 on a cluster.
-        max_retries: how many times one request may be resubmitted after the worker running it died.
+        max_retries: how many times one request may be resubmitted after the worker running it was lost (died, or
+            killed after ``request_timeout``).
+        request_timeout: seconds (None: no limit) an actor may take for one request -- one batched group, i.e. one
+            ``evaluate_many`` call --, for its start (model load) and for a ``set_base_weights`` call. An actor over
+            the limit is taken as hung: it is killed (``ray.kill(no_restart=True)``) and replaced, and its request
+            retried as if it had died; if the first workers do not start in time, the constructor raises
+            ``RuntimeError``. Choose it longer than one group's evaluation and a model load.
         ray_init_kwargs: extra arguments for ``ray.init`` (e.g. ``runtime_env`` to ship the code to a cluster).
+
+    ``request_timeout`` and ``max_retries`` are read at each call (changing them between calls takes effect).
 
     Scheduling: each actor runs one request at a time; an idle actor takes the next pending request, preferring
     one for an article it has already seen (its baseline quiz is cached there). If an actor dies (process
-    killed, node lost), its unfinished request goes back to the front of the queue and is taken by a live
-    actor, and a replacement actor is started (with the current base weights). ``on_result`` is called exactly
-    once per request, and every request's result is the one a live worker returned; a request whose worker
-    died more than ``max_retries`` times raises ``RuntimeError`` (after starting that worker's replacement, so a
-    later call finds the pool whole). A request that itself raises (e.g. a non-str self-edit) propagates its
-    exception, as in-process.
+    killed, node lost) or hangs (no answer within ``request_timeout``: killed), its unfinished request goes back to
+    the front of the queue and is taken by a live actor, and a replacement actor is started (with the current base
+    weights). ``on_result`` is called exactly once per request, and every request's result is the one a live worker
+    returned; a request whose worker was lost more than ``max_retries`` times raises ``RuntimeError`` (naming the
+    time limit if it was hit; after starting that worker's replacement, so a later call finds the pool whole). A
+    replacement that fails to start (or to start in time) more than ``max_retries`` times in a row is given up. A
+    request that itself raises (e.g. a non-str self-edit) propagates its exception, as in-process. ``stats`` counts
+    results ``completed``, lost requests (``retried``, each time), started replacements (``respawned``) and
+    ``timeouts`` (requests, starts and ``set_base_weights`` calls over the limit).
     """
 
     def __init__(
@@ -116,7 +133,8 @@ class RayExecutor:
         address: str | None = None,
         *,
         cpus_per_worker: int | None = None,
-        max_retries: int = 3,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         ray_init_kwargs: dict[str, Any] | None = None,
     ):
         try:
@@ -129,7 +147,8 @@ class RayExecutor:
 
         self.cfg = SealConfig.from_kwargs(**(settings or {}))  # validate here, not in each actor
         self.settings = self.cfg.to_dict()
-        self.workers, self.max_retries = workers, max_retries
+        self.workers, self.max_retries = workers, check_max_retries(max_retries)
+        self.request_timeout = check_request_timeout(request_timeout)
         ncpu = os.cpu_count() or 1
         if cpus_per_worker is None:
             cpus_per_worker = max(1, ncpu // workers) if address is None else 1
@@ -152,11 +171,20 @@ class RayExecutor:
             num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0
         )
         self._weights_ref: Any = None  # current base weights in the object store (for replacement actors)
-        self.stats = {"completed": 0, "retried": 0, "respawned": 0}
+        self.stats = {"completed": 0, "retried": 0, "respawned": 0, "timeouts": 0}
         self._actors: list[Any] = [self._spawn() for _ in range(workers)]
         self._seen: list[set[str]] = [set() for _ in range(workers)]
         self._start_failures = [0] * workers
-        self._pids: list[int | None] = list(ray.get([a.ready.remote() for a in self._actors]))  # models loaded
+        try:  # models loaded
+            self._pids: list[int | None] = list(
+                ray.get([a.ready.remote() for a in self._actors], timeout=self.request_timeout)
+            )
+        except ray.exceptions.GetTimeoutError as err:
+            self.close()
+            raise RuntimeError(f"the Ray workers did not start within {self._limit()}") from err
+
+    def _limit(self) -> str:
+        return f"request_timeout={self.request_timeout:g} s"
 
     def _spawn(self) -> Any:
         return self._actor_cls.remote(self.settings, self._weights_ref, self.cpus_per_worker)
@@ -196,12 +224,19 @@ class RayExecutor:
         groups = group_requests(requests, size)
         pending: deque[int] = deque(range(len(groups)))
         failures = [0] * len(groups)
-        inflight: dict[Any, tuple[str, int, int]] = {}  # ref -> (kind "task"|"ready", slot, group index)
+        timeouts = [0] * len(groups)
+        # ref -> (kind "task"|"ready", slot, group index, deadline: time.monotonic() at which it is taken as hung)
+        inflight: dict[Any, tuple[str, int, int, float]] = {}
+        limit = math.inf if self.request_timeout is None else self.request_timeout
+
+        def submit(ref: Any, kind: str, slot: int, g: int) -> None:
+            inflight[ref] = (kind, slot, g, time.monotonic() + limit)
+
         live = [s for s, actor in enumerate(self._actors) if actor is not None]
         idle = [s for s in live if self._pids[s] is not None]
         for s in live:
             if self._pids[s] is None:  # a replacement started by an earlier call or by set_base_weights
-                inflight[self._actors[s].ready.remote()] = ("ready", s, -1)
+                submit(self._actors[s].ready.remote(), "ready", s, -1)
 
         def assign() -> None:
             while idle and pending:
@@ -217,30 +252,41 @@ class RayExecutor:
                     [requests[i].seed for i in groups[pick]],
                     first.adapt,
                 )
-                inflight[ref] = ("task", slot, pick)
+                submit(ref, "task", slot, pick)
+
+        def lose(kind: str, slot: int, g: int, timed_out: bool, err: BaseException | None) -> None:
+            """The worker in ``slot`` died or hung: replace it; a task's group goes back to the queue."""
+            if timed_out:
+                self.stats["timeouts"] += 1
+            if kind == "task":
+                failures[g] += 1
+                timeouts[g] += timed_out
+                self.stats["retried"] += 1
+                if failures[g] > self.max_retries:
+                    self._replace(slot)  # not left in its slot looking alive: the pool stays usable
+                    raise RuntimeError(self._given_up(groups[g], failures[g], timeouts[g])) from err
+                pending.appendleft(g)
+            else:
+                self._start_failures[slot] += 1
+            if self._replace(slot):
+                submit(self._actors[slot].ready.remote(), "ready", slot, -1)
 
         assign()
-        while pending or any(kind == "task" for kind, _, _ in inflight.values()):
+        while pending or any(entry[0] == "task" for entry in inflight.values()):
             if not inflight:
                 n_left = sum(len(groups[g]) for g in pending)
                 raise RuntimeError(f"no live Ray workers left; {n_left} request(s) not evaluated")
-            done, _ = ray.wait(list(inflight), num_returns=1)
+            first_deadline = min(entry[3] for entry in inflight.values())
+            wait = None if first_deadline == math.inf else max(0.0, first_deadline - time.monotonic())
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=wait)
+            now = time.monotonic()
+            hung = [ref for ref, entry in inflight.items() if entry[3] <= now and ref not in done]
             for ref in done:
-                kind, slot, g = inflight.pop(ref)
+                kind, slot, g, _ = inflight.pop(ref)
                 try:
                     value = ray.get(ref)
                 except self._death as err:
-                    if kind == "task":
-                        failures[g] += 1
-                        self.stats["retried"] += 1
-                        if failures[g] > self.max_retries:
-                            self._replace(slot)  # not left in its slot looking alive: the pool stays usable
-                            raise RuntimeError(f"requests {groups[g]}: their worker died {failures[g]} times") from err
-                        pending.appendleft(g)
-                    else:
-                        self._start_failures[slot] += 1
-                    if self._replace(slot):
-                        inflight[self._actors[slot].ready.remote()] = ("ready", slot, -1)
+                    lose(kind, slot, g, False, err)
                     continue
                 if kind == "ready":
                     self._pids[slot], self._start_failures[slot] = value, 0
@@ -252,21 +298,42 @@ class RayExecutor:
                     self.stats["completed"] += 1
                     if on_result is not None:
                         on_result(i, reward, info)
+            for ref in hung:  # past its deadline, with no answer
+                kind, slot, g, _ = inflight.pop(ref)
+                lose(kind, slot, g, True, None)
             assign()
         return cast(list[tuple[float, dict[str, Any]]], results)  # every group completed (or we raised)
 
+    def _given_up(self, group: list[int], failures: int, timeouts: int) -> str:
+        """Why the requests ``group`` were given up: their worker was lost ``failures`` times, ``timeouts`` hung."""
+        lost = []
+        if timeouts:
+            lost.append(f"gave no result within {self._limit()} {timeouts} time(s) (killed)")
+        if failures > timeouts:
+            lost.append(f"died {failures - timeouts} time(s)")
+        return f"requests {group}: their worker {' and '.join(lost)} (max_retries={self.max_retries})"
+
     def set_base_weights(self, weights: dict[str, Any]) -> None:
-        """Put ``weights`` in the object store once and load them in every actor (and in future replacements)."""
+        """Put ``weights`` in the object store once and load them in every actor (and in future replacements); an
+        actor that dies or takes longer than ``request_timeout`` is replaced (and starts with these weights)."""
         ray = self._ray
         self._weights_ref = ray.put(weights_to_numpy(weights))  # replacement actors start with these
         calls = {s: a.set_base_weights.remote(self._weights_ref) for s, a in enumerate(self._actors) if a is not None}
+        if not calls:
+            return
+        _, late = ray.wait(list(calls.values()), num_returns=len(calls), timeout=self.request_timeout)
         for slot, ref in calls.items():
             self._seen[slot].clear()  # baselines were dropped with the old weights
-            try:
-                ray.get(ref)
-            except self._death:
-                self._start_failures[slot] += 1
-                self._replace(slot)
+            if ref in late:  # hung: replaced like a dead worker
+                self.stats["timeouts"] += 1
+            else:
+                try:
+                    ray.get(ref)
+                    continue
+                except self._death:
+                    pass
+            self._start_failures[slot] += 1
+            self._replace(slot)
 
     def close(self) -> None:
         ray = self._ray

@@ -1,11 +1,13 @@
 """Executors: in-process, the factory and CLI options, and a local 2-worker Ray pool on the tiny model
 (parity with in-process, a worker killed mid-batch, base-weight broadcast, the batched vector env on Ray; and its
 failure paths: a request whose workers keep dying, no live worker left, a replacement that fails to start, a worker
-that dies during set_base_weights)."""
+that dies during set_base_weights, a worker that hangs); the subprocess executor (parity, a dead child, a hung
+child). A hung worker is a stopped process (SIGSTOP): alive, and certain never to answer."""
 
 import argparse
 import os
 import signal
+import time
 
 from seal_env.articles import select_articles
 from seal_env.cli import add_executor_args, executor_from_args
@@ -48,6 +50,44 @@ def reference(local_env):
     return InProcessExecutor(env=local_env).evaluate(REQUESTS)
 
 
+@pytest.fixture(scope="module")
+def alone(local_env):
+    """The in-process result of the first request evaluated alone (in a batch with others it may round otherwise)."""
+    return InProcessExecutor(env=local_env).evaluate(REQUESTS[:1])
+
+
+@pytest.fixture
+def stop():
+    """``stop(pid)`` stops a process (SIGSTOP): it stays alive and never answers. After the test, any process so
+    stopped that is still there is killed (SIGKILL ends a stopped process too)."""
+    stopped = []
+
+    def stop_(pid):
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+    yield stop_
+    for pid in stopped:
+        for sig in (signal.SIGKILL, signal.SIGCONT):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def gone(pid, within=20.0):
+    """Whether process ``pid`` has ended (and been reaped) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
 def test_inprocess_results_in_order_and_on_result(local_env):
     calls = []
     out = InProcessExecutor(env=local_env).evaluate(REQUESTS[:2], lambda i, r, info: calls.append((i, r)))
@@ -68,6 +108,18 @@ def test_make_executor_and_cli_options():
     ex = executor_from_args(parser.parse_args([]), SETTINGS)
     assert isinstance(ex, InProcessExecutor)
     ex.close()
+    assert parser.parse_args([]).request_timeout == 3600
+    assert parser.parse_args(["--request-timeout", "2.5"]).request_timeout == 2.5
+    assert parser.parse_args(["--request-timeout", "none"]).request_timeout is None
+    for bad in ("0", "-1", "inf", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--request-timeout", bad])
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "60"):
+        with pytest.raises(ValueError, match="request_timeout must be a positive finite number"):
+            make_executor("subprocess", SETTINGS, request_timeout=bad)
+    for bad in (-1, 1.5, None):
+        with pytest.raises(ValueError, match="max_retries must be an integer >= 0"):
+            make_executor("ray", SETTINGS, workers=2, max_retries=bad)
 
 
 # ------------------------------------------------------------------------------------------------- Ray
@@ -187,7 +239,7 @@ def test_ray_request_whose_worker_died_more_than_max_retries_times_raises(pool, 
     dead_workers(0, 1)
     before = dict(pool.stats)
     calls = []
-    with pytest.raises(RuntimeError, match=r"requests \[0\]: their worker died 2 times"):
+    with pytest.raises(RuntimeError, match=r"requests \[0\]: their worker died 2 time\(s\) \(max_retries=1\)"):
         pool.evaluate(REQUESTS[:1], lambda i, r, info: calls.append(i))
     assert calls == [] and pool.stats["retried"] - before["retried"] == 2
     assert pool.worker_pids() == [None, None]  # both slots replaced (or replacing), neither left as it was
@@ -249,7 +301,7 @@ def test_ray_worker_dying_during_set_base_weights_is_replaced_with_the_new_weigh
     assert pool.stats["respawned"] - before["respawned"] == 1  # the replacement took the broadcast back alive
 
 
-def test_batched_vector_env_on_ray(pool):
+def test_batched_vector_env_on_ray(pool, alone):
     from seal_env.vector import KnowledgeIncorporationVectorEnv
 
     envs = KnowledgeIncorporationVectorEnv(2, executor=pool, **SETTINGS)
@@ -263,26 +315,121 @@ def test_batched_vector_env_on_ray(pool):
     assert list(results[0][4]["final_info"]["train_losses"]) == list(results[1][4]["final_info"]["train_losses"])
     envs.close()  # does not close the shared pool
     ref.close()
-    assert pool.evaluate(REQUESTS[:1])[0] is not None
+    assert pool.evaluate(REQUESTS[:1]) == alone
 
 
-def test_subprocess_executor_equals_inprocess_and_reports_a_dead_child(local_env):
-    ex = make_executor("subprocess", SETTINGS)
+def ready_pool(pool):
+    """``pool`` with every worker's model loaded (a replacement too): no worker but a stopped one can be late."""
+    import ray
+
+    ray.get([actor.ready.remote() for actor in pool.actors if actor is not None])
+    return pool
+
+
+def test_ray_hung_worker_is_killed_and_replaced_and_its_request_retried(pool, alone, stop, monkeypatch):
+    """A worker that never answers (a stopped process) is killed after ``request_timeout`` and replaced, and its
+    request is retried on a live worker: the in-process result."""
+    monkeypatch.setattr(ready_pool(pool), "request_timeout", 4.0)
+    # the first worker with a pid takes the first request (a replacement whose pid is not known yet is not idle)
+    victim = next(pid for pid in pool.worker_pids() if pid is not None)
+    stop(victim)
+    before = dict(pool.stats)
+    assert pool.evaluate(REQUESTS[:1]) == alone
+    assert {k: pool.stats[k] - before[k] for k in ("timeouts", "retried", "respawned")} == dict.fromkeys(
+        ("timeouts", "retried", "respawned"), 1
+    )
+    assert victim not in pool.worker_pids() and gone(victim)
+
+
+def test_ray_hung_worker_with_no_retries_left_raises_and_the_pool_stays_usable(pool, alone, stop, monkeypatch):
+    monkeypatch.setattr(ready_pool(pool), "request_timeout", 4.0)
+    monkeypatch.setattr(pool, "max_retries", 0)
+    slot, victim = next((s, pid) for s, pid in enumerate(pool.worker_pids()) if pid is not None)
+    stop(victim)
+    before = dict(pool.stats)
+    with pytest.raises(
+        RuntimeError,
+        match=r"requests \[0\]: their worker gave no result within request_timeout=4 s 1 time\(s\) \(killed\) "
+        r"\(max_retries=0\)",
+    ):
+        pool.evaluate(REQUESTS[:1])
+    assert pool.stats["timeouts"] - before["timeouts"] == 1 and pool.worker_pids()[slot] is None  # being replaced
+    assert pool.evaluate(REQUESTS[:1]) == alone
+    assert gone(victim) and victim not in pool.worker_pids()
+
+
+# ------------------------------------------------------------------------------------------------- subprocess
+def test_subprocess_executor_equals_inprocess_and_replaces_a_dead_child(local_env):
+    ex = make_executor("subprocess", SETTINGS, threads=1)  # one BLAS thread, as in this process: the same rounding
     try:
         got = []
         out = ex.evaluate(REQUESTS[:2], lambda i, r, info: got.append(i))
         assert sorted(got) == [0, 1]
-        # the child uses its default BLAS threads: float rounding may differ from this module's single thread
         expected = InProcessExecutor(env=local_env).evaluate(REQUESTS[:2])
-        assert [r for r, _ in out] == pytest.approx([r for r, _ in expected], abs=1e-5)
-        assert [i["train_steps"] for _, i in out] == [i["train_steps"] for _, i in expected]
+        assert out == expected
         with pytest.raises(TypeError, match="must be a str"):
             ex.evaluate([RewardRequest(ARTICLES[0], 42)])
-        os.kill(ex.pid, signal.SIGKILL)
-        ex._process.wait()  # dead and reaped, so its exit code is known
-        with pytest.raises(RuntimeError, match=r"subprocess died \(exit code -9\)"):
-            ex.evaluate(REQUESTS[:1])
+        victim = ex.pid
+        os.kill(victim, signal.SIGKILL)
+        before = dict(ex.stats)
+        assert ex.evaluate(REQUESTS[:1]) == expected[:1]  # by a new child
+        assert ex.pid not in (None, victim)
+        assert {k: ex.stats[k] - before[k] for k in ("retried", "respawned", "timeouts")} == {
+            "retried": 1,
+            "respawned": 1,
+            "timeouts": 0,
+        }
     finally:
         ex.close()
     with pytest.raises(ValueError, match="one worker"):
         make_executor("subprocess", SETTINGS, workers=2)
+
+
+def test_subprocess_hung_child_is_killed_and_replaced_and_results_received_are_kept(reference, stop):
+    """The child stops after sending the first group's results; after ``request_timeout`` it is killed and a new
+    child evaluates only the requests without a result."""
+    started = time.monotonic()
+    ex = make_executor("subprocess", SETTINGS, threads=1, max_retries=1)
+    try:
+        # the limit also bounds the new child's start: twice this start, on a machine as busy as now
+        ex.request_timeout = max(5.0, 2 * (time.monotonic() - started))
+        victims, calls = [], []
+
+        def on_result(i, reward, info):
+            calls.append(i)
+            if calls == [0, 3]:  # the first group (article 0) is in: stop the child in the next one
+                victims.append(ex.pid)
+                stop(ex.pid)
+
+        before = dict(ex.stats)
+        assert ex.evaluate(REQUESTS, on_result) == reference
+        assert calls[:2] == [0, 3] and sorted(calls) == [0, 1, 2, 3]  # each result once
+        assert ex.stats["completed"] - before["completed"] == 4  # nothing received was asked for again
+        assert {k: ex.stats[k] - before[k] for k in ("timeouts", "retried", "respawned")} == dict.fromkeys(
+            ("timeouts", "retried", "respawned"), 1
+        )
+        assert ex.pid not in (None, victims[0]) and gone(victims[0], within=0)
+    finally:
+        ex.close()
+
+
+def test_subprocess_hung_child_with_no_retries_left_raises_and_a_new_child_takes_the_next_call(alone, stop):
+    ex = make_executor("subprocess", SETTINGS, threads=1, max_retries=0)
+    try:
+        ex.request_timeout = 3.0
+        victim = ex.pid
+        stop(victim)
+        with pytest.raises(
+            RuntimeError,
+            match=r"subprocess gave no answer within request_timeout=3 s and was killed; 1 time\(s\) in a row "
+            r"\(max_retries=0\)",
+        ):
+            ex.evaluate(REQUESTS[:1])
+        assert ex.pid is None and gone(victim, within=0) and ex.stats["timeouts"] == 1
+        ex.request_timeout = None  # a new child's start (model load) takes longer than 3 s
+        assert ex.evaluate(REQUESTS[:1]) == alone
+        assert ex.pid not in (None, victim)
+    finally:
+        ex.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.evaluate(REQUESTS[:1])
