@@ -10,16 +10,26 @@ With OpenBLAS found and a C compiler on the machine (``$CC`` or ``cc``), a small
 (``csrc/gemv_sgemm.c``, compiled once into the cache folder) is loaded ahead of it: products with one row (a
 decoding step at batch 1) go to ``cblas_sgemv``, which reads the weights once instead of packing them, and every
 other product to OpenBLAS's ``cblas_sgemm``. ``SEAL_ENV_GEMV=off`` skips it.
+
+The compiled library runs in every process that imports seal_env, so it is only built into, and loaded from, a folder
+no one else can write: ``<cache folder>/blas`` is created with mode 0o700, and a library is loaded only if that folder
+and the file are owned by this user, not writable by group or others, and not symbolic links (checked on the opened
+file, which is then loaded through ``/proc/self/fd``, so it cannot be swapped in between). Otherwise the one-row
+sgemm is skipped (OpenBLAS still loads) with one warning that names the path, the reason and the fix. A compiler
+that fails is tried once: its output goes to a ``gemv_sgemm-<tag>.failed`` marker next to where the library would
+be, and while the marker exists the build is skipped silently; delete it to try again.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -91,9 +101,18 @@ def load_fast_blas() -> str | None:
     return loaded_path
 
 
+class NotPrivateError(Exception):
+    """A folder or library file that someone other than this user could have written: nothing in it is loaded."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
 def _load_gemv_sgemm(blas: ctypes.CDLL) -> None:
     """Load ``csrc/gemv_sgemm.c`` (compiled if needed) into the global namespace, bound to ``blas``'s
-    ``cblas_sgemm`` / ``cblas_sgemv``; leave things as they are when switched off or when it cannot be built."""
+    ``cblas_sgemm`` / ``cblas_sgemv``; leave things as they are when switched off or when it cannot be built, and
+    warn once when its folder or file could have been written by someone else."""
     global gemv_library
     if not switch("SEAL_ENV_GEMV") or not all(hasattr(blas, f) for f in ("cblas_sgemm", "cblas_sgemv")):
         return
@@ -101,7 +120,16 @@ def _load_gemv_sgemm(blas: ctypes.CDLL) -> None:
         built = _compiled_gemv_sgemm()
         if built is None:
             return
-        library = ctypes.CDLL(str(built), mode=ctypes.RTLD_GLOBAL)
+        library = _load_private(built)
+    except NotPrivateError as error:
+        warnings.warn(
+            f"seal_env: not loading the one-row sgemm from {error.path}: {error.reason}, so another user could "
+            f"have put code there that would run in this process. OpenBLAS is used without it. Fix: delete "
+            f"{error.path} (seal-env rebuilds it, private to you), or set SEAL_ENV_CACHE to a folder only you can "
+            "write; SEAL_ENV_GEMV=off skips the one-row sgemm.",
+            stacklevel=4,
+        )
+        return
     except OSError:
         return
     sgemm, sgemv = (ctypes.cast(f, ctypes.c_void_p) for f in (blas.cblas_sgemm, blas.cblas_sgemv))
@@ -110,23 +138,98 @@ def _load_gemv_sgemm(blas: ctypes.CDLL) -> None:
 
 
 def _compiled_gemv_sgemm() -> Path | None:
-    """``csrc/gemv_sgemm.c`` compiled into the cache folder (once per source, compiler and machine type), or None
-    without a C compiler or when the build fails."""
+    """``csrc/gemv_sgemm.c`` compiled into ``<cache folder>/blas`` (once per source, compiler and machine type), or
+    None without a C compiler or when the build failed (now, or earlier: its ``.failed`` marker is there). Raises
+    :class:`NotPrivateError` when that folder is not private to this user."""
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None or not GEMV_SOURCE.exists():
         return None
     source = GEMV_SOURCE.read_bytes()
     tag = hashlib.sha256(source + f"{compiler} {platform.machine()}".encode()).hexdigest()[:16]  # shared homes
-    target = cache_dir() / "blas" / f"gemv_sgemm-{tag}.so"
-    if target.exists():
+    folder = _private_folder(cache_dir() / "blas")
+    target = folder / f"gemv_sgemm-{tag}.so"
+    failed = target.with_suffix(".failed")
+    if os.path.lexists(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    if failed.exists():
+        return None
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
         built = Path(tmp) / target.name
         command = [compiler, "-O2", "-shared", "-fPIC", "-o", str(built), str(GEMV_SOURCE)]
         try:
             subprocess.run(command, check=True, capture_output=True, timeout=120)
-        except (OSError, subprocess.SubprocessError):
+        except (OSError, subprocess.SubprocessError) as error:
+            output = getattr(error, "stderr", None) or b""
+            marker = Path(tmp) / failed.name
+            marker.write_text(f"{' '.join(command)}\n{error}\n{output.decode(errors='replace')}")
+            os.replace(marker, failed)
             return None
+        built.chmod(0o700)  # whatever the umask: not writable by group or others
         os.replace(built, target)  # atomic: parallel workers never load a half-written file
     return target
+
+
+def _private_folder(folder: Path) -> Path:
+    """``folder``, created with mode 0o700 if missing; raises :class:`NotPrivateError` if it is not private."""
+    try:
+        os.mkdir(folder, 0o700)  # masked by the umask, which can only take bits away: set below
+        created = True
+    except FileExistsError:
+        created = False
+    fd = _open_private(folder, directory=True)
+    try:
+        if created:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return folder
+
+
+def _load_private(path: Path) -> ctypes.CDLL:
+    """The library ``path`` loaded with RTLD_GLOBAL, after checking that it and its folder are private (on the open
+    files, so neither can be swapped between the check and the load); raises :class:`NotPrivateError` if not."""
+    folder = _open_private(path.parent, directory=True)
+    try:
+        fd = _open_private(path, directory=False, folder=folder)
+    finally:
+        os.close(folder)
+    # Kept open for the life of the process: the dynamic linker knows the library by this name from now on, so no
+    # other file may ever get this descriptor number.
+    by_fd = f"/proc/self/fd/{fd}"
+    try:
+        return ctypes.CDLL(by_fd if os.path.exists(by_fd) else str(path), mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def _open_private(path: Path, directory: bool, folder: int | None = None) -> int:
+    """A read-only descriptor of ``path`` (of ``path.name`` in the open ``folder`` if given), a folder or a regular
+    file owned by this user and not writable by group or others; raises :class:`NotPrivateError` otherwise."""
+    name = path if folder is None else path.name
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+    try:
+        fd = os.open(name, flags, dir_fd=folder)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        why = _not_private(os.lstat(name, dir_fd=folder), directory) or "it changed while being checked"
+        raise NotPrivateError(path, why) from None
+    why_not = _not_private(os.fstat(fd), directory)
+    if why_not is not None:
+        os.close(fd)
+        raise NotPrivateError(path, why_not)
+    return fd
+
+
+def _not_private(st: os.stat_result, directory: bool) -> str | None:
+    """Why a file with these stats could have been written by someone other than this user, or None."""
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not (stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)):
+        return "it is not a folder" if directory else "it is not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"it is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"it is writable by group or others (mode {stat.filemode(st.st_mode)})"
+    return None
