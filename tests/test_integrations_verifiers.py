@@ -1,15 +1,18 @@
 """seal-env as a verifiers environment, scored offline by verifiers' own scoring (no model server, no network).
 
 Finished single-turn rollouts (a prompt and a hand-written self-edit as the reply) are scored with verifiers'
-``Task.score`` (v1 API) or ``Rubric.score_rollout`` (classic API); the rewards must be the environment's: equal to
-direct ``evaluate`` calls here for the same self-edits and seeds (the reward source runs in a child process).
+``Task.score`` (its v1 API); the rewards must be the environment's: equal to direct ``evaluate`` calls here for the
+same self-edits and seeds (the reward source runs in a child process).
 """
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 
-verifiers = pytest.importorskip("verifiers")
+pytest.importorskip("verifiers")
 
 from seal_env.articles import load_articles  # noqa: E402
 from seal_env.env import KnowledgeIncorporationEnv  # noqa: E402
@@ -26,7 +29,6 @@ SELF_EDITS = [
     (0, "The passage describes an observatory."),
     (1, "1. A fact from the second article."),
 ]
-v1_only = pytest.mark.skipif(not hasattr(vf, "SingleAgentEnvConfig"), reason="verifiers.v1 without SingleAgentEnv")
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +58,8 @@ def finished_trace(task: vf.Task, reply: str) -> vf.Trace:
     return trace
 
 
-@v1_only
 def test_one_task_per_article_with_prompt_and_article():
-    env = load_environment(**SETTINGS, api="v1")
+    env = load_environment(**SETTINGS)
     tasks, articles = list(env.taskset), load_articles("bundled")
     assert isinstance(env, vf.SingleAgentEnv) and len(tasks) == len(articles) == 40
     for task, article in zip(tasks, articles, strict=True):
@@ -80,13 +81,12 @@ def test_bad_settings_and_options_are_rejected():
         load_environment(model="tiny-random", executor="threads")
     with pytest.raises(ValueError, match="unknown self-edit template"):
         load_environment(model="tiny-random", template="nope")
-    with pytest.raises(ValueError, match="unknown api"):
-        load_environment(model="tiny-random", api="v2")
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['api'\]"):  # one API: verifiers' v1
+        load_environment(model="tiny-random", api="classic")
 
 
-@v1_only
 def test_task_score_gives_the_environments_rewards(direct_env):
-    env = load_environment(**SETTINGS, api="v1")
+    env = load_environment(**SETTINGS)
     tasks = list(env.taskset)
     scored = [(tasks[i], finished_trace(tasks[i], edit)) for i, edit in SELF_EDITS]
     ticks = 0
@@ -117,26 +117,15 @@ def test_task_score_gives_the_environments_rewards(direct_env):
     assert scored[0][1].to_record()["rewards"]["seal_reward"]["score"] == pytest.approx(direct[SELF_EDITS[0][1]])
 
 
-@pytest.mark.skipif(not hasattr(verifiers, "SingleTurnEnv"), reason="no classic verifiers API (verifiers >= 0.4)")
-def test_classic_rubric_gives_the_environments_rewards(direct_env):
-    env = load_environment(**SETTINGS, api="classic")
-    assert isinstance(env, verifiers.SingleTurnEnv) and len(env.dataset) == 40
-    rows = [env.dataset[i] for i in range(2)]
-    assert rows[0]["info"] == article_columns(load_articles("bundled")[0])
-    states = [
-        {
-            "prompt": rows[i]["prompt"],
-            "completion": [{"role": "assistant", "content": edit}],
-            "answer": "",
-            "info": rows[i]["info"],
-            "trajectory": [],
-        }
-        for i, edit in SELF_EDITS
-    ]
-
-    async def score_all() -> None:
-        await asyncio.gather(*(env.rubric.score_rollout(state) for state in states))
-
-    asyncio.run(score_all())
-    direct = direct_rewards(direct_env, reward_source(SETTINGS).history[-len(states) :])
-    assert [s["reward"] for s in states] == pytest.approx([direct[edit] for _, edit in SELF_EDITS], abs=1e-6)
+def test_an_older_verifiers_is_an_import_error_that_says_what_to_install(tmp_path):
+    old = tmp_path / "verifiers"  # a verifiers 0.3 ahead of the installed one on the path
+    old.mkdir()
+    (old / "__init__.py").write_text('__version__ = "0.3.1"\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    code = "import seal_env.integrations.verifiers"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        "ImportError: seal_env.integrations.verifiers needs verifiers >= 0.4: "
+        'pip install -U "seal-env[verifiers]" (this is verifiers 0.3.1)'
+    )

@@ -8,20 +8,17 @@
 ``load_environment(**settings)`` takes the environment settings (the fields of :class:`seal_env.config.SealConfig`)
 and these options: ``articles`` (a :func:`seal_env.articles.load_articles` source, default ``"bundled"``),
 ``template`` (the self-edit prompt, default ``"implications"``), ``executor`` (where rewards are computed:
-``"subprocess"``, the default, ``"inprocess"`` or ``"ray"``), ``seed`` (base of the inner-loop seeds) and ``api``.
+``"subprocess"``, the default, ``"inprocess"`` or ``"ray"``) and ``seed`` (base of the inner-loop seeds).
 
-APIs (``api="auto"``: v1 where ``verifiers.v1`` has ``SingleAgentEnv``, i.e. verifiers >= 0.3, else classic):
-
-* ``"v1"`` (``verifiers.v1``, the only API of verifiers 0.4): a ``SingleAgentEnv`` over :class:`SealTaskset`,
-  taskset id :data:`TASKSET_ID`. A task's data holds the prompt (the SEAL prompt as the user message) and the
-  article's ``title``, ``context``, ``questions`` and ``article_id``; its ``seal_reward`` scores the trace's
-  ``last_reply`` as the self-edit, records the gains as metrics ``seal_<name>`` and the whole info in
-  ``trace.info["seal"]``. The agent is a single chat turn (the ``null`` harness, ``max_turns=1``, a local runtime).
-  The taskset is found by id like any verifiers plugin: importing this module registers it as the module
-  ``seal_env_verifiers``, so ``vf.load_environment``, ``resolve_env_config`` and replays work in this process (a
-  fresh process, e.g. ``vf-eval seal-env-verifiers``, would need a real top-level module of that name).
-* ``"classic"`` (verifiers 0.2.x top level, 0.3.x ``verifiers.legacy``): ``vf.SingleTurnEnv`` over a dataset with
-  ``prompt`` (chat messages) and ``info`` (the article's columns), its rubric the reward function ``seal_reward``.
+The environment (verifiers' ``verifiers.v1`` API; verifiers >= 0.4, else importing this module raises ImportError
+saying so) is a ``SingleAgentEnv`` over :class:`SealTaskset`, taskset id :data:`TASKSET_ID`. A task's data holds the
+prompt (the SEAL prompt as the user message) and the article's ``title``, ``context``, ``questions`` and
+``article_id``; its ``seal_reward`` scores the trace's ``last_reply`` as the self-edit, records the gains as metrics
+``seal_<name>`` and the whole info in ``trace.info["seal"]``. The agent is a single chat turn (the ``null`` harness,
+``max_turns=1``, a local runtime). The taskset is found by id like any verifiers plugin: importing this module
+registers it as the module ``seal_env_verifiers``, so ``vf.load_environment``, ``resolve_env_config`` and replays work
+in this process (a fresh process, e.g. ``vf-eval seal-env-verifiers``, would need a real top-level module of that
+name).
 
 Processes: verifiers' event loop never waits for an inner loop: rewards run in one worker thread of this module, in
 arrival order, through a :class:`~seal_env.integrations.common.RewardSource` (one per settings, started on first
@@ -37,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -50,14 +48,21 @@ from seal_env.integrations.common import (
     RewardSource,
     article_columns,
     article_from_columns,
-    completion_text,
     prompt_text,
     resolve_articles,
 )
 from seal_env.prompts import resolve_template
 
-import verifiers.v1 as vf
-from pydantic import field_validator
+NEEDS_VERIFIERS = 'seal_env.integrations.verifiers needs verifiers >= 0.4: pip install -U "seal-env[verifiers]"'
+try:
+    import verifiers
+except ImportError as err:
+    raise ImportError(NEEDS_VERIFIERS) from err
+if tuple(map(int, re.findall(r"\d+", verifiers.__version__)[:2])) < (0, 4):  # older ones have no v1 SingleAgentEnv
+    raise ImportError(f"{NEEDS_VERIFIERS} (this is verifiers {verifiers.__version__})")
+
+import verifiers.v1 as vf  # noqa: E402
+from pydantic import field_validator  # noqa: E402
 
 __all__ = [
     "TASKSET_ID",
@@ -200,51 +205,20 @@ def load_environment(
     template: str = "implications",
     executor: str = "subprocess",
     seed: int = 0,
-    api: str = "auto",
     **settings: Any,
 ) -> Any:
-    """A verifiers environment for SEAL (see the module docstring); ``settings`` are SealConfig fields.
+    """A verifiers ``SingleAgentEnv`` for SEAL (see the module docstring); ``settings`` are SealConfig fields.
 
-    An unknown setting raises TypeError (listing the valid ones), a bad value, executor, template, article source
-    or api ValueError; no reward source starts here.
+    An unknown setting raises TypeError (listing the valid ones), a bad value, executor, template or article source
+    ValueError; no reward source starts here.
     """
     check_settings(settings)
     resolve_template(template)
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}: use one of {list(EXECUTORS)}")
-    has_v1 = hasattr(vf, "SingleAgentEnvConfig")  # verifiers >= 0.3
-    if api == "auto":
-        api = "v1" if has_v1 else "classic"
-    if api == "classic":
-        return classic_environment(articles, template, executor, seed, settings)
-    if api != "v1":
-        raise ValueError(f"unknown api {api!r}: use 'auto', 'v1' or 'classic'")
-    if not has_v1:
-        raise ImportError("the verifiers.v1 API of this verifiers has no SingleAgentEnv (verifiers >= 0.3 has)")
     task = SealTaskConfig(settings=settings, executor=executor, seed=seed)
     config = vf.SingleAgentEnvConfig(
         taskset=SealTasksetConfig(articles=articles, template=template, task=task),
         agent=vf.AgentConfig(harness={"id": "null"}, runtime=vf.SubprocessConfig(), max_turns=1),
     )
     return vf.load_environment(config)
-
-
-def classic_environment(articles: str, template: str, executor: str, seed: int, settings: dict[str, Any]) -> Any:
-    """A classic ``vf.SingleTurnEnv`` (verifiers 0.2.x, 0.3.x)."""
-    import verifiers as classic  # 0.3.x: aliases of verifiers.legacy
-    from datasets import Dataset
-
-    if not hasattr(classic, "SingleTurnEnv"):
-        raise ImportError(f"verifiers {classic.__version__} has no classic API (vf.SingleTurnEnv); use api='v1'")
-    rows = [
-        {"prompt": [{"role": "user", "content": prompt_text(a, template)}], "info": article_columns(a)}
-        for a in resolve_articles(articles)
-    ]
-    if not rows:
-        raise ValueError(f"no articles in {articles!r}")
-
-    async def seal_reward(completion: Any, info: dict[str, Any], **_: Any) -> float:
-        article = article_from_columns(info["title"], info["context"], info["questions"])
-        return (await score_self_edit(article, completion_text(completion), settings, executor, seed))[0]
-
-    return classic.SingleTurnEnv(dataset=Dataset.from_list(rows), rubric=classic.Rubric(funcs=[seal_reward]))
