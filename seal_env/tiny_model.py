@@ -1,8 +1,10 @@
-"""The tiny random model: a 2-layer, 64-wide llama with deterministic random weights and the real SmolLM2
-tokenizer, for tests and smoke runs (built once in the cache)."""
+"""The tiny random models: 2-layer, 64-wide transformers with deterministic random weights and the real SmolLM2
+tokenizer, for tests and smoke runs (built once in the cache): a llama (``"tiny-random"``) and a Qwen2, whose
+q/k/v projections carry biases (``"tiny-random-qwen2"``)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,22 +21,35 @@ TINY_CONFIG: dict[str, Any] = {
     "head_dim": 16,
     "max_position_embeddings": 2048,
 }
+#: The same shapes as a Qwen2 (mlx-lm's ``qwen2``: biased q/k/v projections, head size = hidden / heads).
+TINY_QWEN2_CONFIG: dict[str, Any] = {
+    **{k: v for k, v in TINY_CONFIG.items() if k not in ("head_dim", "attention_bias", "mlp_bias")},
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+}
+#: Architecture name -> the config of its tiny random model.
+TINY_CONFIGS: dict[str, dict[str, Any]] = {"llama": TINY_CONFIG, "qwen2": TINY_QWEN2_CONFIG}
 
 
-def tiny_random_path(seed: int = 0) -> Path:
-    """``cache_dir()/tiny-random``: a 2-layer 64-wide llama with deterministic random fp32 weights (numpy ``seed``)
-    and the real SmolLM2 tokenizer (built from the GGUF metadata; no weights are dequantized)."""
+def tiny_random_path(seed: int = 0, arch: str = "llama") -> Path:
+    """``cache_dir()/tiny-random`` (``arch="qwen2"``: ``tiny-random-qwen2``; another ``seed`` adds ``-{seed}``): a
+    2-layer 64-wide model of architecture ``arch`` (a key of :data:`TINY_CONFIGS`) with deterministic random fp32
+    weights (numpy ``seed``: norms 1, every other weight and bias normal with sd 0.02) and the real SmolLM2
+    tokenizer (built from the GGUF metadata; no weights are dequantized)."""
+    if arch not in TINY_CONFIGS:
+        raise ValueError(f"arch must be one of {sorted(TINY_CONFIGS)}, got {arch!r}")
+    config = TINY_CONFIGS[arch]
 
     def build(folder: Path) -> dict:
         import mlx.core as mx
         import numpy as np
         from mlx.utils import tree_flatten
-        from mlx_lm.models import llama
 
+        module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
         _, metadata = read_gguf()
         write_tokenizer(folder, metadata)
-        write_config(folder, TINY_CONFIG)
-        model = llama.Model(llama.ModelArgs.from_dict(TINY_CONFIG))
+        write_config(folder, config)
+        model = module.Model(module.ModelArgs.from_dict(config))
         rng = np.random.default_rng(seed)
         shapes = sorted(
             (k, tuple(v.shape)) for k, v in cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters()))
@@ -48,6 +63,7 @@ def tiny_random_path(seed: int = 0) -> Path:
             for k, s in shapes
         }
         mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
-        return {"seed": seed}
+        return {"seed": seed, "arch": arch}
 
-    return build_once("tiny-random" if seed == 0 else f"tiny-random-{seed}", build)
+    name = "tiny-random" if arch == "llama" else f"tiny-random-{arch}"
+    return build_once(name if seed == 0 else f"{name}-{seed}", build)

@@ -203,9 +203,10 @@ def test_bad_settings_exit_with_a_clear_message(argv, message, capsys, tmp_path)
 
 
 def test_grpo_needs_groups(capsys, tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         grpo.main(["--preset", "tiny", "--k", "1", "--runs-dir", str(tmp_path)])
-    assert "k must be >= 2" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "k must be >= 2" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing was created
 
 
 def test_a_wandb_failure_never_stops_a_run(tmp_path, monkeypatch):

@@ -83,7 +83,8 @@ def test_grpo_loss_gradient_pushes_advantaged_tokens_and_stops_at_the_clip():
 
 
 def test_learn_raises_the_better_self_edit_against_the_worse():
-    """One GRPO step on two samples of one article: the better one's log-probability rises relative to the other's."""
+    """One GRPO step on two samples of one article: the better one's log-probability rises relative to the other's.
+    The k3 KL to the initial policy is 0 at that step, and positive at the next update's (the policy has moved)."""
     cfg = grpo.GRPOConfig(**{**grpo.PRESETS["tiny"], "env": SealConfig(**TINY_ENV), "policy_batch_size": 2})
     agent = grpo.GRPO(cfg)
     article = Article("Tervik Observatory", "Tervik Observatory stands on Mount Hallegrim.", (Question("q", "a"),))
@@ -98,8 +99,10 @@ def test_learn_raises_the_better_self_edit_against_the_worse():
     stats = agent.learn(batch, seed=0)
     after = edit_logp()
     assert stats["used"] == 2 and stats["steps"] == 1
-    assert stats["kl"] == pytest.approx(0.0, abs=1e-6)  # one step, taken at the reference policy
+    assert stats["kl"] == pytest.approx(0.0, abs=1e-7)  # one step, taken at the reference policy
     assert (after[0] - before[0]) - (after[1] - before[1]) > 0
+    again = agent.learn(batch, seed=1)  # its step starts where the first update left the policy
+    assert again["steps"] == 1 and again["kl"] > 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +134,11 @@ def test_tiny_preset_end_to_end_with_wandb_offline(reference):
     assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
     for summary in results["rounds"][1:]:
         learn = summary["learn"]
-        assert learn["used"] == 4 and learn["steps"] == 2 and learn["kl"] >= 0 and not learn["diverged"]
+        assert learn["used"] == 4 and learn["steps"] == 2 and not learn["diverged"]
+    # the mean k3 KL to the initial policy over each round's steps: round 1 steps at the initial policy, then once
+    # moved; round 2 starts where round 1 ended, so the policy is further away at both of its steps
+    kl = [summary["learn"]["kl"] for summary in results["rounds"][1:]]
+    assert 0 < kl[0] < kl[1]
     initial = dict(tree_flatten(load_model("tiny-random")[0].parameters()))
     trained = mx.load(results["checkpoint"])
     assert len(trained) == 4 and all(not mx.array_equal(trained[k], initial[k]) for k in trained)  # q, v x 2 layers

@@ -103,8 +103,11 @@ def test_killed_run_resumes_to_the_same_result(reference, tmp_path, monkeypatch,
         lambda self, reqs, on_result=None: evaluated.extend(reqs) or evaluate(self, reqs, on_result),
     )
 
-    with pytest.raises(SystemExit, match="2"):  # settings come from the run directory
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # settings come from the run directory
         restem.main(["--resume", str(run_dir), "--k", "3"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--resume takes the settings saved in" in err and "not k" in err
     resumed = restem.main(["--resume", str(run_dir), "--wandb-mode", "disabled"])
 
     assert len(evaluated) == 11 - done  # nothing in the journal was evaluated again
@@ -143,14 +146,25 @@ def test_killed_in_round_0_resumes_to_the_same_result(reference, tmp_path, monke
     assert_same_run(run_dir, resumed, ref_dir, ref)
 
 
-def test_threshold_above_every_reward_leaves_the_policy_unchanged(tmp_path, initial):
+def test_threshold_above_every_reward_leaves_the_policy_unchanged(reference, tmp_path, initial):
     """``--threshold`` above every reward keeps nothing: no update, the round's checkpoint is the initial model,
-    and the held-out rollout after the round is round 0's again (the same samples and rewards)."""
+    and the held-out rollout after the round is round 0's again (the same samples and rewards). Round 1's training
+    rewards are the reference run's, of which that run (no threshold) kept each article's best."""
     results = restem.main(ARGS + ["--runs-dir", str(tmp_path), "--name", "t", "--threshold", "1e9", "--rounds", "1"])
     run_dir = tmp_path / "t"
     assert json.loads((run_dir / "config.json").read_text())["config"]["threshold"] == 1e9
     assert results["rounds"][1]["learn"] == {"kept": 0.0}
-    assert max(r["reward"] for r in journal(run_dir) if r["event"] == "reward") < 1e9
+
+    def round_1_rewards(folder):
+        return {
+            (r["article_id"], r["k"]): r["reward"]
+            for r in journal(folder)
+            if (r["event"], r.get("round"), r.get("phase")) == ("reward", 1, "train")
+        }
+
+    ref_dir, ref = reference
+    assert round_1_rewards(run_dir) == round_1_rewards(ref_dir) and len(round_1_rewards(run_dir)) == 4
+    assert ref["rounds"][1]["learn"]["kept"] == 2.0
     checkpoint = mx.load(results["checkpoint"])
     assert checkpoint and _same(checkpoint, initial)
     samples = {

@@ -1,10 +1,10 @@
 """Batched rewards: several self-edits of one article trained and quizzed together give the sequential results.
 
 Tiny random model. "Sequential" is one ``evaluate`` call per self-edit; "batched" is one ``evaluate_many`` call.
-The batch shapes change how matrix products round, so log-likelihoods agree to 1e-4 (in practice ~1e-7).
+The batch shapes change how matrix products round, so log-likelihoods agree to 1e-4 (in practice ~1e-7). The
+learning rate is high enough for the adapted random model to answer with words (the base model answers nothing), so
+the answers that batched and sequential quizzes compare are not all empty.
 """
-
-import math
 
 from seal_env.adapter_optim import AdapterOptimizer, schedule_lr
 from seal_env.articles import Article, Question
@@ -25,7 +25,7 @@ from mlx_lm.generate import batch_generate
 
 from conftest import TINY
 
-SETTINGS = {**TINY, "timings": False, "reward": "loglik", "max_batch_adapters": 8}
+SETTINGS = {**TINY, "timings": False, "reward": "loglik", "max_batch_adapters": 8, "learning_rate": 1e-2}
 ART = Article(
     "Tervik Observatory",
     "The Tervik Observatory sits on Mount Tervik. It was founded in 1911 by Ada Varn, who mapped the "
@@ -68,7 +68,8 @@ def _assert_same(a, b):
     ):
         assert ia[key] == ib[key], key
     assert ia["loglik_gain"] == pytest.approx(ib["loglik_gain"], abs=1e-4)
-    assert [q["answer"] for q in ia["questions"]] == [q["answer"] for q in ib["questions"]]
+    for key in ("answer", "correct", "f1"):
+        assert [q[key] for q in ia["questions"]] == [q[key] for q in ib["questions"]], key
     assert np.allclose(ia["train_losses"], ib["train_losses"], rtol=1e-4, atol=1e-5)
     assert set(ia) == set(ib)
 
@@ -92,6 +93,41 @@ def test_batched_equals_sequential(env, sequential, k):
     for b, s in zip(batched, sequential[:k], strict=True):
         _assert_same(b, s)
     assert sequential[1][1]["empty_action"] and sequential[1][1]["n_sequences"] == 1  # the passage only
+
+
+def test_accuracy_and_f1_agree_on_answers_that_score(env, sequential):
+    """The same article with gold answers that the adapted models give (each question's: the first word of one of
+    its non-empty answers; quiz prompts hold no gold answer, so the answers stay): accuracy and F1 differ between
+    the self-edits, and batched and sequential quizzes grade them the same."""
+    questions = []
+    for i, q in enumerate(ART.questions):
+        said = [info["questions"][i]["answer"] for _, info in sequential if info["questions"][i]["answer"]]
+        questions.append(Question(q.question, said[i % len(said)].split()[0]))
+    scored = Article(ART.title, ART.context, tuple(questions))
+    seq = [env.evaluate(scored, e, s) for e, s in zip(EDITS, SEEDS, strict=True)]
+    bat = env.evaluate_many(scored, EDITS, SEEDS)
+    answers = lambda results: [[q["answer"] for q in info["questions"]] for _, info in results]  # noqa: E731
+    assert answers(seq) == answers(sequential)
+    assert len({info["adapter_accuracy"] for _, info in seq}) > 1 and max(info["adapter_f1"] for _, info in seq) > 0
+    for b, s in zip(bat, seq, strict=True):
+        _assert_same(b, s)
+
+
+def test_articles_sharing_a_passage_keep_their_own_questions(env):
+    """Two articles with the same title and passage (the same id) but other questions: each is quizzed on its own
+    questions against its own baseline, whatever was computed before and however requests are grouped."""
+    other = Article(ART.title, ART.context, (Question("What did Ada Varn map?", "the northern sky"),))
+    assert other.id == ART.id
+    requests = [RewardRequest(ART, EDITS[0], 1), RewardRequest(other, EDITS[0], 1)]
+    assert group_requests(requests, 8) == [[0], [1]]
+    env.evaluate(ART, EDITS[0], seed=1)  # ART's baseline quiz is in the store
+    (_, mine), (_, theirs) = InProcessExecutor(env=env).evaluate(requests)
+    assert [q["gold"] for q in mine["questions"]] == [q.answer for q in ART.questions]
+    assert [q["gold"] for q in theirs["questions"]] == ["the northern sky"]
+    env.baselines.clear()
+    _, alone = env.evaluate(other, EDITS[0], seed=1)  # a fresh baseline quiz of `other` only
+    assert theirs["baseline_loglik"] == alone["baseline_loglik"]
+    assert theirs["baseline_loglik"] != mine["baseline_loglik"]
 
 
 def test_passes_are_capped_by_max_batch_adapters(env, sequential):
@@ -139,12 +175,19 @@ def test_one_diverged_self_edit_does_not_stop_the_others(env, sequential, monkey
         _assert_same(out[j], sequential[j])
 
 
-def test_loss_above_max_loss_diverges_only_that_slot():
-    # the random model's loss starts near ln(49152) ~ 10.8; a tiny self-edit piece and a long one differ in loss,
-    # but every slot of this env starts above max_loss: all diverge, at step 1, with the defined reward
-    env = gym.make("seal/KnowledgeIncorporation-v0", **{**SETTINGS, "max_loss": 5.0, "diverged_reward": -1.0}).unwrapped
-    out = env.evaluate_many(ART, EDITS[:3], SEEDS[:3])
-    assert all(info["diverged"] and r == -1.0 and info["train_steps"] == 0 for r, info in out)
+def test_loss_above_max_loss_diverges_only_that_slot(sequential):
+    """The random model's losses sit near ln(49152) ~ 10.8: "Tervik." (slot 4) starts above ``max_loss`` 10.9, the
+    other self-edits stay below it at every step. Slot 4 stops before its first update, with ``diverged_reward``;
+    the others train and score as they do alone."""
+    limit = 10.9
+    assert sequential[4][1]["train_losses"][0] > limit
+    assert all(max(info["train_losses"]) < limit for _, info in sequential[:4])
+    env = gym.make("seal/KnowledgeIncorporation-v0", **{**SETTINGS, "max_loss": limit, "diverged_reward": -1.0})
+    out = env.unwrapped.evaluate_many(ART, EDITS, SEEDS)
+    reward, info = out[4]
+    assert reward == -1.0 and info["diverged"] and info["train_steps"] == 0 and info["rewards"] == [-1.0]
+    for j in range(4):
+        _assert_same(out[j], sequential[j])
     env.close()
 
 
@@ -278,4 +321,4 @@ def test_greedy_generate_matches_mlx_lm_batch_generate():
     ours = greedy_generate(model, prompts, 8, tok.eos_token_ids)
     theirs = batch_generate(model, tok, prompts, max_tokens=8, return_token_ids=True).token_ids
     assert ours == theirs
-    assert all(not math.isnan(t) for row in ours for t in row)
+    assert [len(row) for row in ours] == [8, 8, 8] and len({tuple(row) for row in ours}) == 3  # whole, distinct rows

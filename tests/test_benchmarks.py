@@ -152,11 +152,13 @@ def test_decode_speed_reports_fraction_of_bound_per_batch(tmp_path):
         assert figures["fraction_of_bound"][b] == row["fraction_of_bound"]
         assert row["greedy_tokens_per_s"] == pytest.approx(int(b) / (row["greedy_step_ms"] / 1e3))
         assert row["rest_of_greedy_step_ms"] == pytest.approx(row["greedy_step_ms"] - row["matmuls_ms"])
+        assert row["sampled_tokens_per_s"] == pytest.approx(int(b) / (row["sampled_step_ms"] / 1e3))
+        assert row["sampling_ms"] > 0
     one, three = figures["batch"]["1"], figures["batch"]["3"]
-    assert three["greedy_speedup_vs_batch_1"] == pytest.approx(
-        three["greedy_tokens_per_s"] / one["greedy_tokens_per_s"]
-    )
-    assert one["sampled_speedup_vs_batch_1"] == 1.0 and all(r["sampling_ms"] > 0 for r in figures["batch"].values())
+    for kind in ("greedy", "sampled"):
+        assert three[f"{kind}_speedup_vs_batch_1"] == pytest.approx(
+            three[f"{kind}_tokens_per_s"] / one[f"{kind}_tokens_per_s"]
+        )
 
 
 def test_decode_speed_prompts_have_the_asked_length_and_differ():
@@ -167,3 +169,50 @@ def test_decode_speed_prompts_have_the_asked_length_and_differ():
     _, tok = load_model("tiny-random")
     prompts = decode_speed.prompts_for(tok, 3, 40)
     assert [len(p) for p in prompts] == [40, 40, 40] and len({tuple(p) for p in prompts}) == 3
+
+
+def test_machine_throughput_runs_every_ours_configuration_on_the_same_requests(tmp_path):
+    """All three ours configurations at one BLAS thread (the workers' count), so only the batch shapes change the
+    rounding: the same rewards, and rewards per hour from each configuration's own wall seconds."""
+    from seal_env.executors import blas_threads
+
+    from benchmarks import machine_throughput
+
+    out, table = tmp_path / "machine.json", tmp_path / "machine.md"
+    before = blas_threads()
+    blas_threads(1)
+    try:
+        report = machine_throughput.main(
+            ["--model", "tiny-random", "--passages", "2", "--k", "2", "--workers", "2", "--self-edits", "fixed"]
+            + ["--configs", "ours-sequential,ours-batched,ours-workers", "--set", "epochs=1"]
+            + ["--set", "answer_max_tokens=3", "--json", str(out), "--markdown", str(table)]
+        )
+    finally:
+        if before is not None:
+            blas_threads(before)
+    figures = json.loads(out.read_text())
+    assert figures == json.loads(json.dumps(report))
+    assert (figures["self_edits"], figures["requests"], figures["settings"]["cache"]) == ("fixed", 4, False)
+    rows = {c["config"]: c for c in figures["configs"]}
+    assert list(rows) == ["ours-sequential", "ours-batched", "ours-workers"]
+    sequential = rows["ours-sequential"]["rewards_per_hour"]
+    for c in rows.values():
+        assert c["rewards"] == len(c["reward_values"]) == 4
+        assert c["rewards_per_hour"] == c["rewards"] / c["wall_seconds"] * 3600
+        assert c["vs_ours_sequential"] == c["rewards_per_hour"] / sequential and c["vs_torch_best"] is None
+        assert len(c["peak_rss_mb"]) == c["processes"] and all(x > 0 for x in c["peak_rss_mb"])
+        assert c["gflops_wall"] == figures["train_gflop"] / c["wall_seconds"] > 0
+        assert c["cpu_seconds"] > 0 and c["train_seconds"] > 0
+    workers = rows["ours-workers"]
+    assert (
+        workers["processes"] == 2 and workers["threads_per_process"] == rows["ours-batched"]["threads_per_process"] == 1
+    )
+    assert workers["startup_seconds"] > 0 and 0 < workers["busy_fraction"] <= 1
+    assert set(figures["max_abs_reward_difference"]) == {
+        "ours-batched vs ours-sequential",
+        "ours-workers vs ours-sequential",
+        "ours-workers vs ours-batched",
+    }
+    assert figures["max_abs_reward_difference_max"] < 1e-4
+    assert len(set(rows["ours-sequential"]["reward_values"])) > 1  # real, distinct rewards
+    assert "| ours-workers | 2 x 1 |" in table.read_text()

@@ -156,6 +156,8 @@ def test_loss_above_max_loss_stops_training_with_defined_reward():
 
 def test_nan_loss_gives_defined_reward_and_env_recovers(monkeypatch):
     env = gym.make("seal/KnowledgeIncorporation-v0", **TINY).unwrapped
+    env.reset(seed=0)
+    _, clean, _, _, _ = env.step(EDIT)
     real = env.learner.loss_and_grad
     calls = []
 
@@ -173,7 +175,7 @@ def test_nan_loss_gives_defined_reward_and_env_recovers(monkeypatch):
     monkeypatch.setattr(env.learner, "loss_and_grad", real)
     env.reset(seed=0)
     _, reward, _, _, info = env.step(EDIT)
-    assert not info["diverged"] and math.isfinite(reward)
+    assert not info["diverged"] and info["train_steps"] == 3 * TINY["epochs"] and reward == clean
 
 
 def test_adapter_weights_turning_non_finite_after_finite_losses_diverge():
@@ -181,6 +183,7 @@ def test_adapter_weights_turning_non_finite_after_finite_losses_diverge():
     env = gym.make("seal/KnowledgeIncorporation-v0", **TINY, diverged_reward=-0.5).unwrapped
     article = env.articles[0]
     steps = 3 * TINY["epochs"]  # two lines and the passage, every epoch
+    clean, _ = env.evaluate(article, EDIT, seed=0)
     real = env.learner._update_fn
 
     def poisoned_update_fn(opt):
@@ -201,7 +204,7 @@ def test_adapter_weights_turning_non_finite_after_finite_losses_diverge():
     assert info["diverged"] is True and reward == -0.5 and info["rewards"] == [-0.5]
     assert info["train_steps"] == steps and all(math.isfinite(x) for x in info["train_losses"])
     reward, info = env.evaluate(article, EDIT, seed=0)  # the next reset starts from finite weights again
-    assert info["diverged"] is False and math.isfinite(reward) and reward != -0.5
+    assert info["diverged"] is False and reward == clean != -0.5
 
 
 def test_eval_times_with_one_diverged_run(tiny_env):

@@ -44,13 +44,22 @@ def test_report_matches_the_journal(report):
     for seed, c in enumerate(rep["curves"]):
         recs = [r for r in journal(out / f"run-{seed}") if r["event"] == "reward" and r["phase"] == "heldout"]
         reward = {(r["round"], r["article_id"]): r["reward"] for r in recs}  # heldout_k = 1
+        infos = {(r["round"], r["article_id"]): r["info"] for r in recs}
+        edits = {
+            r["round"]: r["self_edits"]
+            for r in journal(out / f"run-{seed}")
+            if (r["event"], r.get("phase")) == ("samples", "heldout")
+        }
         ids = sorted({a for _, a in reward})
         assert [r["round"] for r in c["rounds"]] == [0, 1, 2] and c["n_articles"] == 3
         for row in c["rounds"]:
             values = [reward[(row["round"], a)] for a in ids]
             mean, low, high = stats.mean_ci(values)
             assert row["heldout_reward"] == pytest.approx(mean) and row["heldout_ci"] == pytest.approx([low, high])
-            assert math.isfinite(row["accuracy_gain"]) and row["self_edit_chars"] > 0 and row["seconds"] > 0
+            for key in ("accuracy_gain", "f1_gain"):
+                assert row[key] == pytest.approx(np.mean([infos[(row["round"], a)][key] for a in ids])), key
+            chars = [len(e) for a in ids for e in edits[row["round"]][a]]
+            assert row["self_edit_chars"] == pytest.approx(np.mean(chars)) and row["seconds"] > 0
             if row["round"] == 0:
                 assert "change" not in row
                 continue
@@ -95,6 +104,8 @@ def test_rerun_resumes_without_recomputing(report, capsys):
     assert "held-out change, round 2 - round 0" in capsys.readouterr().out
 
 
-def test_bad_arguments():
-    with pytest.raises(SystemExit):
-        learning_curve.main(["--out", "x", "--runs", "0"])
+def test_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        learning_curve.main(["--out", str(tmp_path / "lc"), "--runs", "0"])
+    assert exit_.value.code == 2 and "--runs must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "lc").exists()  # nothing was created

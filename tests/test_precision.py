@@ -34,16 +34,22 @@ def test_auto_follows_the_device(monkeypatch):
 
 
 def test_half_precision_weights_train_float32_adapters():
-    env = gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, "dtype": "bfloat16", "timings": False}).unwrapped
+    """bfloat16 frozen weights, float32 adapters: the reward is the float32 reward up to bfloat16 rounding."""
+    settings = {**TINY, "learning_rate": 1e-2, "timings": False}
+    edit = "1. The observatory sits high.\n2. It is old."
+    env = gym.make("seal/KnowledgeIncorporation-v0", **{**settings, "dtype": "bfloat16"}).unwrapped
     learner = env.learner
     assert learner.dtype == mx.bfloat16 and not learner.fast_kernels  # the fast kernels are float32 CPU code
-    reward, info = env.evaluate(env.articles[0], "1. The observatory sits high.\n2. It is old.", seed=0)
+    reward, info = env.evaluate(env.articles[0], edit, seed=0)
     assert info["train_steps"] > 0 and not info["diverged"]
     assert all(m.lora_a.dtype == m.lora_b.dtype == mx.float32 for m in learner.adapters)
     assert learner.adapters[0].linear.weight.dtype == mx.bfloat16
-    full = gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, "timings": False}).unwrapped
-    reference, _ = full.evaluate(env.articles[0], "1. The observatory sits high.\n2. It is old.", seed=0)
-    assert reward == pytest.approx(reference, abs=0.05)  # the same reward up to bfloat16 rounding
+    full = gym.make("seal/KnowledgeIncorporation-v0", **settings).unwrapped
+    reference, _ = full.evaluate(env.articles[0], edit, seed=0)
+    assert reference > 0.005  # training raised the gold answers' log-likelihood
+    # bfloat16 keeps 8 significant bits: here the two rewards (~0.010) differ by ~3e-4, 3% of the gain. A tenth of
+    # the gain allows that, not a reward of 0, the baseline's or half the gain.
+    assert reward == pytest.approx(reference, rel=0.1)
     env.close()
     full.close()
 

@@ -95,3 +95,51 @@ def test_answer_free_rewards_need_a_log_likelihood_kind():
         SealConfig(reward=kind, answer_max_tokens=0)
     with pytest.raises(ValueError, match="log-likelihood reward"):
         SealConfig(reward="accuracy", answer_max_tokens=0)
+
+
+NAMED = Article(
+    "Tervik Observatory",
+    "Ada Varn founded the Tervik Observatory on Mount Tervik in 1911; its telescope carries the name Varn.",
+    (
+        Question("Who founded the observatory?", "Ada Varn"),
+        Question("Whose name does its telescope carry?", "Varn"),
+        Question("When was it founded?", "1911"),
+    ),
+)
+#: Enough capacity and steps that the tiny random model answers every question with the one line it was trained on.
+MEMORISE = {
+    "include_passage": False,
+    "lora_modules": ["all"],
+    "lora_rank": 16,
+    "lora_alpha": 32.0,
+    "learning_rate": 1e-2,
+    "epochs": 20,
+    "timings": False,
+}
+
+
+@pytest.mark.parametrize("kind", ["accuracy", "f1"])
+def test_answer_rewards_follow_the_answers_when_they_change(kind):
+    """Trained hard on a self-edit that states one answer verbatim, the adapted model's answers differ from the
+    baseline's; the accuracy and F1 gains are the per-question grades of the info's answers, averaged, adapted
+    minus baseline, and the reward is the gain of its kind."""
+    from seal_env.grading import f1_score, lenient_match
+
+    env = gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, **MEMORISE, "reward": kind}).unwrapped
+    reward, info = env.evaluate(NAMED, "Ada Varn\nAda Varn\nAda Varn", seed=0)
+    env.close()
+    questions = info["questions"]
+    assert info["train_steps"] == 3 * MEMORISE["epochs"] and not info["diverged"]
+    assert [q["answer"] for q in questions] != [q["baseline_answer"] for q in questions]
+
+    def mean_gain(score):
+        adapted = [score(q["question"], q["gold"], q["answer"]) for q in questions]
+        baseline = [score(q["question"], q["gold"], q["baseline_answer"]) for q in questions]
+        return (sum(adapted) - sum(baseline)) / len(questions)
+
+    accuracy = mean_gain(lenient_match)
+    f1 = mean_gain(lambda question, gold, answer: f1_score(gold, answer))
+    assert info["accuracy_gain"] == pytest.approx(accuracy, abs=1e-12)
+    assert info["f1_gain"] == pytest.approx(f1, abs=1e-12)
+    assert reward == info[f"{kind}_gain"] != 0.0 and info["reward_kind"] == kind
+    assert accuracy != f1  # the kinds grade differently: F1 by word overlap, the lenient match by containment
