@@ -50,6 +50,7 @@ TINY: dict[str, Any] = {
     "policy_lora_modules": ["q_proj", "v_proj"],
     "policy_epochs": 1,
     "progress": False,
+    "executor": "inprocess",  # tests: one process, bit-exact references
     "env": TINY_ENV,
 }
 #: Settings of the ``paper`` preset common to all algorithms: SEAL's knowledge-incorporation outer loop (2 rounds
@@ -67,7 +68,7 @@ PAPER_PRESET: dict[str, Any] = {
 }
 CHOICES = {
     "wandb_mode": ("online", "offline", "disabled"),
-    "executor": ("inprocess", "ray"),
+    "executor": ("auto", "inprocess", "pool", "ray"),
     "inner_loop_learner": ("policy", "base"),
 }
 ENV_CLI_SKIP = ("split",)  # the round loop picks the split itself
@@ -96,15 +97,21 @@ class RunConfig:
     seed: int = setting(0, "seeds the article order, sampling, the inner loop and the policy update", group="Run")
     wandb_mode: str = setting("online", "online logs offline when there is no API key or no network", group="Run")
     wandb_project: str = setting("seal-env", "wandb project", group="Run")
-    executor: str = setting("inprocess", "where rewards are computed (seal_env.executors)", group="Run")
-    workers: int = setting(1, "reward workers, one model copy each (--executor ray)", group="Run")
+    executor: str = setting(
+        "auto",
+        "where rewards are computed (seal_env.executors): auto picks one single-thread worker process per core, as "
+        "many as fit in memory (this process when only one fits), and prints what it picked; inprocess: this process; "
+        "pool: --workers processes; ray: --workers Ray actors",
+        group="Run",
+    )
+    workers: int = setting(1, "reward workers, one model copy each (--executor pool or ray)", group="Run")
     ray_address: str | None = setting(
         None, "Ray cluster address for --executor ray (none: start a local Ray)", group="Run"
     )
     request_timeout: float | None = setting(
         DEFAULT_REQUEST_TIMEOUT,
-        "seconds a reward worker (--executor ray) may take to answer one batched group of requests, or to load "
-        "its model, before it is killed and replaced and its requests retried (none: no limit)",
+        "seconds a reward worker process (--executor auto, pool or ray) may take to answer one batched group of "
+        "requests, or to load its model, before it is killed and replaced and its requests retried (none: no limit)",
         group="Run",
     )
     progress: bool = setting(True, "show progress bars", group="Run")
@@ -198,8 +205,10 @@ class RunConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.executor == "inprocess" and (self.workers != 1 or self.ray_address):
-            raise ValueError("--workers > 1 and --ray-address need --executor ray")
+        if self.executor in ("auto", "inprocess") and self.workers != 1:
+            raise ValueError(f"--workers > 1 needs --executor pool or ray, not {self.executor}")
+        if self.executor != "ray" and self.ray_address:
+            raise ValueError(f"--ray-address needs --executor ray, not {self.executor}")
         if self.heldout_articles < -1:
             raise ValueError(f"heldout_articles must be -1 (all), 0 (none) or a count, got {self.heldout_articles}")
         if not (self.temperature >= 0 and 0 < self.top_p <= 1):

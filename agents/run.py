@@ -41,12 +41,19 @@ C = TypeVar("C", bound=RunConfig)  #: an agent's own RunConfig subclass
 
 
 def make_executor(cfg: RunConfig) -> Any:
-    """The reward executor the run's settings ask for (in-process, subprocess or Ray)."""
+    """The reward executor the run's settings ask for (auto, in-process, a worker pool or Ray); prints what
+    ``auto`` picked (the executor's ``setup``)."""
     from seal_env import executors
 
     settings = {**cfg.env.to_dict(), "split": "all"}  # the agent hands articles over itself
     address = cfg.ray_address if cfg.executor == "ray" else None
-    return executors.make_executor(cfg.executor, settings, cfg.workers, address, request_timeout=cfg.request_timeout)
+    executor = executors.make_executor(
+        cfg.executor, settings, cfg.workers, address, request_timeout=cfg.request_timeout
+    )
+    setup = getattr(executor, "setup", None)
+    if setup is not None:
+        print(setup.message(), flush=True)
+    return executor
 
 
 class Rewards:
@@ -287,6 +294,8 @@ def run_agent(
     try:
         agent = make_agent(cfg)
         executor = make_executor(cfg)
+        if (setup := getattr(executor, "setup", None)) is not None:  # what the auto executor picked
+            run.append({"event": "executor", "setup": dataclasses.asdict(setup)})
         return train(cfg, agent, run, executor, logger, splits)
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with  python -m agents.{algorithm} --resume {run.path}", file=sys.stderr)

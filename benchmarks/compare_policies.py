@@ -495,8 +495,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.articles == 0 or args.self_edits < 1 or args.seeds < 1:
         parser.error("--articles must be non-zero, --self-edits and --seeds positive")
-    if args.executor == "inprocess" and args.ray_address is None and args.workers != 1:
-        parser.error("--workers > 1 needs --executor ray")
+    if args.executor in ("auto", "inprocess", "subprocess") and args.workers != 1:
+        parser.error("--workers > 1 needs --executor pool or ray")
     out = Path(args.out)
     if args.report_only and not out.is_dir():
         raise SystemExit(f"no journal in {out}")

@@ -3,45 +3,56 @@
 ``executor.evaluate(requests)`` *is* the batched evaluation path: it returns ``(reward, info)`` for every request,
 in the order of ``requests``, and calls ``on_result(i, reward, info)`` once per request as soon as it is known.
 
-Both group the requests by article (:func:`group_requests`): one group is one batched
+Every executor groups the requests by article (:func:`group_requests`): one group is one batched
 ``env.evaluate_many`` call, which trains and quizzes its self-edits together (seal_env.pipeline).
 
-* :class:`InProcessExecutor` (default) evaluates in this process with one environment, one group at a time.
+* :class:`InProcessExecutor` evaluates in this process with one environment, one group at a time.
+* :class:`seal_env.worker.SubprocessExecutor` does the same in one child process.
+* :class:`seal_env.pool.PoolExecutor` keeps ``workers`` child processes (one model copy each, ``threads``
+  math-library threads each) and evaluates groups in parallel on this machine.
 * :class:`seal_env.ray_executor.RayExecutor` keeps a pool of Ray actors, each holding one environment (one model
   copy, loaded once), and evaluates groups in parallel on this machine or on a Ray cluster.
   ``pip install "seal-env[ray]"``; ray is only imported when this executor is built.
+* ``"auto"`` (the default of :func:`make_executor`) picks between the in-process and the pool executor from the
+  cores and memory of this machine (:func:`auto_setup`).
 
-Both return the same rewards and infos for the same requests: a reward depends only on (article, self-edit, seed)
+All return the same rewards and infos for the same requests: a reward depends only on (article, self-edit, seed)
 and the settings (the inner loop is deterministic on CPU), never on which worker computed it. Bit for bit, that
 holds for the same groups and the same BLAS thread count: OpenBLAS splits matrix products differently with another
-thread count, which
-moves losses and log-likelihoods in about the 7th significant digit (accuracy rewards practically never change).
-A Ray worker uses ``cpus_per_worker`` threads; :func:`blas_threads` sets this process's count.
-:func:`make_executor` picks one by name (``--executor ray --workers N`` on the command line, see
+thread count, which moves losses and log-likelihoods in about the 7th significant digit (accuracy rewards
+practically never change). A pool or Ray worker uses its own thread count; :func:`blas_threads` sets this
+process's. :func:`make_executor` picks one by name (``--executor pool --workers N`` on the command line, see
 :func:`seal_env.cli.add_executor_args`).
 
-A worker in another process (subprocess, Ray) that gives no answer within ``request_timeout`` seconds (default
-:data:`DEFAULT_REQUEST_TIMEOUT`; ``None``: no limit) is taken as hung (deadlock, stuck math library, stopped
-process): it is killed and replaced, and its unfinished requests are retried (``max_retries``), as for a worker that
-died. Each executor's docstring says exactly what the limit applies to.
+A worker in another process (subprocess, pool, Ray) that gives no answer within ``request_timeout`` seconds
+(default :data:`DEFAULT_REQUEST_TIMEOUT`; ``None``: no limit) is taken as hung (deadlock, stuck math library,
+stopped process): it is killed and replaced, and its unfinished requests are retried (``max_retries``), as for a
+worker that died. Each executor's docstring says exactly what the limit applies to.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from seal_env.articles import Article
 
-EXECUTOR_KINDS = ("inprocess", "subprocess", "ray")
+EXECUTOR_KINDS = ("auto", "inprocess", "subprocess", "pool", "ray")
 #: Default ``request_timeout`` of the executors with workers in other processes (seconds).
 DEFAULT_REQUEST_TIMEOUT = 3600.0
 #: Default ``max_retries`` of those executors: how often a request may be retried after its worker was lost.
 DEFAULT_MAX_RETRIES = 3
 #: Environment variables that cap a worker's math-library threads (set before the worker imports numpy/mlx).
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+#: Memory that :func:`auto_setup` sets aside for each reward worker (bytes): room for a SmolLM2-135M worker training
+#: an article's self-edits together (peaks in benchmarks/RESULTS.md); pass ``worker_memory_bytes`` for larger models.
+DEFAULT_WORKER_MEMORY = 3 * 2**30
+
+log = logging.getLogger("seal_env")
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,9 @@ class InProcessExecutor:
     """Evaluates requests with a single environment built from ``settings``, an article's requests batched
     (``evaluate_many`` calls of up to ``max_batch_adapters`` inner loops)."""
 
+    #: What :func:`make_executor` ``("auto")`` picked, when it built this executor.
+    setup: AutoSetup | None = None
+
     def __init__(self, settings: dict[str, Any] | None = None, env: Any = None):
         if env is None:
             from seal_env.env import KnowledgeIncorporationEnv
@@ -179,42 +193,177 @@ def weights_to_numpy(weights: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------------ auto
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def available_memory() -> int | None:
+    """Memory available to new processes without swapping (bytes): ``MemAvailable`` of /proc/meminfo, else the
+    free physical pages (``sysconf``); None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * size if pages > 0 and size > 0 else None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class AutoSetup:
+    """What the ``"auto"`` executor runs: ``kind`` ``"inprocess"`` or ``"pool"``, with ``workers`` processes of
+    ``threads`` math-library threads each, and what that was decided from: ``cores``, ``memory_bytes`` (available;
+    None: unknown) and ``worker_memory_bytes`` (set aside per worker)."""
+
+    kind: str
+    workers: int
+    threads: int
+    cores: int
+    memory_bytes: int | None
+    worker_memory_bytes: int
+    gpu: bool = False
+
+    def describe(self) -> str:
+        """One line: the processes and threads, and the cores and memory they were chosen for."""
+        if self.gpu:
+            where = "this process" if self.kind == "inprocess" else "1 worker process"
+            return f"{where} on the GPU (mlx's default device: one process drives it)"
+        if self.kind == "inprocess":
+            what = f"this process, {self.threads} BLAS thread{'s' * (self.threads != 1)}"
+        else:
+            what = (
+                f"{self.workers} worker process{'es' * (self.workers != 1)} x "
+                f"{self.threads} BLAS thread{'s' * (self.threads != 1)}"
+            )
+        memory = "memory unknown" if self.memory_bytes is None else f"{_gib(self.memory_bytes)} available"
+        cores = f"{self.cores} core{'s' * (self.cores != 1)}"
+        return f"{what} ({cores}, {memory}, {_gib(self.worker_memory_bytes)} per worker)"
+
+    def message(self) -> str:
+        """The line that says what ``"auto"`` picked and how to choose another executor."""
+        return (
+            f"seal-env: reward executor auto: {self.describe()}; "
+            "choose another with --executor inprocess|pool|ray (executor= in Python)"
+        )
+
+
+def auto_setup(
+    cores: int | None = None,
+    memory_bytes: int | None = None,
+    worker_memory_bytes: int | None = None,
+    *,
+    in_process: bool = True,
+    gpu: bool | None = None,
+) -> AutoSetup:
+    """The executor for this machine: one worker process per core, as many as fit in memory, each with
+    ``cores // workers`` BLAS threads (separate single-thread processes give more rewards per hour than one process
+    with as many threads). With room for one worker only (one core, or memory for less than two), it is this
+    process with ``cores`` threads (``in_process=False``: a pool of one child process instead).
+
+    Where mlx computes on a GPU (``gpu``; default: whether mlx's default device is one), one process drives it: one
+    worker. ``cores`` defaults to :func:`usable_cores`, ``memory_bytes`` to :func:`available_memory` (unknown: as if
+    there were memory for every core), ``worker_memory_bytes`` to :data:`DEFAULT_WORKER_MEMORY`. For ``"inprocess"``,
+    ``threads`` is what this process is meant to use; :func:`make_executor` leaves its thread count as it is
+    (OpenBLAS's default: one per core).
+    """
+    cores = usable_cores() if cores is None else cores
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise ValueError(f"cores must be a positive integer, got {cores!r}")
+    memory = available_memory() if memory_bytes is None else memory_bytes
+    per_worker = DEFAULT_WORKER_MEMORY if worker_memory_bytes is None else worker_memory_bytes
+    if isinstance(per_worker, bool) or not isinstance(per_worker, int) or per_worker < 1:
+        raise ValueError(f"worker_memory_bytes must be a positive integer, got {per_worker!r}")
+    gpu = _default_device_is_gpu() if gpu is None else bool(gpu)
+    workers = 1 if gpu else cores if memory is None else max(1, min(cores, memory // per_worker))
+    kind = "pool" if workers > 1 or not in_process else "inprocess"
+    return AutoSetup(kind, workers, max(1, cores // workers), cores, memory, per_worker, gpu)
+
+
+def _default_device_is_gpu() -> bool:
+    """Whether mlx's default device is a GPU (Metal, CUDA)."""
+    import mlx.core as mx
+
+    return bool(mx.default_device() == mx.gpu)
+
+
 # --------------------------------------------------------------------------------------------------- factory
 def make_executor(
-    kind: str = "inprocess",
+    kind: str = "auto",
     settings: dict[str, Any] | None = None,
     workers: int = 1,
     address: str | None = None,
     *,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    in_process: bool = True,
     **kwargs: Any,
 ) -> Executor:
-    """An executor by name: ``"inprocess"`` (one worker, this process), ``"subprocess"`` (one worker, a child
-    process: :class:`seal_env.worker.SubprocessExecutor`) or ``"ray"`` (``workers`` actors).
+    """An executor by name (:data:`EXECUTOR_KINDS`):
 
-    ``settings`` are the environment settings; ``address`` a Ray cluster address (``None``: a local Ray).
-    ``request_timeout`` (seconds, or None for no limit) and ``max_retries`` are checked for every kind and go to the
-    subprocess and Ray executors (a worker that gives no answer within the limit is killed and replaced, and its
-    requests retried); the in-process executor has no worker to kill, so it has no time limit. Extra keyword
-    arguments go to :class:`seal_env.worker.SubprocessExecutor` (``threads``) or
-    :class:`seal_env.ray_executor.RayExecutor` (``cpus_per_worker``, ``ray_init_kwargs``).
+    * ``"auto"`` (default): what :func:`auto_setup` picks for this machine -- a :class:`seal_env.pool.PoolExecutor`
+      of one single-thread worker per core (as many as fit in memory), or, with room for one worker only, this
+      process (``in_process=False``: a one-worker pool, i.e. a child process, so that nothing is computed in the
+      caller's process; ``in_process`` concerns ``"auto"`` only). It logs one line saying what it picked (logger
+      ``seal_env``, INFO); the built executor's ``setup`` attribute holds the :class:`AutoSetup`. Takes no
+      ``workers``, ``address`` or options.
+    * ``"inprocess"``: one worker, this process. ``"subprocess"``: one worker, a child process
+      (:class:`seal_env.worker.SubprocessExecutor`; option ``threads``).
+    * ``"pool"``: ``workers`` child processes (:class:`seal_env.pool.PoolExecutor`; option ``threads``, default
+      the usable cores divided among the workers).
+    * ``"ray"``: ``workers`` Ray actors (:class:`seal_env.ray_executor.RayExecutor`; ``address`` a Ray cluster
+      address, ``None``: a local Ray; options ``cpus_per_worker``, ``ray_init_kwargs``).
+
+    ``settings`` are the environment settings. ``request_timeout`` (seconds, or None for no limit) and
+    ``max_retries`` are checked for every kind and go to the executors with workers in other processes (a worker
+    that gives no answer within the limit is killed and replaced, and its requests retried); the in-process executor
+    has no worker to kill, so it has no time limit. Other options raise ValueError for kinds that take none.
     """
     request_timeout, max_retries = check_request_timeout(request_timeout), check_max_retries(max_retries)
-    if kind in ("inprocess", "subprocess"):
-        if workers != 1 or address is not None:
-            raise ValueError(f"the {kind} executor has exactly one worker and no address; use kind='ray'")
-        if kind == "subprocess":
-            from seal_env.worker import SubprocessExecutor
+    if kind not in EXECUTOR_KINDS:
+        raise ValueError(f"executor kind must be one of {EXECUTOR_KINDS}, got {kind!r}")
+    if kind != "ray" and address is not None:
+        raise ValueError(f"the {kind} executor takes no address; use kind='ray'")
+    if kind in ("auto", "inprocess", "subprocess") and workers != 1:
+        what = "picks its worker count itself" if kind == "auto" else "has exactly one worker"
+        raise ValueError(f"the {kind} executor {what}; use kind='pool' or 'ray' for workers={workers}")
+    if kind in ("auto", "inprocess") and kwargs:
+        raise ValueError(f"the {kind} executor takes no options, got {sorted(kwargs)}")
+    timeouts: dict[str, Any] = {"request_timeout": request_timeout, "max_retries": max_retries}
+    if kind == "auto":
+        setup = auto_setup(in_process=in_process)
+        executor: Any
+        if setup.kind == "inprocess":
+            executor = InProcessExecutor(settings)
+        else:
+            from seal_env.pool import PoolExecutor
 
-            return SubprocessExecutor(settings, request_timeout=request_timeout, max_retries=max_retries, **kwargs)
-        if kwargs:
-            raise ValueError(f"the inprocess executor takes no options, got {sorted(kwargs)}")
+            executor = PoolExecutor(settings, setup.workers, setup.threads, **timeouts)
+        executor.setup = setup
+        log.info(setup.message())
+        return cast(Executor, executor)
+    if kind == "inprocess":
         return InProcessExecutor(settings)
-    if kind == "ray":
-        from seal_env.ray_executor import RayExecutor
+    if kind == "subprocess":
+        from seal_env.worker import SubprocessExecutor
 
-        return RayExecutor(
-            settings, workers, address, request_timeout=request_timeout, max_retries=max_retries, **kwargs
-        )
-    raise ValueError(f"executor kind must be one of {EXECUTOR_KINDS}, got {kind!r}")
+        return SubprocessExecutor(settings, **timeouts, **kwargs)
+    if kind == "pool":
+        from seal_env.pool import PoolExecutor
+
+        return PoolExecutor(settings, workers, **timeouts, **kwargs)
+    from seal_env.ray_executor import RayExecutor
+
+    return RayExecutor(settings, workers, address, **timeouts, **kwargs)

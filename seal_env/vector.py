@@ -1,17 +1,19 @@
 """A batched ``seal/KnowledgeIncorporation-v0``: ``num_envs`` single-step episodes whose rewards are computed in
-one :meth:`Executor.evaluate` call (in-process, or in parallel on a Ray actor pool).
+one :meth:`Executor.evaluate` call (in-process, or in parallel on worker processes or a Ray actor pool).
 
 Gymnasium's own vectorisation also works with the text spaces (``gymnasium.vector.SyncVectorEnv`` batches a
 ``Text`` space as a ``Tuple`` of texts, so observations are ``{"title": (t0, t1, ...), "context": (...)}`` and
 actions a tuple/list of strings), but every sub-env loads its own model and the rewards are computed one after
 another. :class:`KnowledgeIncorporationVectorEnv` holds no model itself (the executor does: one copy in-process,
-or one per Ray worker) and evaluates all actions of a step as one batch.
+or one per worker process or Ray actor) and evaluates all actions of a step as one batch.
 
 It behaves like ``SyncVectorEnv`` with ``autoreset_mode=SAME_STEP`` (the right mode for one-step episodes): every
 step terminates every sub-env, returns the *next* articles as observations and puts each finished episode's
 observation and info in ``infos["final_obs"]`` / ``infos["final_info"]``. Sub-env ``i`` draws its articles and
 training seeds exactly as a single env reset with ``seed + i`` does, so for the same seed its rewards equal
-those of ``gym.make_vec(..., vectorization_mode="sync", vector_kwargs={"autoreset_mode": SAME_STEP})``.
+those of ``gym.make_vec(..., vectorization_mode="sync", vector_kwargs={"autoreset_mode": SAME_STEP})`` (bit for bit
+at the same BLAS thread count; the default ``auto`` executor's worker processes may use another count than this
+process, see :mod:`seal_env.executors`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
     Args:
         num_envs: episodes per step.
         executor: an :class:`~seal_env.executors.Executor` to use (not closed by :meth:`close`); default: one made
-            by :func:`~seal_env.executors.make_executor` from ``executor_kind``, ``workers``, ``address`` and
-            the settings (closed by :meth:`close`).
+            by :func:`~seal_env.executors.make_executor` from ``executor_kind`` (default ``"auto"``: a pool of
+            worker processes, one per core that memory allows, or this process), ``workers``, ``address`` and the
+            settings (closed by :meth:`close`).
         **settings: the fields of :class:`~seal_env.config.SealConfig`, as for ``gym.make``.
 
     ``reset(options={"article_indices": [i0, i1, ...]})`` picks each sub-env's article (``{"article_index": i}``:
@@ -51,7 +54,7 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
         num_envs: int = 1,
         *,
         executor: Executor | None = None,
-        executor_kind: str = "inprocess",
+        executor_kind: str = "auto",
         workers: int = 1,
         address: str | None = None,
         **settings: Any,

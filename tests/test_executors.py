@@ -103,9 +103,12 @@ def test_make_executor_and_cli_options():
     parser = add_executor_args(argparse.ArgumentParser())
     args = parser.parse_args(["--executor", "ray", "--workers", "3"])
     assert (args.executor, args.workers, args.ray_address) == ("ray", 3, None)
-    with pytest.raises(ValueError, match="needs --executor ray"):
-        executor_from_args(parser.parse_args(["--workers", "2"]), SETTINGS)
-    ex = executor_from_args(parser.parse_args([]), SETTINGS)
+    assert parser.parse_args(["--executor", "pool", "--workers", "2"]).executor == "pool"
+    assert parser.parse_args([]).executor == "auto"
+    for argv in ([], ["--executor", "inprocess"], ["--executor", "subprocess"]):
+        with pytest.raises(ValueError, match="needs --executor pool or ray"):
+            executor_from_args(parser.parse_args([*argv, "--workers", "2"]), SETTINGS)
+    ex = executor_from_args(parser.parse_args(["--executor", "inprocess"]), SETTINGS)
     assert isinstance(ex, InProcessExecutor)
     ex.close()
     assert parser.parse_args([]).request_timeout == 3600
@@ -120,6 +123,33 @@ def test_make_executor_and_cli_options():
     for bad in (-1, 1.5, None):
         with pytest.raises(ValueError, match="max_retries must be an integer >= 0"):
             make_executor("ray", SETTINGS, workers=2, max_retries=bad)
+
+
+def test_agents_default_to_auto_and_print_what_it_picked(monkeypatch, capsys):
+    import dataclasses
+
+    from seal_env import executors
+
+    from agents.config import TINY, TINY_ENV, RunConfig
+    from agents.run import make_executor as agent_executor
+
+    assert RunConfig().executor == "auto" and TINY["executor"] == "inprocess"  # tests keep one process
+    tiny = RunConfig(**{**TINY, "wandb_mode": "disabled", "env": SealConfig(**TINY_ENV)})
+    for executor in ("auto", "inprocess"):
+        with pytest.raises(ValueError, match=f"--workers > 1 needs --executor pool or ray, not {executor}"):
+            dataclasses.replace(tiny, executor=executor, workers=2).validate()
+    with pytest.raises(ValueError, match="--ray-address needs --executor ray, not pool"):
+        dataclasses.replace(tiny, executor="pool", ray_address="auto").validate()
+    with pytest.raises(ValueError, match="executor must be one of"):
+        dataclasses.replace(tiny, executor="subprocess").validate()
+    dataclasses.replace(tiny, executor="pool", workers=2).validate()
+    monkeypatch.setattr(executors, "usable_cores", lambda: 1)  # auto: this process, no child to start
+    ex = agent_executor(dataclasses.replace(tiny, executor="auto"))
+    try:
+        assert isinstance(ex, InProcessExecutor) and ex.setup.kind == "inprocess"
+        assert capsys.readouterr().out == ex.setup.message() + "\n"
+    finally:
+        ex.close()
 
 
 # ------------------------------------------------------------------------------------------------- Ray
@@ -305,7 +335,7 @@ def test_batched_vector_env_on_ray(pool, alone):
     from seal_env.vector import KnowledgeIncorporationVectorEnv
 
     envs = KnowledgeIncorporationVectorEnv(2, executor=pool, **SETTINGS)
-    ref = KnowledgeIncorporationVectorEnv(2, **SETTINGS)
+    ref = KnowledgeIncorporationVectorEnv(2, executor_kind="inprocess", **SETTINGS)
     actions = ("1. One fact.\n2. Two facts.", "Three facts.")
     results = []
     for e in (envs, ref):

@@ -30,7 +30,7 @@ def sync_env():
 
 @pytest.fixture(scope="module")
 def batched_env():
-    envs = KnowledgeIncorporationVectorEnv(2, **SETTINGS)
+    envs = KnowledgeIncorporationVectorEnv(2, executor_kind="inprocess", **SETTINGS)  # the sync env's threads
     yield envs
     envs.close()
 

@@ -3,7 +3,7 @@
     from trl import GRPOConfig, GRPOTrainer
     from seal_env.integrations.trl import SealReward, seal_dataset
 
-    reward = SealReward({"model": "smollm2-135m"})                 # the SEAL inner loop, in a child process
+    reward = SealReward({"model": "smollm2-135m"})                 # the SEAL inner loop, in worker processes
     trainer = GRPOTrainer(model=policy, reward_funcs=[reward], args=GRPOConfig(...),
                           train_dataset=seal_dataset("bundled", tokenizer=policy_tokenizer))
     trainer.train()
@@ -18,9 +18,11 @@ message list when the policy's tokenizer has a chat template (TRL then applies i
 and its accuracy / log-likelihood gains to TRL's completions table (``log_extra``) and their means as metrics
 (``log_metric``), and keeps everything in ``history``.
 
-Processes: by default the environment lives in a child process (``executor="subprocess"``,
-:class:`seal_env.worker.SubprocessExecutor`), so mlx and its model stay out of the trainer's process;
-``executor="ray"`` spreads rewards over Ray actors, ``"inprocess"`` keeps them in this process.
+Processes: by default (``executor="auto"``) rewards are computed in worker processes, one single-thread worker per
+core that memory allows (:class:`seal_env.pool.PoolExecutor`), and in one child process with all cores' threads when
+only one fits (never in the trainer's process: mlx and its model stay out of it). ``executor="subprocess"`` is one
+child process (:class:`seal_env.worker.SubprocessExecutor`), ``"pool"`` ``workers`` of them, ``"ray"`` ``workers``
+Ray actors; ``"inprocess"`` keeps them in this process.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from seal_env.articles import Article
-from seal_env.executors import Executor
+from seal_env.executors import Executor, make_executor
 from seal_env.integrations.common import (
     LOGGED,
     RewardSource,
@@ -69,8 +71,9 @@ class SealReward(RewardSource):
     """A TRL reward function: ``reward(prompts, completions, title, context, questions, trainer_state, ...)``.
 
     Arguments as :class:`seal_env.integrations.common.RewardSource` (``settings`` are the environment settings,
-    ``executor`` ``"subprocess"`` / ``"inprocess"`` / ``"ray"`` or an executor, ``seed``). The step of the seeds is
-    TRL's ``trainer_state.global_step``.
+    ``executor`` a kind of :func:`seal_env.executors.make_executor` or an executor, ``seed``, ``workers`` for
+    ``"pool"`` and ``"ray"``); ``"auto"`` (the default) never computes in this process (``in_process=False``). The
+    step of the seeds is TRL's ``trainer_state.global_step``. :meth:`close` closes an executor built here.
     """
 
     __name__ = "seal_reward"  # TRL names the reward after it (rewards/seal_reward/mean)
@@ -78,11 +81,20 @@ class SealReward(RewardSource):
     def __init__(
         self,
         settings: dict[str, Any] | None = None,
-        executor: Executor | str = "subprocess",
+        executor: Executor | str = "auto",
         seed: int = 0,
         workers: int = 1,
     ):
+        auto = None
+        if isinstance(executor, str) and executor == "auto":  # never in the trainer's process
+            executor = auto = make_executor("auto", settings, workers, in_process=False)
         super().__init__(settings, executor, seed, workers)
+        self._auto = auto
+
+    def close(self) -> None:
+        super().close()
+        if self._auto is not None:
+            self._auto.close()
 
     def __call__(
         self,
