@@ -9,7 +9,7 @@ the inner loop fine-tunes. Before training and after every round the policy is e
 are never trained on.
 
     python -m agents.restem                   # demo preset: SmolLM2-135M, bundled articles, minutes on a CPU
-    python -m agents.restem --preset learn    # the setting that learns (benchmarks/LEARNING.md), ~17 min here
+    python -m agents.restem --preset learn    # the setting that learns (benchmarks/LEARNING.md), ~10.5 min on 2 cores
     python -m agents.restem --preset paper --data ../shared/data/squad_train_pool300.json
     python -m agents.restem --resume runs/<run>
 """

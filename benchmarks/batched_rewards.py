@@ -34,6 +34,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCES = ("qwen2.5-7b_base_dev100.json", "gpt-4.1_dev100.json", "seal_round2_dev100.json")
 
 
+def machine_info() -> dict[str, Any]:
+    """The platform, cores, Python and mlx versions and the load average now, for a benchmark's JSON."""
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "mlx": mx.__version__,
+        "load_average_start": os.getloadavg(),
+    }
+
+
 def rss_mb() -> float:
     """Resident set size of this process now (Linux /proc; 0 elsewhere)."""
     try:
@@ -128,13 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     found = published_self_edits(args.article_index, max(ks))
     article, edits = found if found else sampled_self_edits(env, max(ks))
     out: dict[str, Any] = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "mlx": mx.__version__,
-            "load_average_start": os.getloadavg(),
-        },
+        "machine": machine_info(),
         "settings": env.cfg.to_dict(),
         "self_edits": "published" if found else "sampled",
         "article": article.title,

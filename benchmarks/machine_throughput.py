@@ -62,10 +62,8 @@ import importlib.util
 import itertools
 import json
 import os
-import platform
 import queue
 import resource
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -80,9 +78,7 @@ from seal_env.config import SealConfig, parse_assignments
 from seal_env.executors import InProcessExecutor, RewardRequest, blas_threads
 from seal_env.worker import SubprocessExecutor
 
-import mlx.core as mx
-
-from benchmarks.batched_rewards import SHARED, SOURCES, PeakRSS, published_self_edits
+from benchmarks.batched_rewards import SHARED, SOURCES, PeakRSS, machine_info, published_self_edits
 from benchmarks.inner_loop_speed import _model_cfg, matmul_gflops, step_flops
 from benchmarks.scaling import copy_self_edit
 
@@ -531,13 +527,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for group in groups:
         env.baselines.get(group[0].article)
     report: dict[str, Any] = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "mlx": mx.__version__,
-            "load_average_start": os.getloadavg(),
-        },
+        "machine": machine_info(),
         "settings": env.cfg.to_dict(),
         "set": args.set,
         "self_edits": source,
