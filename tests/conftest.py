@@ -94,6 +94,18 @@ def tiny_env():
     env.close()
 
 
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """This process at 1 BLAS thread for a module, as a single-thread worker: results are bit-identical for a fixed
+    BLAS thread count (another count changes float rounding in the 7th digit)."""
+    from seal_env.executors import blas_threads
+
+    before = blas_threads()
+    blas_threads(1)
+    yield
+    blas_threads(before)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -13,7 +13,7 @@ from seal_env.articles import select_articles
 from seal_env.cli import add_executor_args, executor_from_args
 from seal_env.config import SealConfig
 from seal_env.env import KnowledgeIncorporationEnv
-from seal_env.executors import InProcessExecutor, RewardRequest, blas_threads, make_executor
+from seal_env.executors import InProcessExecutor, RewardRequest, make_executor
 
 import numpy as np
 import pytest
@@ -28,14 +28,8 @@ ARTICLES = select_articles(SealConfig(**SETTINGS))
 REQUESTS = [RewardRequest(ARTICLES[i % 3], f"1. Fact number {i}.\n2. Another fact, {i}.", seed=i) for i in range(4)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_blas_thread():
-    """In-process work in this module uses 1 BLAS thread, as each of 2 Ray workers does on 2 cores: results are
-    bit-identical for a fixed BLAS thread count (another count changes float rounding in the 7th digit)."""
-    before = blas_threads()
-    blas_threads(1)
-    yield
-    blas_threads(before)
+# in-process work in this module uses 1 BLAS thread, as each of 2 Ray workers does on 2 cores
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")

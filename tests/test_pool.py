@@ -14,7 +14,6 @@ from seal_env.executors import (
     RewardRequest,
     auto_setup,
     available_memory,
-    blas_threads,
     make_executor,
     usable_cores,
 )
@@ -36,13 +35,8 @@ REQUESTS = [
 GIB = 2**30
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_blas_thread():
-    """In-process references at 1 BLAS thread, as each pool worker: the same rounding, so equal bit for bit."""
-    before = blas_threads()
-    blas_threads(1)
-    yield
-    blas_threads(before)
+# in-process references at 1 BLAS thread, as each pool worker: the same rounding, so equal bit for bit
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,8 @@ class RewardSource:
     """Rewards for (article, self-edit) pairs through an :class:`~seal_env.executors.Executor`.
 
     ``executor`` is an executor or a kind for :func:`seal_env.executors.make_executor` built from ``settings``:
-    ``"subprocess"`` (the default: the environment lives in a child process), ``"inprocess"`` or ``"ray"``.
+    ``"subprocess"`` (the default: the environment lives in a child process), ``"auto"`` (worker processes; never
+    this process, which runs the trainer), ``"pool"``, ``"inprocess"`` or ``"ray"``.
     The inner-loop seed of a request is ``derive_seed(seed, step, article id, index in the call)``. ``history``
     keeps every evaluated request as ``{"step", "article_id", "self_edit", "seed", "reward", "info"}`` (the last
     ``keep_history`` ones). Thread-safe: calls are serialised.
@@ -74,7 +75,9 @@ class RewardSource:
         self.settings = dict(settings or {})
         self.seed, self.keep_history = seed, keep_history
         self._owns = isinstance(executor, str)
-        self.executor = make_executor(executor, self.settings, workers) if isinstance(executor, str) else executor
+        self.executor = (
+            make_executor(executor, self.settings, workers, in_process=False) if isinstance(executor, str) else executor
+        )
         self.history: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from seal_env.articles import Article
-from seal_env.executors import Executor, make_executor
+from seal_env.executors import Executor
 from seal_env.integrations.common import (
     LOGGED,
     RewardSource,
@@ -72,8 +72,8 @@ class SealReward(RewardSource):
 
     Arguments as :class:`seal_env.integrations.common.RewardSource` (``settings`` are the environment settings,
     ``executor`` a kind of :func:`seal_env.executors.make_executor` or an executor, ``seed``, ``workers`` for
-    ``"pool"`` and ``"ray"``); ``"auto"`` (the default) never computes in this process (``in_process=False``). The
-    step of the seeds is TRL's ``trainer_state.global_step``. :meth:`close` closes an executor built here.
+    ``"pool"`` and ``"ray"``; ``"auto"``, the default, never computes in this process). The step of the seeds is TRL's
+    ``trainer_state.global_step``.
     """
 
     __name__ = "seal_reward"  # TRL names the reward after it (rewards/seal_reward/mean)
@@ -85,16 +85,7 @@ class SealReward(RewardSource):
         seed: int = 0,
         workers: int = 1,
     ):
-        auto = None
-        if isinstance(executor, str) and executor == "auto":  # never in the trainer's process
-            executor = auto = make_executor("auto", settings, workers, in_process=False)
         super().__init__(settings, executor, seed, workers)
-        self._auto = auto
-
-    def close(self) -> None:
-        super().close()
-        if self._auto is not None:
-            self._auto.close()
 
     def __call__(
         self,
