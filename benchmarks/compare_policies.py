@@ -66,8 +66,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(SEAL_PAPER_SETTINGS),
 }
 DEFAULT_POLICIES = ("none", "passage", "prompt:implications")
-#: Settings that do not change a reward (timings, the persistent reward cache): a journal is reused across them.
-NOT_COMPARED = ("timings", "cache", "cache_dir")
+#: Settings that do not change a reward (timings, the persistent reward cache, how the LLM judge is reached): a
+#: journal is reused across them.
+NOT_COMPARED = (
+    "timings",
+    "cache",
+    "cache_dir",
+    "judge_api_key_env",
+    "judge_timeout",
+    "judge_retries",
+    "judge_concurrency",
+)
 
 
 # --------------------------------------------------------------------------------------------------- policies
@@ -163,8 +172,9 @@ def build_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def comparable(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings that must match for journal records to be reused (everything that changes a reward)."""
-    return {k: v for k, v in settings.items() if k not in NOT_COMPARED}
+    """The settings that must match for journal records to be reused (everything that changes a reward); a setting
+    that a journal predates counts as its default (e.g. ``grader="lenient"``)."""
+    return {k: v for k, v in {**SealConfig().to_dict(), **settings}.items() if k not in NOT_COMPARED}
 
 
 # --------------------------------------------------------------------------------------------------- run
@@ -189,12 +199,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
     }
     if header is not None:
-        if comparable(header["settings"]) != comparable(settings) or header.get("sampling") != sampling:
-            diff = sorted(
-                k
-                for k in set(settings) | set(header["settings"])
-                if k not in NOT_COMPARED and header["settings"].get(k) != settings.get(k)
-            )
+        theirs, mine = comparable(header["settings"]), comparable(settings)
+        if theirs != mine or header.get("sampling") != sampling:
+            diff = sorted(k for k in set(mine) | set(theirs) if theirs.get(k) != mine.get(k))
             diff += [f"sampling.{k}" for k in sampling if (header.get("sampling") or {}).get(k) != sampling[k]]
             raise SystemExit(
                 f"{journal_path} was written with other settings ({', '.join(diff)}); "

@@ -136,6 +136,36 @@ class SealConfig:
         8, "inner loops (self-edits x eval_times) of one article trained and quizzed together", group="Reward"
     )
 
+    grader: str = setting(
+        "lenient",
+        'what decides an answer\'s "correct" (accuracy): "lenient" (the normalised gold answer occurs in it) or '
+        '"judge" (an LLM judge on an OpenAI-compatible endpoint, as SEAL grades with GPT-4.1; docs/judge.md)',
+        group="Grading",
+    )
+    judge_base_url: str | None = setting(
+        None,
+        'the judge endpoint\'s base URL (POST <base>/chat/completions), e.g. "https://api.openai.com/v1"',
+        group="Grading",
+    )
+    judge_model: str | None = setting(None, 'the judge\'s model name, e.g. "gpt-4.1"', group="Grading")
+    judge_api_key_env: str | None = setting(
+        None,
+        "NAME of the environment variable that holds the judge's API key (never the key itself); none or an unset "
+        "variable: no key (local servers)",
+        group="Grading",
+    )
+    judge_timeout: float = setting(60.0, "seconds one judge request may take", group="Grading")
+    judge_retries: int = setting(3, "tries after a failed judge request, with backoff (SEAL: 3)", group="Grading")
+    judge_concurrency: int = setting(8, "judge requests in flight at once", group="Grading")
+    judge_on_error: str = setting(
+        "wrong",
+        '"wrong": an answer the judge cannot grade counts as wrong (SEAL\'s rule); "raise": stop with JudgeError',
+        group="Grading",
+    )
+    judge_max_tokens: int = setting(
+        16, "token limit of a judge's reply (a reasoning model needs more)", group="Grading"
+    )
+
     split_mode: str = setting("lines", '"lines", "segments" (---) or "none"', group="Self-edit -> training sequences")
     title_prefix: bool = setting(
         True,
@@ -210,6 +240,8 @@ class SealConfig:
             "lr_schedule": ("linear", "constant"),
             "dtype": ("auto", "float32", "bfloat16", "float16"),
             "quantize": (None, 4, 8),
+            "grader": ("lenient", "judge"),
+            "judge_on_error": ("wrong", "raise"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -229,9 +261,12 @@ class SealConfig:
                     "epochs",
                     "batch_size",
                     "max_batch_adapters",
+                    "judge_concurrency",
+                    "judge_max_tokens",
                 ),
                 1,
             ),
+            "judge_retries": 0,
             "answer_max_tokens": 0,
             "warmup_steps": 0,
             "split_seed": 0,
@@ -243,7 +278,7 @@ class SealConfig:
             if getattr(self, name) < low:
                 what = "a positive integer" if low == 1 else "non-negative (>= 0)"
                 raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
-        for name in ("learning_rate", "lora_alpha", "max_loss"):
+        for name in ("learning_rate", "lora_alpha", "max_loss", "judge_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
         if self.answer_max_tokens == 0 and self.reward not in LOGLIK_KINDS:
@@ -262,6 +297,25 @@ class SealConfig:
             )
         if self.lora_layers == 0 or self.lora_layers < -1:
             raise ValueError(f"lora_layers must be -1 (all) or a positive count, got {self.lora_layers!r}")
+        self._validate_judge()
+
+    def _validate_judge(self) -> None:
+        """The judge settings: a usable base URL and model with ``grader="judge"``, a variable name (never a key)
+        in ``judge_api_key_env``. The messages never repeat the URL or the name (either could hold a secret)."""
+        from seal_env.judge import api_key_env_problem, base_url_problem
+
+        problem = api_key_env_problem(self.judge_api_key_env)
+        if problem:
+            raise ValueError(f"judge_api_key_env {problem}")
+        if self.judge_base_url is not None and base_url_problem(self.judge_base_url):
+            raise ValueError(f"judge_base_url {base_url_problem(self.judge_base_url)}")
+        if self.judge_model is not None and not self.judge_model.strip():
+            raise ValueError("judge_model must be a model name or None")
+        if self.grader == "judge" and (self.judge_base_url is None or self.judge_model is None):
+            raise ValueError(
+                "grader='judge' needs judge_base_url and judge_model, e.g. judge_base_url='https://api.openai.com/v1' "
+                "judge_model='gpt-4.1' judge_api_key_env='OPENAI_API_KEY' (docs/judge.md)"
+            )
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> SealConfig:
@@ -277,17 +331,28 @@ class SealConfig:
 
     def eval_key(self) -> dict[str, Any]:
         """The settings that decide the baseline (un-adapted) answers of an article."""
-        return {
+        key = {
             "model": self.model,
             "quantize": self.quantize,
             "dtype": self.dtype,
             "answer_max_tokens": self.answer_max_tokens,
         }
+        return key | self._grader_key()
 
     def inner_loop_key(self) -> dict[str, Any]:
-        """The settings that decide a reward (for caching), everything but where the articles come from."""
+        """The settings that decide a reward (for caching), everything but where the articles come from; the
+        grader by its identity (a judge's base URL, model and prompt version; nothing for the lenient match)."""
+        from seal_env.judge import JUDGE_SETTINGS
+
         skip = {"dataset", "split", "heldout", "split_seed", "timings", "cache", "cache_dir", "max_batch_adapters"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip}
+        skip.update(JUDGE_SETTINGS)
+        return {k: v for k, v in self.to_dict().items() if k not in skip} | self._grader_key()
+
+    def _grader_key(self) -> dict[str, Any]:
+        from seal_env.judge import judge_key
+
+        judge = judge_key(self)
+        return {} if judge is None else {"grader": {"judge": judge}}
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")

@@ -90,9 +90,11 @@ class ContinualPretrainingEnv(gym.Env):
         n_articles: int = 5,
         train_mode: str = "pooled",
         render_mode: str | None = None,
-        grader: Grader | None = None,
+        grader: Grader | str | None = None,
         **settings: Any,
     ):
+        if isinstance(grader, str):  # the setting (SealConfig.grader: "lenient" or "judge"), not a callable
+            settings["grader"], grader = grader, None
         if not isinstance(n_articles, int) or isinstance(n_articles, bool) or n_articles < 1:
             raise ValueError(f"n_articles must be a positive integer, got {n_articles!r}")
         if train_mode not in TRAIN_MODES:
@@ -253,7 +255,8 @@ class ContinualPretrainingEnv(gym.Env):
     def _quiz(self, reports: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """Quiz the learner's adapter slots (one per run) on every article of the episode."""
         t0 = time.perf_counter()
-        per_article = [quiz(self.learner, a, self.cfg.answer_max_tokens, self.grader) for a in self.episode]
+        grader = self.pipeline.grader  # the grader given, or the one the settings choose (e.g. the LLM judge)
+        per_article = [quiz(self.learner, a, self.cfg.answer_max_tokens, grader) for a in self.episode]
         self._t["eval"] += time.perf_counter() - t0
         return [{"reports": reports[r], "results": [q[r] for q in per_article]} for r in range(len(reports))]
 

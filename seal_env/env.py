@@ -67,8 +67,9 @@ class KnowledgeIncorporationEnv(gym.Env):
 
     ## Arguments
 
-    The fields of :class:`seal_env.config.SealConfig` (README's settings table), plus ``grader`` (a callable
-    ``(question, gold, prediction) -> [0, 1]``, e.g. an LLM judge; it switches the reward cache off) and
+    The fields of :class:`seal_env.config.SealConfig` (README's settings table; the setting ``grader="judge"`` is
+    an LLM judge, docs/judge.md), plus ``grader`` (a callable ``(question, gold, prediction) -> [0, 1]`` that
+    replaces the setting's; it switches the reward cache off) and
     ``render_mode`` (``None`` or ``"ansi"``).
 
     ```python
@@ -83,9 +84,11 @@ class KnowledgeIncorporationEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
-    def __init__(self, render_mode: str | None = None, grader: Grader | None = None, **settings: Any):
+    def __init__(self, render_mode: str | None = None, grader: Grader | str | None = None, **settings: Any):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        if isinstance(grader, str):  # the setting (SealConfig.grader: "lenient" or "judge"), not a callable
+            settings["grader"], grader = grader, None
         self.cfg = SealConfig.from_kwargs(**settings)
         self.render_mode, self.grader = render_mode, grader
         self.articles = select_articles(self.cfg)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import collections
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 #: A pluggable grader: ``grader(question, gold_answer, predicted_answer) -> score in [0, 1]``.
-#: Use it for an LLM judge (SEAL grades with GPT-4.1); the default is :func:`lenient_match`.
+#: The default is :func:`lenient_match`; seal_env.judge.JudgeGrader is an LLM judge (SEAL grades with GPT-4.1).
 Grader = Callable[[str, str, str], float]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -50,10 +50,24 @@ def f1_score(gold: str, prediction: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def grade(question: str, gold: str, prediction: str, grader: Grader | None = None) -> dict[str, float]:
-    """All per-question text scores: ``correct`` (the grader's, lenient by default), ``em`` and ``f1``."""
-    correct = (grader or lenient_match)(question, gold, prediction)
+def _scores(gold: str, prediction: str, correct: float) -> dict[str, float]:
     correct = float(correct)
     if not 0.0 <= correct <= 1.0:
         raise ValueError(f"grader returned {correct!r}; graders must return a score in [0, 1]")
     return {"correct": correct, "em": exact_match(gold, prediction), "f1": f1_score(gold, prediction)}
+
+
+def grade(question: str, gold: str, prediction: str, grader: Grader | None = None) -> dict[str, float]:
+    """All per-question text scores: ``correct`` (the grader's, lenient by default), ``em`` and ``f1``."""
+    return _scores(gold, prediction, (grader or lenient_match)(question, gold, prediction))
+
+
+def grade_many(items: Sequence[tuple[str, str, str]], grader: Grader | None = None) -> list[dict[str, float]]:
+    """:func:`grade` of each ``(question, gold, prediction)``, in order; a grader with a ``grade_many`` method (the
+    LLM judge of seal_env.judge) scores them all in one call."""
+    batch = getattr(grader, "grade_many", None)
+    if batch is not None:
+        correct = list(batch(items))
+    else:
+        correct = [(grader or lenient_match)(*item) for item in items]
+    return [_scores(gold, prediction, c) for (_, gold, prediction), c in zip(items, correct, strict=True)]

@@ -19,6 +19,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from seal_env import cache as reward_cache
@@ -26,6 +27,7 @@ from seal_env.articles import Article
 from seal_env.batching import TrainRow
 from seal_env.config import REWARD_KINDS, SealConfig
 from seal_env.grading import Grader
+from seal_env.judge import JUDGE_SETTINGS, JUDGMENTS_FILE, JudgeGrader
 from seal_env.learner import Learner
 from seal_env.reward import gain, mean_std, quiz, summarize
 from seal_env.sequences import build_sequences, sanitize_action, tokenize_sequences
@@ -106,16 +108,40 @@ class Baselines:
         return self.key(article) in self._store
 
     def get(self, article: Article) -> dict[str, Any]:
+        """The base model's quiz of ``article``; one in which a judge could not grade an answer is returned but not
+        kept (the next call asks again)."""
         key = self.key(article)
-        if key not in self._store:
-            self.learner.reset([])  # no adapters: the base model
-            results = quiz(self.learner, article, self.cfg.answer_max_tokens, self.grader)[0]
-            self._store[key] = {"results": results, "summary": summarize(results)}
-            self.computed += 1
-        return self._store[key]
+        if key in self._store:
+            return self._store[key]
+        failures = ungraded(self.grader)
+        self.learner.reset([])  # no adapters: the base model
+        results = quiz(self.learner, article, self.cfg.answer_max_tokens, self.grader)[0]
+        entry = {"results": results, "summary": summarize(results)}
+        self.computed += 1
+        if ungraded(self.grader) == failures:
+            self._store[key] = entry
+        return entry
 
     def clear(self) -> None:
         self._store.clear()
+
+
+def config_grader(cfg: SealConfig) -> Grader | None:
+    """The grader that settings ``cfg`` choose: None for ``grader="lenient"`` (seal_env.grading.lenient_match),
+    a :class:`seal_env.judge.JudgeGrader` for ``"judge"``, its judgments kept in the reward cache folder
+    (``judgments.jsonl``) unless the reward cache is off (``cache=False`` or ``SEAL_ENV_REWARD_CACHE=off``)."""
+    if cfg.grader != "judge":
+        return None
+    store = None
+    if reward_cache.enabled(cfg.cache):
+        folder = Path(cfg.cache_dir).expanduser() if cfg.cache_dir is not None else reward_cache.default_dir()
+        store = folder / JUDGMENTS_FILE
+    return JudgeGrader.from_config(cfg, cache=store)
+
+
+def ungraded(grader: Any) -> int:
+    """Answers a judge grader could not grade so far (its ``failures``; 0 for any other grader)."""
+    return int(getattr(grader, "failures", 0))
 
 
 def reward_info(
@@ -177,11 +203,17 @@ class _Request:
 
 
 class RewardPipeline:
-    """Rewards for (article, self-edit, seed) requests on one learner, batched over the self-edits of an article."""
+    """Rewards for (article, self-edit, seed) requests on one learner, batched over the self-edits of an article.
+
+    ``grader``: a callable that replaces the settings' grader (``cfg.grader``: the lenient match or the LLM judge
+    of seal_env.judge) and switches the reward cache off. Rewards graded by the settings' judge are cached (the
+    judge's identity is part of the key), except those of a call in which the judge could not grade an answer."""
 
     def __init__(self, learner: Learner, cfg: SealConfig, grader: Grader | None = None):
-        self.learner, self.cfg, self.grader = learner, cfg, grader
-        self.baselines = Baselines(learner, cfg, grader)
+        self.learner, self.cfg = learner, cfg
+        self.custom_grader = grader is not None
+        self.grader: Grader | None = grader if grader is not None else config_grader(cfg)
+        self.baselines = Baselines(learner, cfg, self.grader)
 
     @classmethod
     def build(cls, cfg: SealConfig, grader: Grader | None = None) -> RewardPipeline:
@@ -193,7 +225,10 @@ class RewardPipeline:
 
     def set_config(self, cfg: SealConfig) -> None:
         """Use other settings from now on (the model stays; LoRA shape settings must not change)."""
+        changed = any(getattr(self.cfg, name) != getattr(cfg, name) for name in JUDGE_SETTINGS)
         self.cfg = self.learner.cfg = self.baselines.cfg = cfg
+        if changed and not self.custom_grader:
+            self.grader = self.baselines.grader = config_grader(cfg)
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
         """Swap the learner's base weights (e.g. a fused, updated policy); cached baselines are dropped."""
@@ -224,7 +259,7 @@ class RewardPipeline:
         requests = [_Request(edit, int(seed)) for edit, seed in zip(self_edits, seeds, strict=True)]
         results: list[tuple[float, dict[str, Any]] | None] = [None] * len(requests)
         store = None
-        if adapt and reward_cache.enabled(cfg.cache) and self.grader is None:
+        if adapt and reward_cache.enabled(cfg.cache) and not self.custom_grader:
             store = reward_cache.RewardCache(cfg.cache_dir)
         for i, req in enumerate(requests):  # 1. the persistent cache
             if store is None:
@@ -246,6 +281,7 @@ class RewardPipeline:
         todo = [i for i, r in enumerate(results) if r is None]
         if not todo:
             return cast(list[tuple[float, dict[str, Any]]], results)  # every one a cache hit
+        failures = ungraded(self.grader)
         t0 = time.perf_counter()  # 2. the baseline (its seconds go to the first request that needed it)
         base = self.baselines.get(article)
         requests[todo[0]].seconds["baseline"] = time.perf_counter() - t0
@@ -264,6 +300,8 @@ class RewardPipeline:
             self._pass(article, requests, jobs[start : start + cfg.max_batch_adapters])
         # the call's time not attributed to a phase (preparing, grading, bookkeeping) is shared equally
         extra = max(time.perf_counter() - t_call - sum(sum(requests[i].seconds.values()) for i in todo), 0.0)
+        if ungraded(self.grader) != failures:
+            store = None  # an answer counted as wrong because the judge failed: these rewards are not kept
         for i in todo:  # 4. rewards and infos
             req = requests[i]
             assert req.prep is not None  # step 3 prepared every request of todo and filled all its runs

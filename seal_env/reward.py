@@ -6,7 +6,7 @@ import statistics
 from typing import Any
 
 from seal_env.articles import Article
-from seal_env.grading import Grader, grade
+from seal_env.grading import Grader, grade_many
 from seal_env.learner import Learner
 from seal_env.prompts import answer_prompt, topic_prompt
 
@@ -46,6 +46,9 @@ def quiz(
         prompts, [golds] * len(prompts), max_tokens, answer=[True] * len(article.questions) + [False]
     )
     unanswered = {"correct": 0.0, "em": 0.0, "f1": 0.0}
+    n = len(article.questions)
+    items = [(q.question, q.answer, a) for slot in answers for q, a in zip(article.questions, slot[:n], strict=True)]
+    graded = iter(grade_many(items, grader) if max_tokens > 0 else [unanswered] * len(items))  # in one batch
     out = []
     for slot_answers, slot_scores in zip(answers, scores, strict=True):
         topic = slot_scores[-1]
@@ -60,7 +63,7 @@ def quiz(
                     "question": q.question,
                     "gold": q.answer,
                     "answer": a,
-                    **(grade(q.question, q.answer, a, grader) if max_tokens > 0 else unanswered),
+                    **next(graded),
                     "loglik": row[g],
                     "margin": row[g] - (sum(others) / len(others) if others else row[g]),
                     "choice": float(all(row[g] > x for x in others)),
