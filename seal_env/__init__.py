@@ -14,3 +14,4 @@ register(
     vector_entry_point="seal_env.vector:KnowledgeIncorporationVectorEnv",
 )
 register(id="seal/ContinualPretraining-v0", entry_point="seal_env.cpt_env:ContinualPretrainingEnv")
+register(id="seal/ContinualSelfEdits-v0", entry_point="seal_env.continual_env:ContinualSelfEditsEnv")
