@@ -6,9 +6,11 @@ same self-edits and seeds (the reward source runs in a child process).
 """
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from seal_env.articles import load_articles  # noqa: E402
 from seal_env.env import KnowledgeIncorporationEnv  # noqa: E402
 from seal_env.integrations.common import article_columns, prompt_text  # noqa: E402
 from seal_env.integrations.verifiers import close_reward_sources, load_environment, reward_source  # noqa: E402
+from seal_env.seeding import derive_seed  # noqa: E402
 
 import verifiers.v1 as vf  # noqa: E402
 
@@ -114,7 +117,9 @@ def test_task_score_gives_the_environments_rewards(direct_env):
         assert trace.metrics["seal_loglik_gain"] == pytest.approx(trace.info["seal"]["loglik_gain"])
     # an article's rollouts share their inner-loop seed; the trace still serialises
     assert seeds[0] == seeds[1] != seeds[2]
-    assert scored[0][1].to_record()["rewards"]["seal_reward"]["score"] == pytest.approx(direct[SELF_EDITS[0][1]])
+    assert scored[0][1].to_record()["rewards"]["seal_reward"]["score"] == pytest.approx(
+        direct[SELF_EDITS[0][1]], abs=1e-6
+    )  # scored with the other rollout of its article (float rounding of a batch of 2)
 
 
 def test_an_older_verifiers_is_an_import_error_that_says_what_to_install(tmp_path):
@@ -129,3 +134,76 @@ def test_an_older_verifiers_is_an_import_error_that_says_what_to_install(tmp_pat
         "ImportError: seal_env.integrations.verifiers needs verifiers >= 0.4: "
         'pip install -U "seal-env[verifiers]" (this is verifiers 0.3.1)'
     )
+
+
+def test_an_articles_rollouts_are_scored_in_one_batched_call(direct_env):
+    env = load_environment(**SETTINGS, seed=1, batch_window_ms=2000)  # its own reward source (seed 1)
+    tasks = list(env.taskset)
+    rollouts = [(0, "1. First rollout."), (0, "1. Second rollout."), (0, "1. Third rollout."), (1, "1. Alone.")]
+    scored = [(tasks[i], finished_trace(tasks[i], edit)) for i, edit in rollouts]
+
+    async def score_all() -> None:
+        await asyncio.gather(*(task.score(trace) for task, trace in scored))
+
+    asyncio.run(score_all())
+    for (task, trace), (i, edit) in zip(scored, rollouts, strict=True):
+        info = trace.info["seal"]
+        assert info["batch_adapters"] == (3 if i == 0 else 1)  # the article's rollouts: one evaluate_many pass
+        assert info["seed"] == derive_seed(1, 0, task.data.article_id, 0)
+        direct = direct_env.evaluate(task.data.article, edit, info["seed"])[0]
+        assert trace.reward == pytest.approx(direct, abs=1e-6)
+    assert len(reward_source(SETTINGS, seed=1).history) == 4
+
+
+def test_verifiers_finds_the_taskset_by_id_in_a_fresh_process(tmp_path):
+    code = (
+        "import json, verifiers.v1 as vf\n"
+        "config = vf.resolve_env_config({'taskset': {'id': 'seal-env-verifiers', 'articles': 'bundled'}})\n"
+        "env = vf.load_environment(config)\n"
+        "print(json.dumps([type(env).__name__, type(env.taskset).__module__, type(config.taskset).__name__,"
+        " len(list(env.taskset))]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # not the checkout
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == [
+        "SingleAgentEnv",
+        "seal_env.integrations.verifiers",
+        "SealTasksetConfig",
+        40,
+    ]
+
+
+def test_verifiers_cli_scores_seal_tasks_offline(tmp_path, direct_env):
+    """verifiers' own model-free CLI (``vf-validate``, its noop check: the untouched task scored, no agent) finds the
+    taskset by id in a fresh process and scores each article with the environment's reward of an empty self-edit."""
+    articles = load_articles("bundled")[:2]
+    (tmp_path / "articles.json").write_text(json.dumps([a.to_dict() for a in articles]))
+    command = [
+        str(Path(sys.executable).with_name("vf-validate")),
+        "seal-env-verifiers",
+        "--only-noop",
+        "--rich",
+        "False",
+        "--runtime.type",
+        "subprocess",
+        "--taskset.articles",
+        str(tmp_path / "articles.json"),
+        "--taskset.task.settings",
+        json.dumps(SETTINGS),
+        "-o",
+        str(tmp_path / "out"),
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    [results] = (tmp_path / "out").glob("*/results.jsonl")
+    rows = {row["name"]: row for row in map(json.loads, results.read_text().splitlines())}
+    assert sorted(rows) == sorted(a.title for a in articles)
+    for article in articles:
+        direct = direct_env.evaluate(article, "", derive_seed(0, 0, article.id, 0))[0]
+        assert rows[article.title]["rewards"]["seal_reward"] == pytest.approx(direct, abs=1e-6)

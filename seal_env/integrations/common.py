@@ -82,13 +82,17 @@ class RewardSource:
         self._lock = threading.Lock()
 
     def rewards(
-        self, articles: Sequence[Article], self_edits: Sequence[str], step: int = 0
+        self,
+        articles: Sequence[Article],
+        self_edits: Sequence[str],
+        step: int = 0,
+        seeds: Sequence[int] | None = None,
     ) -> list[tuple[float, dict[str, Any]]]:
-        """``(reward, info)`` for each (article, self-edit); an article's requests are evaluated together."""
-        requests = [
-            RewardRequest(a, e, derive_seed(self.seed, step, a.id, i))
-            for i, (a, e) in enumerate(zip(articles, self_edits, strict=True))
-        ]
+        """``(reward, info)`` for each (article, self-edit); an article's requests are evaluated together.
+        ``seeds``: the inner-loop seeds (default: derived as above)."""
+        if seeds is None:
+            seeds = [derive_seed(self.seed, step, a.id, i) for i, a in enumerate(articles)]
+        requests = [RewardRequest(a, e, s) for a, e, s in zip(articles, self_edits, seeds, strict=True)]
         with self._lock:
             results = self.executor.evaluate(requests)
             for req, (reward, info) in zip(requests, results, strict=True):

@@ -8,7 +8,9 @@
 ``load_environment(**settings)`` takes the environment settings (the fields of :class:`seal_env.config.SealConfig`)
 and these options: ``articles`` (a :func:`seal_env.articles.load_articles` source, default ``"bundled"``),
 ``template`` (the self-edit prompt, default ``"implications"``), ``executor`` (where rewards are computed:
-``"subprocess"``, the default, ``"inprocess"`` or ``"ray"``) and ``seed`` (base of the inner-loop seeds).
+``"subprocess"``, the default, ``"inprocess"`` or ``"ray"``), ``seed`` (base of the inner-loop seeds) and
+``batch_window_ms`` (how long a reward waits for other rollouts of its article, default
+:data:`DEFAULT_BATCH_WINDOW_MS`).
 
 The environment (verifiers' ``verifiers.v1`` API; verifiers >= 0.4, else importing this module raises ImportError
 saying so) is a ``SingleAgentEnv`` over :class:`SealTaskset`, taskset id :data:`TASKSET_ID`. A task's data holds the
@@ -16,13 +18,18 @@ prompt (the SEAL prompt as the user message) and the article's ``title``, ``cont
 ``article_id``; its ``seal_reward`` scores the trace's ``last_reply`` as the self-edit, records the gains as metrics
 ``seal_<name>`` and the whole info in ``trace.info["seal"]``. The agent is a single chat turn (the ``null`` harness,
 ``max_turns=1``, a local runtime). The taskset is found by id like any verifiers plugin: importing this module
-registers it as the module ``seal_env_verifiers``, so ``vf.load_environment``, ``resolve_env_config`` and replays work
-in this process (a fresh process, e.g. ``vf-eval seal-env-verifiers``, would need a real top-level module of that
-name).
+registers it as the module ``seal_env_verifiers`` in this process, and the installed top-level module
+``seal_env_verifiers`` (seal-env's ``py-modules``) is this module in a fresh one, so ``vf.load_environment``,
+``resolve_env_config``, replays and verifiers' CLI (``vf-eval seal-env-verifiers``) find it by id.
 
-Processes: verifiers' event loop never waits for an inner loop: rewards run in one worker thread of this module, in
-arrival order, through a :class:`~seal_env.integrations.common.RewardSource` (one per settings, started on first
-use, closed at exit or by :func:`close_reward_sources`). With the default ``executor="subprocess"`` the environment
+Batching: the rollouts of one article are scored together. A reward waits up to ``batch_window_ms`` for other
+rollouts of its article (and any that arrive while a batch computes wait for it), then all of them are trained and
+quizzed in one batched call (:class:`seal_env.serve.batcher.RequestBatcher`, up to ``max_batch_adapters //
+eval_times`` per call), as TRL's reward function does with a step's completions.
+
+Processes: verifiers' event loop never waits for an inner loop: rewards are computed in one worker thread per
+settings (the batcher's), through a :class:`~seal_env.integrations.common.RewardSource` (started on first use,
+closed at exit or by :func:`close_reward_sources`). With the default ``executor="subprocess"`` the environment
 (mlx and its model) lives in a child process (:mod:`seal_env.worker`); ``"ray"`` uses one Ray actor,
 ``"inprocess"`` this process. The inner-loop seed of a rollout is ``derive_seed(seed, 0, article_id, 0)``: every
 rollout of an article trains with the same seed, so a group's rewards differ by their self-edits only and a
@@ -37,12 +44,12 @@ import json
 import re
 import sys
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from seal_env.articles import Article
 from seal_env.config import SealConfig
+from seal_env.executors import RewardRequest, group_size
 from seal_env.integrations.common import (
     LOGGED,
     RewardSource,
@@ -52,6 +59,8 @@ from seal_env.integrations.common import (
     resolve_articles,
 )
 from seal_env.prompts import resolve_template
+from seal_env.seeding import derive_seed
+from seal_env.serve.batcher import RequestBatcher
 
 NEEDS_VERIFIERS = 'seal_env.integrations.verifiers needs verifiers >= 0.4: pip install -U "seal-env[verifiers]"'
 try:
@@ -78,10 +87,12 @@ __all__ = [
 
 TASKSET_ID = "seal-env-verifiers"  #: the taskset's verifiers id; verifiers imports it as ``seal_env_verifiers``
 EXECUTORS = ("subprocess", "inprocess", "ray")
+#: How long a reward waits for other rollouts of its article to be scored with (milliseconds).
+DEFAULT_BATCH_WINDOW_MS = 100.0
 
 _sources: dict[str, RewardSource] = {}
+_batchers: dict[str, RequestBatcher] = {}
 _sources_lock = threading.Lock()
-_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal-reward")
 
 
 def reward_source(settings: dict[str, Any], executor: str = "subprocess", seed: int = 0) -> RewardSource:
@@ -93,8 +104,33 @@ def reward_source(settings: dict[str, Any], executor: str = "subprocess", seed: 
         return _sources[key]
 
 
+def reward_batcher(
+    settings: dict[str, Any],
+    executor: str = "subprocess",
+    seed: int = 0,
+    batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
+) -> RequestBatcher:
+    """This process's batcher for ``settings``: its thread evaluates batches through :func:`reward_source`."""
+    key = json.dumps([settings, executor, seed, batch_window_ms], sort_keys=True)
+    with _sources_lock:
+        if key not in _batchers:
+
+            def evaluate(requests: list[RewardRequest], on_result: Callable) -> list[tuple[float, dict[str, Any]]]:
+                source = reward_source(settings, executor, seed)  # started by the first batch, in this thread
+                articles, edits = [r.article for r in requests], [r.self_edit for r in requests]
+                return source.rewards(articles, edits, seeds=[r.seed for r in requests])
+
+            group = group_size(SealConfig.from_kwargs(**settings))
+            _batchers[key] = RequestBatcher(evaluate, group, batch_window_ms / 1000)
+            _batchers[key].start()
+        return _batchers[key]
+
+
 def close_reward_sources() -> None:
     with _sources_lock:
+        for batcher in _batchers.values():
+            batcher.close()
+        _batchers.clear()
         for source in _sources.values():
             source.close()
         _sources.clear()
@@ -104,14 +140,18 @@ atexit.register(close_reward_sources)
 
 
 async def score_self_edit(
-    article: Article, self_edit: str, settings: dict[str, Any], executor: str = "subprocess", seed: int = 0
+    article: Article,
+    self_edit: str,
+    settings: dict[str, Any],
+    executor: str = "subprocess",
+    seed: int = 0,
+    batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
 ) -> tuple[float, dict[str, Any]]:
-    """``(reward, info)`` of one self-edit, computed in the reward thread while the event loop goes on."""
-
-    def run() -> tuple[float, dict[str, Any]]:
-        return reward_source(settings, executor, seed).rewards([article], [self_edit])[0]
-
-    return await asyncio.get_running_loop().run_in_executor(_worker, run)
+    """``(reward, info)`` of one self-edit, computed in the reward thread (with the other rollouts of its article
+    that arrive within the window) while the event loop goes on."""
+    request = RewardRequest(article, self_edit, derive_seed(seed, 0, article.id, 0))
+    result = await asyncio.wrap_future(reward_batcher(settings, executor, seed, batch_window_ms).submit(request))
+    return result.reward, result.info
 
 
 def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +166,14 @@ class SealTaskConfig(vf.TaskConfig):
     settings: dict[str, Any] = {}  #: environment settings (SealConfig fields)
     executor: Literal["subprocess", "inprocess", "ray"] = "subprocess"
     seed: int = 0
+    batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS  #: how long a reward waits for its article's other rollouts
+
+    @field_validator("batch_window_ms")
+    @classmethod
+    def _check_window(cls, value: float) -> float:
+        if not 0 <= value < 3_600_000:
+            raise ValueError(f"batch_window_ms must be in [0, 3600000), got {value!r}")
+        return value
 
     @field_validator("settings")
     @classmethod
@@ -170,7 +218,9 @@ class SealTask(vf.Task[SealData, vf.State, SealTaskConfig]):
     @vf.reward
     async def seal_reward(self, trace: vf.Trace) -> float:
         cfg = self.config
-        reward, info = await score_self_edit(self.data.article, trace.last_reply, cfg.settings, cfg.executor, cfg.seed)
+        reward, info = await score_self_edit(
+            self.data.article, trace.last_reply, cfg.settings, cfg.executor, cfg.seed, cfg.batch_window_ms
+        )
         trace.info["seal"] = info
         trace.record_metrics({f"seal_{name}": float(info[name]) for name in LOGGED if name in info})
         return reward
@@ -205,6 +255,7 @@ def load_environment(
     template: str = "implications",
     executor: str = "subprocess",
     seed: int = 0,
+    batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
     **settings: Any,
 ) -> Any:
     """A verifiers ``SingleAgentEnv`` for SEAL (see the module docstring); ``settings`` are SealConfig fields.
@@ -216,7 +267,7 @@ def load_environment(
     resolve_template(template)
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}: use one of {list(EXECUTORS)}")
-    task = SealTaskConfig(settings=settings, executor=executor, seed=seed)
+    task = SealTaskConfig(settings=settings, executor=executor, seed=seed, batch_window_ms=batch_window_ms)
     config = vf.SingleAgentEnvConfig(
         taskset=SealTasksetConfig(articles=articles, template=template, task=task),
         agent=vf.AgentConfig(harness={"id": "null"}, runtime=vf.SubprocessConfig(), max_turns=1),
