@@ -300,8 +300,8 @@ def _add_fields(
                 )
 
 
-def _preset_table(algorithm: str, presets: dict[str, dict[str, Any]]) -> str:
-    lines = ["presets (the defaults above are demo's; flags override a preset):"]
+def _preset_table(algorithm: str, presets: dict[str, dict[str, Any]], default: str) -> str:
+    lines = [f"presets (the defaults above are {default}'s; flags override a preset):"]
     for name, values in presets.items():
         agent = ", ".join(f"{k}={v}" for k, v in values.items() if k != "env") or "the defaults above"
         env = ", ".join(f"{k}={v}" for k, v in values.get("env", DEMO_ENV).items())
@@ -309,7 +309,8 @@ def _preset_table(algorithm: str, presets: dict[str, dict[str, Any]]) -> str:
     lines += [
         "",
         "examples:",
-        f"  python -m agents.{algorithm}                      # demo",
+        f"  python -m agents.{algorithm}                      # {default}",
+        f"  python -m agents.{algorithm} --preset demo        # the machinery, a few minutes",
         f"  python -m agents.{algorithm} --preset tiny --wandb-mode disabled",
         f"  python -m agents.{algorithm} --preset paper --data ../shared/data/squad_train_pool300.json",
         f"  python -m agents.{algorithm} --resume runs/<run>",
@@ -332,20 +333,22 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 def build_parser(
-    algorithm: str, cls: type, presets: dict[str, dict[str, Any]], description: str
+    algorithm: str, cls: type, presets: dict[str, dict[str, Any]], description: str, default_preset: str = "demo"
 ) -> argparse.ArgumentParser:
+    """The command line of an agent: ``--preset`` (default ``default_preset``), ``--resume``, and a flag per
+    setting of ``cls`` and of its inner loop (:class:`SealConfig`), whose shown defaults are the default preset's."""
     parser = argparse.ArgumentParser(
         prog=f"python -m agents.{algorithm}",
         description=description,
         usage="%(prog)s [--preset NAME | --resume RUN_DIR] [--SETTING VALUE ...]",
-        epilog=_preset_table(algorithm, presets),
+        epilog=_preset_table(algorithm, presets, default_preset),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--preset",
         choices=list(presets),
         default=argparse.SUPPRESS,
-        help="starting point for every setting (default: demo)",
+        help=f"starting point for every setting (default: {default_preset})",
     )
     parser.add_argument(
         "--resume",
@@ -355,7 +358,8 @@ def build_parser(
         + ", ".join("--" + n.replace("_", "-") for n in RESUME_OVERRIDES)
         + " may change)",
     )
-    defaults = preset_config(cls, presets, "demo")
+    parser.set_defaults(default_preset=default_preset)
+    defaults = preset_config(cls, presets, default_preset)
     _add_fields(parser, cls, defaults, skip=("env",))
     _add_fields(parser, SealConfig, defaults.env, skip=ENV_CLI_SKIP, prefix="inner loop: ")
     return parser
@@ -366,6 +370,7 @@ def parse_args(
 ) -> tuple[Any, str, Path | None]:
     """``(config, preset, resume_dir)`` from the command line; bad settings exit with the parser's error."""
     given = vars(parser.parse_args(argv))
+    default_preset = given.pop("default_preset", "demo")
     env_names = {f.name for f in dataclasses.fields(SealConfig)}
     try:
         if "resume" in given:
@@ -380,7 +385,7 @@ def parse_args(
             cfg = dataclasses.replace(config_from_dict(cls, meta["config"]), **given)
             preset = meta.get("preset", "")
         else:
-            resume, preset = None, given.pop("preset", "demo")
+            resume, preset = None, given.pop("preset", default_preset)
             cfg = preset_config(cls, presets, preset)
             env = {k: given.pop(k) for k in list(given) if k in env_names}
             cfg = dataclasses.replace(cfg, **given, env=SealConfig(**{**cfg.env.to_dict(), **env}))

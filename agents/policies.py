@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env.models import load_model
 from seal_env.prompts import resolve_template, self_edit_prompt, uses_chat
 from seal_env.sequences import sanitize_action
 
@@ -24,6 +25,7 @@ from mlx_lm.sample_utils import apply_top_p
 from tqdm.auto import tqdm
 
 from agents.base import Observation, derive_seed
+from agents.config import read_meta
 
 POLICY_SPECS = ("none", "passage", "prompt:TEMPLATE", "replay:PATH", "checkpoint:RUN_DIR[:ROUND]")
 
@@ -182,13 +184,32 @@ def make_policy(
     if kind == "replay" and arg:
         return ReplayPolicy(arg)
     if kind == "prompt" and arg:
-        from seal_env.models import load_model
-
         lm, tokenizer = loaded or load_model(model)
         return PromptPolicy(lm, tokenizer, template=arg, **sampling)
     if kind == "checkpoint" and arg:
-        from agents.rundir import load_policy
-
         run_dir, _, round_ = arg.rpartition(":") if arg.rpartition(":")[2].isdigit() else (arg, "", "")
         return load_policy(run_dir, int(round_) if round_ else None, **sampling)
     raise ValueError(f"unknown policy spec {spec!r}; use one of {', '.join(POLICY_SPECS)}")
+
+
+def load_policy(run_dir: str | Path, round: int | None = None, **sampling: Any) -> PromptPolicy:
+    """The policy of a run after ``round`` (default: its last checkpoint; 0 = the initial model) as a PromptPolicy."""
+    meta = read_meta(run_dir)
+    cfg = meta["config"]
+    rounds = sorted(int(p.parent.name) for p in Path(run_dir).glob("rounds/*/policy.safetensors"))
+    round = (rounds[-1] if rounds else 0) if round is None else round
+    model, tokenizer = load_model(cfg["env"]["model"])
+    if round:
+        path = Path(run_dir) / "rounds" / f"{round:03d}" / "policy.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint for round {round} in {run_dir} (have {rounds})")
+        model.load_weights(list(cast(dict[str, mx.array], mx.load(str(path))).items()), strict=False)
+        mx.eval(model.parameters())
+    settings = {
+        "template": cfg["template"],
+        "temperature": cfg["temperature"],
+        "top_p": cfg["top_p"],
+        "max_tokens": cfg["self_edit_max_tokens"],
+        **sampling,
+    }
+    return PromptPolicy(model, tokenizer, **settings)

@@ -4,11 +4,14 @@ with its interval and sign test), the lines printed per round and at the end, an
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from seal_env import stats
+from seal_env.journal import write_atomic
 
 from agents.base import Experience
 from agents.rundir import Run
@@ -65,6 +68,62 @@ def heldout_change(run: Run, article_ids: list[str], round: int, conf: float = 0
     }
 
 
+def learning_curve(run: Run, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per round of a run (its summaries ``rounds``): the held-out reward (mean, CI over articles), its change to
+    round 0, the accuracy and F1 gains, the mean self-edit length and the seconds."""
+    samples = run.get("samples", 0, "heldout")
+    if samples is None:
+        raise ValueError(f"{run.path}: no held-out rollout (the run needs --heldout-articles > 0)")
+    ids = list(samples["self_edits"])
+    rows = []
+    for summary in rounds:
+        rnd = summary["round"]
+        mean, low, high = stats.mean_ci(heldout_rewards(run, ids, rnd))
+        edits = cast(dict[str, Any], run.get("samples", rnd, "heldout"))["self_edits"]
+        row: dict[str, Any] = {
+            "round": rnd,
+            "heldout_reward": mean,
+            "heldout_ci": [low, high],
+            "accuracy_gain": statistics.fmean(heldout_rewards(run, ids, rnd, "accuracy_gain")),
+            "f1_gain": statistics.fmean(heldout_rewards(run, ids, rnd, "f1_gain")),
+            "self_edit_chars": statistics.fmean(len(e) for a in ids for e in edits[a]),
+            "seconds": summary["seconds"]["total"],
+        }
+        if rnd > 0:
+            row["change"] = heldout_change(run, ids, rnd)
+            row["article_changes"] = row["change"].pop("article_changes")
+        rows.append(row)
+    return {"run_dir": str(run.path), "n_articles": len(ids), "rounds": rows}
+
+
+def plot_learning_curves(curves: list[dict[str, Any]], path: Path, title: str) -> None:
+    """A PNG of the held-out reward per round of every run (:func:`learning_curve`), with its CI band over
+    articles; replaces ``path`` whole."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c in curves:
+        rounds = [r["round"] for r in c["rounds"]]
+        means = [r["heldout_reward"] for r in c["rounds"]]
+        line = ax.plot(rounds, means, marker="o", label=Path(c["run_dir"]).name)[0]
+        low = [r["heldout_ci"][0] for r in c["rounds"]]
+        high = [r["heldout_ci"][1] for r in c["rounds"]]
+        ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.15)
+    ax.set_xticks(sorted({r["round"] for c in curves for r in c["rounds"]}))
+    ax.set_xlabel("round (0 = before training)")
+    ax.set_ylabel("held-out reward (95 % CI over articles)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    plt.close(fig)
+    write_atomic(path, png.getvalue())
+
+
 def log_round(logger: Logger, summary: dict[str, Any], batch: list[Experience], rnd: int) -> None:
     flat = {"round/index": rnd}
     for part in ("train", "heldout", "learn", "seconds"):
@@ -119,6 +178,8 @@ def print_summary(results: dict[str, Any]) -> None:
     if change := results.get("heldout_change"):
         print(change_line(change))
     print(f"run dir:    {results['run_dir']}\ncheckpoint: {results['checkpoint']}")
+    if results.get("learning_curve"):
+        print(f"curve:      {results['learning_curve']}")
 
 
 def change_line(change: dict[str, Any]) -> str:

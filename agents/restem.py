@@ -8,8 +8,8 @@ the policy, which samples the next round and, with ``inner_loop_learner="policy"
 the inner loop fine-tunes. Before training and after every round the policy is evaluated on held-out articles that
 are never trained on.
 
-    python -m agents.restem                   # demo preset: SmolLM2-135M, bundled articles, minutes on a CPU
-    python -m agents.restem --preset learn    # the setting that learns (benchmarks/LEARNING.md), ~10.5 min on 2 cores
+    python -m agents.restem                   # learn preset: the policy improves on held-out articles
+    python -m agents.restem --preset demo     # the machinery, a few minutes on a CPU
     python -m agents.restem --preset paper --data ../shared/data/squad_train_pool300.json
     python -m agents.restem --resume runs/<run>
 """
@@ -51,6 +51,9 @@ class ReSTEMConfig(RunConfig):
 #: writing nothing earns 0), 8 training articles a round x 5 self-edits sampled at temperature 0.7, an article's
 #: best kept only if its reward > 0, 3 policy epochs, and 16 held-out articles evaluated with the policy's greedy
 #: self-edit.
+#: The preset of ``python -m agents.restem`` with no ``--preset``.
+DEFAULT_PRESET = "learn"
+
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     "learn": {
@@ -103,7 +106,7 @@ class ReSTEM(LoRAAgent[ReSTEMConfig]):
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_main("restem", ReSTEMConfig, PRESETS, ReSTEM, __doc__.split("\n\n")[0], argv)
+    return run_main("restem", ReSTEMConfig, PRESETS, ReSTEM, __doc__.split("\n\n")[0], argv, DEFAULT_PRESET)
 
 
 if __name__ == "__main__":

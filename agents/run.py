@@ -31,7 +31,15 @@ from tqdm.auto import tqdm
 from agents.base import Agent, Experience, Policy, derive_seed, observation
 from agents.config import RunConfig, build_parser, parse_args
 from agents.policies import PromptPolicy
-from agents.report import heldout_change, log_round, print_summary, reward_stats, round_line
+from agents.report import (
+    heldout_change,
+    learning_curve,
+    log_round,
+    plot_learning_curves,
+    print_summary,
+    reward_stats,
+    round_line,
+)
 from agents.rundir import Run
 from agents.wandb_logger import Logger
 
@@ -251,6 +259,11 @@ def train(
         "checkpoint": str(run.checkpoint(last)) if last else None,
         "seconds": time.perf_counter() - t_start,
     }
+    if heldout and cfg.rounds:
+        png = run.path / "learning_curve.png"
+        title = f"{results['algorithm']}: held-out reward per round"
+        plot_learning_curves([learning_curve(run, summaries)], png, title)
+        results["learning_curve"] = str(png)
     write_json_atomic(run.path / "results.json", results)
     return results
 
@@ -317,9 +330,11 @@ def main(
     make_agent: Callable[[C], Agent],
     description: str,
     argv: list[str] | None = None,
+    default_preset: str = "demo",
 ) -> dict[str, Any]:
-    """The command line of an agent: parse settings, run (or resume), print a summary."""
-    parser = build_parser(algorithm, cls, presets, description)
+    """The command line of an agent: parse settings (from ``default_preset`` unless ``--preset`` names another),
+    run (or resume), print a summary."""
+    parser = build_parser(algorithm, cls, presets, description, default_preset)
     cfg, preset, resume = parse_args(parser, cls, presets, argv)
     try:
         splits = load_splits(cfg)

@@ -13,16 +13,14 @@ same run gets a :class:`~seal_env.journal.FolderInUseError`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.journal import FolderLock, Journal, atomic_path, read_records, write_json_atomic
-from seal_env.models import load_model
 
 import mlx.core as mx
 
 from agents.config import read_meta
-from agents.policies import PromptPolicy
 
 
 class Run:
@@ -99,26 +97,3 @@ class Run:
         """Close the journal and release the folder's lock."""
         self._file.close()
         self._lock.release()
-
-
-def load_policy(run_dir: str | Path, round: int | None = None, **sampling: Any) -> PromptPolicy:
-    """The policy of a run after ``round`` (default: its last checkpoint; 0 = the initial model) as a PromptPolicy."""
-    meta = read_meta(run_dir)
-    cfg = meta["config"]
-    rounds = sorted(int(p.parent.name) for p in Path(run_dir).glob("rounds/*/policy.safetensors"))
-    round = (rounds[-1] if rounds else 0) if round is None else round
-    model, tokenizer = load_model(cfg["env"]["model"])
-    if round:
-        path = Path(run_dir) / "rounds" / f"{round:03d}" / "policy.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint for round {round} in {run_dir} (have {rounds})")
-        model.load_weights(list(cast(dict[str, mx.array], mx.load(str(path))).items()), strict=False)
-        mx.eval(model.parameters())
-    settings = {
-        "template": cfg["template"],
-        "temperature": cfg["temperature"],
-        "top_p": cfg["top_p"],
-        "max_tokens": cfg["self_edit_max_tokens"],
-        **sampling,
-    }
-    return PromptPolicy(model, tokenizer, **settings)

@@ -19,17 +19,16 @@ it holds ``OUT``'s lock (``OUT/.lock``), so a second process on the same ``OUT``
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 from pathlib import Path
 from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env import stats
-from seal_env.journal import FolderInUseError, FolderLock, read_json, write_atomic, write_json_atomic
+from seal_env.journal import FolderInUseError, FolderLock, read_json, write_json_atomic
 
 from agents import grpo, restem
-from agents.report import change_line, heldout_change, heldout_rewards
+from agents.report import change_line, learning_curve, plot_learning_curves
 from agents.rundir import Run
 
 AGENTS = {"restem": restem.main, "grpo": grpo.main}
@@ -48,36 +47,12 @@ def run_agent(agent: str, out: Path, seed: int, preset: str, extra: list[str]) -
 
 
 def curve(folder: Path) -> dict[str, Any]:
-    """Per round of one finished run: held-out reward (mean, CI over articles), its change to round 0, accuracy and
-    F1 gains, mean self-edit length, seconds."""
+    """Per round of one finished run: :func:`agents.report.learning_curve`."""
     run = Run(folder)
     try:
-        results = read_json(folder / "results.json")
-        samples = run.get("samples", 0, "heldout")
-        if samples is None:
-            raise ValueError(f"{folder}: no held-out rollout (the run needs --heldout-articles > 0)")
-        ids = list(samples["self_edits"])
-        rows = []
-        for summary in results["rounds"]:
-            rnd = summary["round"]
-            mean, low, high = stats.mean_ci(heldout_rewards(run, ids, rnd))
-            edits = run.get("samples", rnd, "heldout")["self_edits"]
-            row: dict[str, Any] = {
-                "round": rnd,
-                "heldout_reward": mean,
-                "heldout_ci": [low, high],
-                "accuracy_gain": statistics.fmean(heldout_rewards(run, ids, rnd, "accuracy_gain")),
-                "f1_gain": statistics.fmean(heldout_rewards(run, ids, rnd, "f1_gain")),
-                "self_edit_chars": statistics.fmean(len(e) for a in ids for e in edits[a]),
-                "seconds": summary["seconds"]["total"],
-            }
-            if rnd > 0:
-                row["change"] = heldout_change(run, ids, rnd)
-                row["article_changes"] = row["change"].pop("article_changes")
-            rows.append(row)
+        return learning_curve(run, read_json(folder / "results.json")["rounds"])
     finally:
         run.close()
-    return {"run_dir": str(folder), "n_articles": len(ids), "rounds": rows}
 
 
 def pooled_change(curves: list[dict[str, Any]], conf: float = 0.95) -> dict[str, Any] | None:
@@ -109,33 +84,6 @@ def summarize(curves: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_last_change": statistics.fmean(ch["mean_diff"] for ch in last) if last else float("nan"),
         "pooled_last_change": pooled_change(curves),
     }
-
-
-def plot(curves: list[dict[str, Any]], path: Path, title: str) -> None:
-    """The held-out reward per round of every run, with its CI band over articles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for c in curves:
-        rounds = [r["round"] for r in c["rounds"]]
-        means = [r["heldout_reward"] for r in c["rounds"]]
-        line = ax.plot(rounds, means, marker="o", label=Path(c["run_dir"]).name)[0]
-        low = [r["heldout_ci"][0] for r in c["rounds"]]
-        high = [r["heldout_ci"][1] for r in c["rounds"]]
-        ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.15)
-    ax.set_xticks(sorted({r["round"] for c in curves for r in c["rounds"]}))
-    ax.set_xlabel("round (0 = before training)")
-    ax.set_ylabel("held-out reward (95 % CI over articles)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(path, png.getvalue())
 
 
 def print_curves(curves: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -192,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "curves": curves,
         }
         write_json_atomic(args.out / RESULTS, report)
-        plot(curves, args.out / "learning_curve.png", f"{args.agent} ({args.preset}): held-out reward per round")
+        title = f"{args.agent} ({args.preset}): held-out reward per round"
+        plot_learning_curves(curves, args.out / "learning_curve.png", title)
     print_curves(curves, summary)
     return report
 

@@ -1,6 +1,7 @@
 """ReSTEM on the tiny preset: end to end; runs killed mid-round and in round 0 that resume to the same result;
 ``--threshold``, ``inner_loop_learner="base"`` and the ``checkpoint:RUN:ROUND`` policy spec."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from mlx.utils import tree_flatten
 
 from agents import restem
 from agents.base import Experience
-from agents.config import preset_config
+from agents.config import build_parser, parse_args, preset_config
 from agents.policies import PromptPolicy, make_policy
 from agents.run import load_splits, round_articles
 from agents.rundir import Run
@@ -73,6 +74,8 @@ def test_tiny_preset_end_to_end(reference, capsys):
     assert config["config"]["k"] == 2 and config["config"]["env"]["max_loss"] == 50.0  # every setting saved
     assert json.loads((run_dir / "results.json").read_text())["rounds"] == results["rounds"]
     assert results["checkpoint"] == str(run_dir / "rounds" / "002" / "policy.safetensors")
+    png = (run_dir / "learning_curve.png").read_bytes()  # the held-out curve, written with the results
+    assert results["learning_curve"] == str(run_dir / "learning_curve.png") and png.startswith(b"\x89PNG")
     weights = mx.load(results["checkpoint"])
     assert weights and all(name.endswith("proj.weight") for name in weights)
     policy = make_policy(f"checkpoint:{run_dir}", max_tokens=4)
@@ -230,6 +233,17 @@ def test_checkpoint_policy_spec_picks_a_round(reference, initial):
         make_policy(f"checkpoint:{run_dir}:3")
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         make_policy(f"checkpoint:{Path(run_dir).parent / 'missing'}:1")
+
+
+def test_the_command_with_no_preset_runs_learn_and_demo_stays_available():
+    parser = build_parser("restem", restem.ReSTEMConfig, restem.PRESETS, "ReSTEM.", restem.DEFAULT_PRESET)
+    learn = preset_config(restem.ReSTEMConfig, restem.PRESETS, "learn")
+    cfg, preset, resume = parse_args(parser, restem.ReSTEMConfig, restem.PRESETS, [])
+    assert (cfg, preset, resume) == (learn, "learn", None) and restem.DEFAULT_PRESET == "learn"
+    cfg, preset, _ = parse_args(parser, restem.ReSTEMConfig, restem.PRESETS, ["--preset", "demo", "--k", "4"])
+    demo = preset_config(restem.ReSTEMConfig, restem.PRESETS, "demo")
+    assert preset == "demo" and cfg == dataclasses.replace(demo, k=4) and demo != learn
+    assert "(default: learn)" in parser.format_help() and "the defaults above are learn's" in parser.format_help()
 
 
 def test_learn_preset_fits_the_bundled_articles():

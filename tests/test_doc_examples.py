@@ -1,10 +1,11 @@
-"""Every ```python block of README.md runs, as a script in a fresh Python process, on the tiny random model.
+"""Every ```python block of README.md and docs/*.md runs, as a script in a fresh Python process, on the tiny
+random model.
 
-Each block has an :class:`Example` here, keyed by the block's first line: a prelude that defines the block's free
+Each block has an :class:`Example` here, keyed by the block's first line (unique across all the pages): a prelude that defines the block's free
 names (``policy``, ``article``, ``pairs``, ...), textual replacements that swap what cannot run offline or fast here
 (SmolLM2 -> ``"tiny-random"`` with short settings, a Hugging Face policy -> a tiny random local folder, Ray -> the
-in-process executor) and a check appended after the block. A README block without an Example, an Example without
-its block, or a replacement whose text is no longer in its block fails the test.
+in-process executor) and a check appended after the block. A block without an Example, an Example without its
+block, or a replacement whose text is no longer in its block fails the test.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 #: The short inner loop every example runs (the model spec is replaced separately).
 TINY_SETTINGS = "dict(epochs=1, lora_rank=4, lora_alpha=8.0, answer_max_tokens=4, max_sequences=3)"
@@ -33,7 +34,7 @@ IMPORTS = f"import gymnasium as gym\nimport seal_env\n\nTINY_SETTINGS = {TINY_SE
 
 @dataclass
 class Example:
-    """How to run one README block: ``prelude`` + the block with ``replace`` applied + ``check``, as a script named
+    """How to run one block: ``prelude`` + the block with ``replace`` applied + ``check``, as a script named
     ``script``, which must exit 0 and print something matching ``output``."""
 
     prelude: str = ""
@@ -158,37 +159,48 @@ EXAMPLES: dict[str, Example] = {
         replace={'"smollm2-135m"': TINY_SPEC},
         check="assert terminated.all() and len(rewards) == 4",
     ),
+    # ## Serving (docs/serving.md): the server on the tiny model
+    "from seal_env.serve.client import SealEnvClient, ServerProcess": Example(
+        replace={
+            '"--model", "smollm2-135m"': '"--model", "tiny-random", "--epochs", "1", "--lora-rank", "4", '
+            '"--lora-alpha", "8", "--answer-max-tokens", "4", "--max-sequences", "3"',
+        },
+        check="assert len(results) == 3 and all(r.done for r in results) and isinstance(result.reward, float)",
+        output=r"reward [+-]\d",
+        needs=("openenv",),
+    ),
 }
 
 
 def python_blocks() -> dict[str, str]:
-    """README's ```python blocks by their first line; two blocks with the same first line fail here."""
+    """The pages' ```python blocks by their first line; two blocks with the same first line fail here."""
     blocks: dict[str, str] = {}
-    for body in re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M):
-        key = body.splitlines()[0]
-        assert key not in blocks, f"two README python blocks start with {key!r}: give one another first line"
-        blocks[key] = body
+    for page in PAGES:
+        for body in re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M):
+            key = body.splitlines()[0]
+            assert key not in blocks, f"two python blocks start with {key!r} ({page.name}): give one another first line"
+            blocks[key] = body
     return blocks
 
 
-def test_every_readme_block_has_an_example():
+def test_every_block_has_an_example():
     blocks = python_blocks()
     assert sorted(blocks) == sorted(EXAMPLES), (
-        f"README python blocks without an Example in this file: {sorted(set(blocks) - set(EXAMPLES))}; "
+        f"python blocks of README.md or docs/ without an Example in this file: {sorted(set(blocks) - set(EXAMPLES))}; "
         f"Examples whose block is gone: {sorted(set(EXAMPLES) - set(blocks))}"
     )
 
 
 @pytest.mark.parametrize("key", list(EXAMPLES), ids=[re.sub(r"\W+", "-", k).strip("-")[:40] for k in EXAMPLES])
-def test_readme_example_runs(key, tmp_path):
+def test_example_runs(key, tmp_path):
     example = EXAMPLES[key]
     for module in example.needs:
         pytest.importorskip(module)
     blocks = python_blocks()
-    assert key in blocks, f"README has no python block starting with {key!r}"
+    assert key in blocks, f"no python block of README.md or docs/ starts with {key!r}"
     code = blocks[key]
     for old, new in example.replace.items():
-        assert old in code, f"{old!r} is no longer in the README block {key!r}: update its Example"
+        assert old in code, f"{old!r} is no longer in the block {key!r}: update its Example"
         code = code.replace(old, new)
     path = tmp_path / example.script
     path.write_text(f"{example.prelude}\n{code}\n{example.check}\n")
@@ -197,5 +209,5 @@ def test_readme_example_runs(key, tmp_path):
     done = subprocess.run(
         [sys.executable, path.name], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
-    assert done.returncode == 0, f"README block {key!r} failed:\n{path.read_text()}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, f"block {key!r} failed:\n{path.read_text()}\n{done.stderr[-4000:]}"
     assert re.search(example.output, done.stdout), done.stdout[-2000:]
