@@ -14,13 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from seal_env.articles import Article
 from seal_env.seeding import derive_seed  # noqa: F401  (part of the agent interface)
+from seal_env.spaces import observation  # noqa: F401  (part of the agent interface: an Article as observed)
 
 Observation = dict[str, str]  #: ``{"title": ..., "context": ...}``, as returned by the env's ``reset``
-
-
-def observation(article: Article) -> Observation:
-    """The environment's observation of an article (title and passage, never the questions)."""
-    return {"title": article.title, "context": article.context}
 
 
 @runtime_checkable

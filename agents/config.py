@@ -1,25 +1,17 @@
-"""Settings of the agents and their command line, generated from the config dataclasses.
-
-Each field of an agent's config (a :class:`RunConfig` subclass) and of :class:`seal_env.config.SealConfig` becomes
-a flag (``articles_per_round`` -> ``--articles-per-round``); the fields' metadata (:func:`seal_env.config.setting`)
-give the groups of ``--help`` and the help texts. A preset sets every field; flags override it.
+"""Settings of the agents: :class:`RunConfig` (the run, the rollouts, the policy's LoRA update and the inner loop's
+:class:`seal_env.config.SealConfig`), the presets they share, and building a config from a preset or a saved run.
+Every field's metadata (:func:`seal_env.config.setting`) gives its help text and ``--help`` group for the command
+line (:mod:`agents.command_line`).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import functools
 import os
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig, check_field_types, parse_setting, setting
+from seal_env.config import SEAL_PAPER_SETTINGS, SealConfig, check_field_types, setting
 from seal_env.executors import DEFAULT_REQUEST_TIMEOUT, check_request_timeout
-from seal_env.journal import read_json
 from seal_env.prompts import resolve_template
 
 #: Inner-loop settings of the ``demo`` preset (on top of the SealConfig defaults): 2 epochs (SEAL: 10) and short
@@ -235,89 +227,6 @@ class RunConfig:
         )
 
 
-# ------------------------------------------------------------------------------------------------ command line
-
-
-def _sections(cls: type) -> list[tuple[str, list[tuple[str, str]]]]:
-    """``[(group, [(field, help)])]`` from the fields' metadata (:func:`seal_env.config.setting`), in field order; a
-    subclass field that only changes a default keeps the base class's help and group."""
-    inherited: dict[str, dict[str, str]] = {}
-    for klass in reversed(cls.__mro__):
-        if dataclasses.is_dataclass(klass):
-            for f in dataclasses.fields(klass):
-                base = inherited.get(f.name, {})
-                inherited[f.name] = {k: f.metadata.get(k) or base.get(k, "") for k in ("help", "group")}
-    sections: list[tuple[str, list[tuple[str, str]]]] = []
-    for f in dataclasses.fields(cls):
-        meta = inherited[f.name]
-        group = meta["group"] or cls.__name__
-        if not sections or sections[-1][0] != group:
-            sections.append((group, []))
-        sections[-1][1].append((f.name, meta["help"]))
-    return sections
-
-
-def _env_value(name: str, text: str) -> Any:
-    try:
-        return parse_setting(name, text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _converter(hint: Any) -> tuple[Callable[[str], Any], dict[str, Any]]:
-    """An argparse ``type`` and extra keyword arguments for a field's type hint."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is list:
-        return args[0], {"nargs": "+"}
-    if len(args) == 1:  # X | None
-        return lambda s: None if s.lower() == "none" else args[0](s), {}
-    return hint, {}
-
-
-def _add_fields(
-    parser: argparse.ArgumentParser, cls: type, defaults: Any, skip: tuple[str, ...] = (), prefix: str = ""
-) -> None:
-    hints = typing.get_type_hints(cls)
-    for title, fields in _sections(cls):
-        group = parser.add_argument_group(prefix + title)
-        for name, doc in fields:
-            if name in skip:
-                continue
-            flags = ["--" + name.replace("_", "-")] + (["--data"] if name == "dataset" else [])
-            default = getattr(defaults, name)
-            shown = " ".join(map(str, default)) if isinstance(default, list) else default
-            text = (doc if "default" in doc else f"{doc} (default: {shown})").replace("%", "%%")
-            if hints[name] is bool:
-                group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
-            elif name in CHOICES:
-                group.add_argument(*flags, choices=CHOICES[name], default=argparse.SUPPRESS, help=text)
-            else:
-                convert, extra = _converter(hints[name])
-                if cls is SealConfig and not extra:  # environment settings: parsed as everywhere else
-                    convert = functools.partial(_env_value, name)
-                group.add_argument(
-                    *flags, type=convert, default=argparse.SUPPRESS, help=text, metavar=name.upper(), **extra
-                )
-
-
-def _preset_table(algorithm: str, presets: dict[str, dict[str, Any]], default: str) -> str:
-    lines = [f"presets (the defaults above are {default}'s; flags override a preset):"]
-    for name, values in presets.items():
-        agent = ", ".join(f"{k}={v}" for k, v in values.items() if k != "env") or "the defaults above"
-        env = ", ".join(f"{k}={v}" for k, v in values.get("env", DEMO_ENV).items())
-        lines.append(f"  {name:6} {agent}\n         inner loop: SealConfig defaults" + (f" + {env}" if env else ""))
-    lines += [
-        "",
-        "examples:",
-        f"  python -m agents.{algorithm}                      # {default}",
-        f"  python -m agents.{algorithm} --preset demo        # the machinery, a few minutes",
-        f"  python -m agents.{algorithm} --preset tiny --wandb-mode disabled",
-        f"  python -m agents.{algorithm} --preset paper --data ../shared/data/squad_train_pool300.json",
-        f"  python -m agents.{algorithm} --resume runs/<run>",
-    ]
-    return "\n".join(lines)
-
-
 def preset_config(cls: type, presets: dict[str, dict[str, Any]], name: str) -> Any:
     """The config of a preset: its agent settings, and its env settings on top of SealConfig's (SEAL's) defaults."""
     values = dict(presets[name])
@@ -330,73 +239,3 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     data = dict(data)
     env = SealConfig(**data.pop("env"))
     return cls(**data, env=env)
-
-
-def build_parser(
-    algorithm: str, cls: type, presets: dict[str, dict[str, Any]], description: str, default_preset: str = "demo"
-) -> argparse.ArgumentParser:
-    """The command line of an agent: ``--preset`` (default ``default_preset``), ``--resume``, and a flag per
-    setting of ``cls`` and of its inner loop (:class:`SealConfig`), whose shown defaults are the default preset's."""
-    parser = argparse.ArgumentParser(
-        prog=f"python -m agents.{algorithm}",
-        description=description,
-        usage="%(prog)s [--preset NAME | --resume RUN_DIR] [--SETTING VALUE ...]",
-        epilog=_preset_table(algorithm, presets, default_preset),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--preset",
-        choices=list(presets),
-        default=argparse.SUPPRESS,
-        help=f"starting point for every setting (default: {default_preset})",
-    )
-    parser.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        default=argparse.SUPPRESS,
-        help="continue an interrupted run with its saved settings (only "
-        + ", ".join("--" + n.replace("_", "-") for n in RESUME_OVERRIDES)
-        + " may change)",
-    )
-    parser.set_defaults(default_preset=default_preset)
-    defaults = preset_config(cls, presets, default_preset)
-    _add_fields(parser, cls, defaults, skip=("env",))
-    _add_fields(parser, SealConfig, defaults.env, skip=ENV_CLI_SKIP, prefix="inner loop: ")
-    return parser
-
-
-def parse_args(
-    parser: argparse.ArgumentParser, cls: type, presets: dict[str, dict[str, Any]], argv: list[str] | None
-) -> tuple[Any, str, Path | None]:
-    """``(config, preset, resume_dir)`` from the command line; bad settings exit with the parser's error."""
-    given = vars(parser.parse_args(argv))
-    default_preset = given.pop("default_preset", "demo")
-    env_names = {f.name for f in dataclasses.fields(SealConfig)}
-    try:
-        if "resume" in given:
-            resume = Path(given.pop("resume"))
-            meta = read_meta(resume)
-            bad = sorted(set(given) - set(RESUME_OVERRIDES))
-            if bad:
-                raise ValueError(
-                    f"--resume takes the settings saved in {resume}/config.json; only "
-                    f"{', '.join(RESUME_OVERRIDES)} may be given, not {', '.join(bad)}"
-                )
-            cfg = dataclasses.replace(config_from_dict(cls, meta["config"]), **given)
-            preset = meta.get("preset", "")
-        else:
-            resume, preset = None, given.pop("preset", default_preset)
-            cfg = preset_config(cls, presets, preset)
-            env = {k: given.pop(k) for k in list(given) if k in env_names}
-            cfg = dataclasses.replace(cfg, **given, env=SealConfig(**{**cfg.env.to_dict(), **env}))
-        cfg.validate()
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        parser.error(str(e))
-    return cfg, preset, resume
-
-
-def read_meta(run_dir: Path | str) -> dict[str, Any]:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"not a run directory (no config.json): {run_dir}")
-    return cast(dict[str, Any], read_json(path))

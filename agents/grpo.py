@@ -5,8 +5,8 @@ self-edit is its reward minus the group's mean, divided by the group's standard 
 are all equal teaches nothing and is skipped). The policy's LoRA is trained for ``policy_epochs`` passes with
 the clipped-ratio objective on the self-edit tokens (old log-probs from the policy that sampled), plus
 ``kl_coef`` times the k3 estimate of KL(policy || initial policy); then the LoRA is folded into the policy. The
-training loop is seal_env's :meth:`seal_env.learner.Learner.train` with this loss (AdamW, constant learning rate);
-an update whose loss turns non-finite or exceeds the Learner's ``max_loss`` (50) is dropped.
+training loop is seal_env's :meth:`seal_env.learner.trainer.Learner.train` with this loss (AdamW, constant learning
+rate); an update whose loss turns non-finite or exceeds the Learner's ``max_loss`` (50) is dropped.
 
     python -m agents.grpo                     # demo preset
     python -m agents.grpo --preset tiny --wandb-mode disabled
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
-from seal_env.batching import ExtrasRow, make_batch
 from seal_env.config import SealConfig, setting
+from seal_env.learner.batching import ExtrasRow, make_batch
 
 import mlx.core as mx
 import mlx.nn as nn

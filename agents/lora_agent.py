@@ -1,5 +1,5 @@
 """The policy model of the LoRA agents (ReSTEM, GRPO): a :class:`~agents.policies.PromptPolicy` whose model
-carries seal_env's LoRA :class:`~seal_env.learner.Learner` (:class:`LoRAPolicy`), and the part every such agent
+carries seal_env's LoRA :class:`~seal_env.learner.trainer.Learner` (:class:`LoRAPolicy`), and the part every such agent
 shares (:class:`LoRAAgent`: its state, and an update that trains a LoRA and folds it in).
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
-from seal_env.batching import ExtrasRow, Loss, TrainRow
-from seal_env.learner import Learner
+from seal_env.learner.batching import ExtrasRow, Loss, TrainRow
+from seal_env.learner.trainer import Learner
 from seal_env.models import load_model
 
 import mlx.core as mx
@@ -66,7 +66,7 @@ def train_with_progress(
     loss: Loss | None = None,
 ) -> dict[str, Any]:
     """Train a fresh adapter (one slot, seeded ``seed``) on ``data`` with a progress bar over its optimiser steps;
-    ``loss``: the training loss (default: SFT's, see :meth:`seal_env.learner.Learner.train`)."""
+    ``loss``: the training loss (default: SFT's, see :meth:`seal_env.learner.trainer.Learner.train`)."""
     steps = math.ceil(len(data) / learner.cfg.batch_size) * learner.cfg.epochs
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
     try:

@@ -17,7 +17,7 @@ from typing import Any, cast
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.models import load_model
 from seal_env.prompts import resolve_template, self_edit_prompt, uses_chat
-from seal_env.sequences import sanitize_action
+from seal_env.reward.sequences import sanitize_action
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
@@ -25,7 +25,7 @@ from mlx_lm.sample_utils import apply_top_p
 from tqdm.auto import tqdm
 
 from agents.base import Observation, derive_seed
-from agents.config import read_meta
+from agents.rundir import read_meta
 
 POLICY_SPECS = ("none", "passage", "prompt:TEMPLATE", "replay:PATH", "checkpoint:RUN_DIR[:ROUND]")
 

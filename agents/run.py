@@ -29,7 +29,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from agents.base import Agent, Experience, Policy, derive_seed, observation
-from agents.config import RunConfig, build_parser, parse_args
+from agents.command_line import build_parser, parse_args
+from agents.config import RunConfig
 from agents.policies import PromptPolicy
 from agents.report import (
     heldout_change,

@@ -13,14 +13,12 @@ same run gets a :class:`~seal_env.journal.FolderInUseError`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
-from seal_env.journal import FolderLock, Journal, atomic_path, read_records, write_json_atomic
+from seal_env.journal import FolderLock, Journal, atomic_path, read_json, read_records, write_json_atomic
 
 import mlx.core as mx
-
-from agents.config import read_meta
 
 
 class Run:
@@ -97,3 +95,10 @@ class Run:
         """Close the journal and release the folder's lock."""
         self._file.close()
         self._lock.release()
+
+
+def read_meta(run_dir: Path | str) -> dict[str, Any]:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"not a run directory (no config.json): {run_dir}")
+    return cast(dict[str, Any], read_json(path))

@@ -98,7 +98,7 @@ def sampled_self_edits(env: Any, k: int) -> tuple[Article, list[str]]:
 def torch_rewards(env: Any, article: Article, edits: list[str], seeds: list[int], threads: int) -> dict[str, Any]:
     """The same rewards one after another with PyTorch + PEFT (child process)."""
     from seal_env.models import resolve_model_path
-    from seal_env.pipeline import prepare
+    from seal_env.reward.pipeline import prepare
 
     from benchmarks import torch_baseline
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings.update(parse_assignments(args.set))
     settings["max_batch_adapters"] = max(settings.get("max_batch_adapters", 8), max(ks))
 
-    from seal_env.env import KnowledgeIncorporationEnv
+    from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 
     env = KnowledgeIncorporationEnv(**settings)
     found = published_self_edits(args.article_index, max(ks))

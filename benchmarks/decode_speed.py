@@ -8,13 +8,13 @@ measures, in one run: the bandwidth (a large ``memcpy``: bytes read + bytes writ
 the model, and for each batch size the time of one step, for two decoding paths measured in turn (``--repeats``
 rounds, each path once per round; the medians are reported, so that both see the same machine):
 
-* **fast** (what seal-env runs): :func:`seal_env.kernels.use_fast_decoding` on, and one-row products through
+* **fast** (what seal-env runs): :func:`seal_env.models.kernels.use_fast_decoding` on, and one-row products through
   ``cblas_sgemv`` where :mod:`seal_env._blas` could build its one-row ``cblas_sgemm``;
 * **stock**: mlx-lm's modules and mlx's ``cblas_sgemm`` for every product (seal-env before issue 15);
 
 of
 
-* **greedy**: :func:`seal_env.decode.greedy_continue` (the quiz's path) after one prefill;
+* **greedy**: :func:`seal_env.learner.decode.greedy_continue` (the quiz's path) after one prefill;
 * **sampled**: mlx-lm's ``BatchGenerator`` with one seeded sampler per row (:class:`agents.policies.PromptPolicy`'s
   path: temperature 1, full nucleus), after its prefill;
 * **matmuls only**: the step's weight products alone as the fast path computes them (every 2-D weight times
@@ -43,8 +43,8 @@ from typing import Any, cast
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from seal_env import _blas
 from seal_env.articles import load_articles
-from seal_env.decode import greedy_continue, prefill
-from seal_env.kernels import use_fast_decoding
+from seal_env.learner.decode import greedy_continue, prefill
+from seal_env.models.kernels import use_fast_decoding
 
 import mlx.core as mx
 import numpy as np

@@ -41,7 +41,7 @@ from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.articles import select_articles
-from seal_env.config import REWARD_KINDS, SEAL_PAPER_SETTINGS, SealConfig, parse_assignments
+from seal_env.config import REWARD_KINDS, SealConfig
 from seal_env.journal import (
     FolderInUseError,
     FolderLock,
@@ -54,23 +54,17 @@ from seal_env.journal import (
     write_json_atomic,
 )
 from seal_env.prompts import SELF_EDIT_TEMPLATES
-from seal_env.reward import SCORES
+from seal_env.reward.quiz import SCORES
 from seal_env.seeding import derive_seed
 
+from benchmarks import compare_policies
 from benchmarks.batched_rewards import machine_info
-from benchmarks.compare_policies import PolicySpec
+from benchmarks.compare_policies import PRESETS, PolicySpec, comparable
 
-#: Inner-loop settings: demo (compare_policies' quick default) or SEAL's (SealConfig defaults + SEAL_PAPER_SETTINGS).
-PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {"epochs": 3, "answer_max_tokens": 16},
-    "paper": dict(SEAL_PAPER_SETTINGS),
-}
 DEFAULT_POLICIES = ("prompt:implications", "passage")
 JOURNAL = "journal.jsonl"
 #: SEAL's published matrix (Qwen2.5-7B after two ReSTEM rounds, K = 8, 64 sequences), read when present.
 SEAL_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "seal_continual_self_edits.json"
-#: Settings that do not change a result: a journal is reused across them.
-NOT_COMPARED = ("timings", "cache", "cache_dir", "max_batch_adapters")
 
 
 # --------------------------------------------------------------------------------------------------- policies
@@ -123,24 +117,10 @@ def build_policy(p: PolicySpec, args: argparse.Namespace, settings: dict[str, An
 
 # --------------------------------------------------------------------------------------------------- settings
 def build_settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings: dict[str, Any] = {"dataset": args.data, "split": args.split, **PRESETS[args.preset]}
-    try:
-        settings.update(parse_assignments(args.set or []))
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"bad --set: {err}") from None
-    if args.model:
-        settings["model"] = args.model
+    """compare_policies' settings (preset, ``--set``, ``--model``) with ``--metric`` as the reward kind."""
     if args.metric:
-        settings["reward"] = args.metric
-    try:
-        return SealConfig.from_kwargs(**settings).to_dict()
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"bad environment setting: {err}") from None
-
-
-def comparable(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings that must match for journal records to be reused (everything that changes a result)."""
-    return {k: v for k, v in settings.items() if k not in NOT_COMPARED}
+        args.set = [*(args.set or []), f"reward={args.metric}"]
+    return compare_policies.build_settings(args)
 
 
 def sampling_of(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     settings.update(parse_assignments(args.set))
 
-    from seal_env.env import KnowledgeIncorporationEnv
+    from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 
     t0 = time.perf_counter()
     env = KnowledgeIncorporationEnv(**settings)

@@ -135,7 +135,7 @@ REWARD_FIELDS = (
 
 
 def make_env(**settings: Any) -> Any:
-    from seal_env.env import KnowledgeIncorporationEnv
+    from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 
     return KnowledgeIncorporationEnv(split="all", **settings)
 
@@ -167,7 +167,7 @@ def section_step(env: Any, reps: int = 2) -> dict[str, Any]:
     """Steady-state training throughput (traces already compiled) on the standard data."""
     learner = env.learner
     article, lines = benchmark_data(learner.tokenizer, SEQ_TOKENS, N_SEQUENCES, seed=1)
-    from seal_env.sequences import build_sequences, tokenize_sequences
+    from seal_env.reward.sequences import build_sequences, tokenize_sequences
 
     cfg = env.cfg
     seqs, _ = build_sequences("\n".join(lines), article.title, article.context, split=cfg.split_mode)
@@ -222,7 +222,7 @@ def section_levers(env: Any, rewards: bool = True) -> dict[str, Any]:
     """Training-step throughput with each lever switched on in turn (same data, same process)."""
     learner = env.learner
     article, lines = benchmark_data(learner.tokenizer, SEQ_TOKENS, N_SEQUENCES, seed=1)
-    from seal_env.sequences import build_sequences, tokenize_sequences
+    from seal_env.reward.sequences import build_sequences, tokenize_sequences
 
     seqs, _ = build_sequences("\n".join(lines), article.title, article.context)
     data, _ = tokenize_sequences(seqs, learner.tokenizer)
@@ -260,9 +260,9 @@ def section_levers(env: Any, rewards: bool = True) -> dict[str, Any]:
 
 def section_lora_layers(args: argparse.Namespace) -> dict[str, Any]:
     """Step time with LoRA on fewer / more layers (needs a fresh model per setting)."""
-    from seal_env.learner import Learner
+    from seal_env.learner.trainer import Learner
     from seal_env.models import load_model
-    from seal_env.sequences import build_sequences, tokenize_sequences
+    from seal_env.reward.sequences import build_sequences, tokenize_sequences
 
     out = {}
     for name, settings in (
@@ -314,7 +314,7 @@ def section_soak(env: Any, n: int, answer_tokens: int = 16) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- PyTorch + PEFT
 def _standard_sequences(tok: Any, cfg: SealConfig, seed: int) -> tuple[Article, list[tuple[list[int], int]]]:
-    from seal_env.sequences import build_sequences, tokenize_sequences
+    from seal_env.reward.sequences import build_sequences, tokenize_sequences
 
     article, lines = benchmark_data(tok, SEQ_TOKENS, N_SEQUENCES, seed=seed)
     seqs, _ = build_sequences("\n".join(lines), article.title, article.context, split=cfg.split_mode)

@@ -16,8 +16,8 @@ The configurations run one after another in one process, never two at once (``--
 2. ``ours-batched``: this process, all BLAS threads, :class:`~seal_env.executors.InProcessExecutor` (an article's K
    self-edits trained and quizzed together in one ``evaluate_many`` call).
 3. ``ours-workers``: ``--workers`` (default: the number of cores) single-thread worker processes
-   (:class:`~seal_env.worker.SubprocessExecutor`), each taking the next article's K requests from a shared queue
-   (:func:`pool_evaluate`). Their start (model loads) is timed apart: ``startup_seconds``.
+   (:class:`~seal_env.executors.child_process.SubprocessExecutor`), each taking the next article's K requests from a
+   shared queue (:func:`pool_evaluate`). Their start (model loads) is timed apart: ``startup_seconds``.
 4. ``torch-1proc``: PyTorch + PEFT (benchmarks.torch_baseline: the same weights, LoRA, optimizer, schedule, token
    ids), all threads, the requests one after another; one child process per article (a job holds one quiz).
 5. ``torch-procs``: PyTorch + PEFT, ``--workers`` single-thread children at a time, the articles dealt round-robin
@@ -76,7 +76,7 @@ import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from seal_env.articles import Article, load_articles
 from seal_env.config import SealConfig, parse_assignments
 from seal_env.executors import InProcessExecutor, RewardRequest, blas_threads
-from seal_env.worker import SubprocessExecutor
+from seal_env.executors.child_process import SubprocessExecutor
 
 from benchmarks.batched_rewards import SHARED, SOURCES, PeakRSS, machine_info, published_self_edits
 from benchmarks.inner_loop_speed import _model_cfg, matmul_gflops, step_flops
@@ -134,7 +134,7 @@ def flat(groups: Sequence[Sequence[RewardRequest]]) -> list[RewardRequest]:
 
 def train_gflop(env: Any, groups: list[list[RewardRequest]]) -> float:
     """Analytic training GFLOP of every request (see the module docstring)."""
-    from seal_env.pipeline import prepare
+    from seal_env.reward.pipeline import prepare
 
     cfg, learner = env.cfg, env.learner
     shape = _model_cfg(learner)
@@ -349,7 +349,7 @@ def run_workers(settings: dict[str, Any], groups: list[list[RewardRequest]], wor
 def torch_jobs(env: Any, groups: list[list[RewardRequest]]) -> list[dict[str, Any]]:
     """One torch_baseline ``rewards`` job per article: a warm-up run, then the article's requests (same token ids)."""
     from seal_env.models import resolve_model_path
-    from seal_env.pipeline import prepare
+    from seal_env.reward.pipeline import prepare
 
     from benchmarks import torch_baseline
 
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error(str(error))
     settings["max_batch_adapters"] = max(cfg.max_batch_adapters, args.k * cfg.eval_times)  # an article: one call
 
-    from seal_env.env import KnowledgeIncorporationEnv
+    from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 
     t0 = time.perf_counter()
     env = KnowledgeIncorporationEnv(**settings)

@@ -126,7 +126,7 @@ def leftover_preamble(
 ) -> dict[str, Any]:
     """Self-edits of ``policy`` whose first training piece (after the env's preamble drop) is not a list item, and
     their mean log-lik. gain over ``baseline`` against the others'."""
-    from seal_env.sequences import _NUMBERED, split_self_edit
+    from seal_env.reward.sequences import _NUMBERED, split_self_edit
 
     edits = {r["article_id"]: r["self_edit"] for r in records if r["policy"] == policy and r["seed_index"] == 0}
     with_pre, without = [], []

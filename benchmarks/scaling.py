@@ -77,7 +77,7 @@ def run_config(name: str, settings: dict[str, Any], requests: list[RewardRequest
         cpu = cpu_seconds(ex) - cpu0
         broadcast = None
         if kind == "ray":  # one base-weight broadcast (what every outer-loop round costs)
-            from seal_env.env import KnowledgeIncorporationEnv
+            from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 
             from mlx.utils import tree_flatten
 

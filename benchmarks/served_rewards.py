@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings: dict[str, Any] = {"model": args.model, "cache": False, "split": "all"}
     settings.update(parse_assignments(args.set))
 
-    from seal_env.env import KnowledgeIncorporationEnv
+    from seal_env.envs.knowledge import KnowledgeIncorporationEnv
     from seal_env.serve.client import ServerProcess
 
     env = KnowledgeIncorporationEnv(**settings)

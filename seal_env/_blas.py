@@ -36,7 +36,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from seal_env.environ import ON, cache_dir, switch
+from seal_env.env_vars import ON, cache_dir, switch
 
 CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",

@@ -288,3 +288,27 @@ def select_articles(cfg: Any) -> list[Article]:
     if not chosen:
         raise ValueError(f"split {cfg.split!r} of {cfg.dataset!r} is empty (heldout={cfg.heldout})")
     return chosen
+
+
+def episode_articles(
+    articles: Sequence[Article], n: int, rng: np.random.Generator, options: dict[str, Any] | None = None
+) -> tuple[list[Article], list[int]]:
+    """The articles of a multi-article episode and their indices in ``articles`` (-1 for articles given whole):
+    ``options["articles"]`` (Articles or dicts), ``options["article_indices"]``, or else ``n`` distinct articles
+    drawn with ``rng``. IndexError for an index out of range, ValueError for an empty episode."""
+    options = options or {}
+    if "articles" in options:
+        episode = [a if isinstance(a, Article) else Article.from_dict(a) for a in options["articles"]]
+        indices = [-1] * len(episode)
+    elif "article_indices" in options:
+        indices = [int(i) for i in options["article_indices"]]
+        bad = [i for i in indices if not 0 <= i < len(articles)]
+        if bad:
+            raise IndexError(f"article_indices {bad} out of range [0, {len(articles)})")
+        episode = [articles[i] for i in indices]
+    else:
+        indices = [int(i) for i in rng.choice(len(articles), n, replace=False)]
+        episode = [articles[i] for i in indices]
+    if not episode:
+        raise ValueError("an episode needs at least one article")
+    return episode, indices

@@ -127,10 +127,12 @@ class SealConfig:
         True, "seconds per phase in the infos of evaluate / evaluate_many (never in step infos)", group="Reward"
     )
     cache: bool = setting(
-        True, "reuse rewards from the persistent reward cache (seal_env.cache); off = always train", group="Reward"
+        True,
+        "reuse rewards from the persistent reward cache (seal_env.reward.cache); off = always train",
+        group="Reward",
     )
     cache_dir: str | None = setting(
-        None, 'reward cache folder; None = seal_env.models.cache_dir() / "rewards"', group="Reward"
+        None, 'reward cache folder; None = seal_env.env_vars.cache_dir() / "rewards"', group="Reward"
     )
     max_batch_adapters: int = setting(
         8, "inner loops (self-edits x eval_times) of one article trained and quizzed together", group="Reward"

@@ -2,7 +2,7 @@
 
 :class:`JudgeGrader` asks a chat model, once per (question, gold answer, prediction), whether the prediction gives
 the gold answer, and reads a yes/no verdict from the reply (:func:`parse_verdict`): 1.0 for yes, 0.0 for no. It is
-a :data:`seal_env.grading.Grader` (a callable ``(question, gold, prediction) -> score``) with a batch method,
+a :data:`seal_env.reward.grading.Grader` (a callable ``(question, gold, prediction) -> score``) with a batch method,
 :meth:`JudgeGrader.grade_many`, that sends up to ``concurrency`` requests at once from a thread pool.
 
 * Endpoint: ``POST <base_url>/chat/completions`` (OpenAI's API, vLLM, llama.cpp's ``llama-server``,

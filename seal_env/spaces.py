@@ -11,6 +11,8 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from seal_env.articles import MAX_CONTEXT_CHARS, MAX_TITLE_CHARS, Article
+
 from gymnasium import spaces
 
 SAMPLE_CHARSET = string.ascii_letters + string.digits + " .,;:!?'\"()-\n" + "éüñßøçàΩλжд中文"
@@ -27,3 +29,15 @@ class UnicodeText(spaces.Text):
 
     def __repr__(self) -> str:
         return f"UnicodeText({self.min_length}, {self.max_length})"
+
+
+def article_space() -> spaces.Dict:
+    """The observation space of every environment: an article's ``title`` and ``context`` (never its questions)."""
+    return spaces.Dict(
+        {"title": UnicodeText(max_length=MAX_TITLE_CHARS), "context": UnicodeText(max_length=MAX_CONTEXT_CHARS)}
+    )
+
+
+def observation(article: Article) -> dict[str, str]:
+    """An article as the environments show it: its title and passage, never the questions."""
+    return {"title": article.title, "context": article.context}

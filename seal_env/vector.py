@@ -23,10 +23,9 @@ from typing import Any
 from seal_env.articles import Article, select_articles
 from seal_env.config import SealConfig
 from seal_env.executors import Executor, RewardRequest, make_executor
-from seal_env.spaces import UnicodeText
+from seal_env.spaces import UnicodeText, article_space
 
 import numpy as np
-from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -64,9 +63,7 @@ class KnowledgeIncorporationVectorEnv(VectorEnv):
         self.cfg = SealConfig.from_kwargs(**settings)
         self.articles = select_articles(self.cfg)
         self.num_envs = num_envs
-        self.single_observation_space = spaces.Dict(
-            {"title": UnicodeText(max_length=1_000), "context": UnicodeText(max_length=1_000_000)}
-        )
+        self.single_observation_space = article_space()
         self.single_action_space = UnicodeText(max_length=self.cfg.max_action_chars)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)

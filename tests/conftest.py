@@ -87,7 +87,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 @pytest.fixture(scope="session")
 def tiny_env():
     """One tiny-random environment shared by the tests that do not change its settings."""
-    from seal_env.env import KnowledgeIncorporationEnv
+    from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 
     env = KnowledgeIncorporationEnv(render_mode="ansi", **TINY)
     yield env

@@ -8,7 +8,8 @@ import math
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
 from seal_env.articles import Article, Question
 from seal_env.config import SealConfig
-from seal_env.models import cache_dir, load_model
+from seal_env.env_vars import cache_dir
+from seal_env.models import load_model
 
 import mlx.core as mx
 import numpy as np

@@ -16,7 +16,8 @@ from mlx.utils import tree_flatten
 
 from agents import restem
 from agents.base import Experience
-from agents.config import build_parser, parse_args, preset_config
+from agents.command_line import build_parser, parse_args
+from agents.config import preset_config
 from agents.policies import PromptPolicy, make_policy
 from agents.run import load_splits, round_articles
 from agents.rundir import Run

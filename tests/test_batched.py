@@ -6,13 +6,13 @@ learning rate is high enough for the adapted random model to answer with words (
 the answers that batched and sequential quizzes compare are not all empty.
 """
 
-from seal_env.adapter_optim import AdapterOptimizer, schedule_lr
 from seal_env.articles import Article, Question
-from seal_env.batching import length_buckets
 from seal_env.config import SealConfig
-from seal_env.decode import greedy_generate
 from seal_env.executors import InProcessExecutor, RewardRequest, group_requests
-from seal_env.learner import Learner
+from seal_env.learner.adapter_optim import AdapterOptimizer, schedule_lr
+from seal_env.learner.batching import length_buckets
+from seal_env.learner.decode import greedy_generate
+from seal_env.learner.trainer import Learner
 from seal_env.models import load_model
 
 import gymnasium as gym

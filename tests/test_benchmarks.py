@@ -12,7 +12,7 @@ from benchmarks import inner_loop_speed
 
 
 def test_inner_loop_speed_reports_every_figure(tmp_path, monkeypatch):
-    from seal_env.pipeline import Baselines
+    from seal_env.reward.pipeline import Baselines
 
     baseline_quizzes = []  # (article, quizzes computed before the call, after it), per reward's baseline lookup
     get = Baselines.get
@@ -109,7 +109,7 @@ def test_torch_baseline_trains_and_quizzes_in_a_child_process():
     from seal_env.articles import load_articles
     from seal_env.config import SealConfig
     from seal_env.models import load_model, resolve_model_path
-    from seal_env.pipeline import prepare
+    from seal_env.reward.pipeline import prepare
 
     from benchmarks import torch_baseline
 

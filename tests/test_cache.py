@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from seal_env import pipeline
 from seal_env.articles import Article, Question
-from seal_env.cache import RewardCache, enabled, reward_key
 from seal_env.config import REWARD_KINDS
+from seal_env.reward import pipeline
+from seal_env.reward.cache import RewardCache, enabled, reward_key
 
 import gymnasium as gym
 import pytest

@@ -6,10 +6,10 @@ import json
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
 from seal_env.journal import read_records
-from seal_env.learner import Learner
+from seal_env.learner.trainer import Learner
 from seal_env.models import load_model
-from seal_env.pipeline import prepare
-from seal_env.reward import SCORES, quiz, summarize
+from seal_env.reward.pipeline import prepare
+from seal_env.reward.quiz import SCORES, quiz, summarize
 
 import gymnasium as gym
 import mlx.core as mx

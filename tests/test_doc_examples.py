@@ -1,11 +1,11 @@
 """Every ```python block of README.md and docs/*.md runs, as a script in a fresh Python process, on the tiny
 random model.
 
-Each block has an :class:`Example` here, keyed by the block's first line (unique across all the pages): a prelude that defines the block's free
-names (``policy``, ``article``, ``pairs``, ...), textual replacements that swap what cannot run offline or fast here
-(SmolLM2 -> ``"tiny-random"`` with short settings, a Hugging Face policy -> a tiny random local folder, Ray -> the
-in-process executor) and a check appended after the block. A block without an Example, an Example without its
-block, or a replacement whose text is no longer in its block fails the test.
+Each block has an :class:`Example` here, keyed by the block's first line (unique across all the pages): a prelude that
+defines the block's free names (``policy``, ``article``, ``pairs``, ...), textual replacements that swap what cannot
+run offline or fast here (SmolLM2 -> ``"tiny-random"`` with short settings, a Hugging Face policy -> a tiny random
+local folder, Ray -> the in-process executor) and a check appended after the block. A block without an Example, an
+Example without its block, or a replacement whose text is no longer in its block fails the test.
 """
 
 from __future__ import annotations

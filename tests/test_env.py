@@ -257,13 +257,14 @@ def test_reset_options_and_randomness_from_np_random(tiny_env):
 
 
 def test_answer_max_tokens_zero_skips_generation_with_the_same_loglik_reward(tiny_env, monkeypatch):
-    from seal_env.env import KnowledgeIncorporationEnv
+    from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 
     article = tiny_env.articles[0]
     edit = f"{article.title} is described here.\nIt matters."
     reward, info = tiny_env.evaluate(article, edit, seed=3)
     quick = KnowledgeIncorporationEnv(**{**TINY, "answer_max_tokens": 0})
-    monkeypatch.setattr("seal_env.learner.greedy_continue", lambda *a, **k: pytest.fail("no answer may be generated"))
+    no_answers = lambda *a, **k: pytest.fail("no answer may be generated")  # noqa: E731
+    monkeypatch.setattr("seal_env.learner.trainer.greedy_continue", no_answers)
     quick_reward, quick_info = quick.evaluate(article, edit, seed=3)
     assert quick_reward == pytest.approx(reward, abs=1e-5)
     assert quick_info["adapter_accuracy"] == quick_info["baseline_accuracy"] == 0.0

@@ -12,7 +12,7 @@ import time
 from seal_env.articles import select_articles
 from seal_env.cli import add_executor_args, executor_from_args
 from seal_env.config import SealConfig
-from seal_env.env import KnowledgeIncorporationEnv
+from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 from seal_env.executors import InProcessExecutor, RewardRequest, make_executor
 
 import numpy as np
@@ -122,7 +122,7 @@ def test_make_executor_and_cli_options():
 def test_agents_default_to_auto_and_print_what_it_picked(monkeypatch, capsys):
     import dataclasses
 
-    from seal_env import executors
+    from seal_env.executors import base
 
     from agents.config import TINY, TINY_ENV, RunConfig
     from agents.run import make_executor as agent_executor
@@ -137,7 +137,7 @@ def test_agents_default_to_auto_and_print_what_it_picked(monkeypatch, capsys):
     with pytest.raises(ValueError, match="executor must be one of"):
         dataclasses.replace(tiny, executor="subprocess").validate()
     dataclasses.replace(tiny, executor="pool", workers=2).validate()
-    monkeypatch.setattr(executors, "usable_cores", lambda: 1)  # auto: this process, no child to start
+    monkeypatch.setattr(base, "usable_cores", lambda: 1)  # auto: this process, no child to start
     ex = agent_executor(dataclasses.replace(tiny, executor="auto"))
     try:
         assert isinstance(ex, InProcessExecutor) and ex.setup.kind == "inprocess"

@@ -1,4 +1,4 @@
-"""The decoding fast path: compiled rotary embeddings (seal_env.kernels.use_fast_decoding) and one-row products
+"""The decoding fast path: compiled rotary embeddings (seal_env.models.kernels.use_fast_decoding) and one-row products
 through cblas_sgemv (seal_env._blas): same answers and samples as the stock path."""
 
 import ctypes
@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 from seal_env import _blas
-from seal_env.decode import greedy_generate, prefill
-from seal_env.kernels import FastAttention, _rope_pair, use_fast_decoding, use_fast_kernels
+from seal_env.learner.decode import greedy_generate, prefill
 from seal_env.models import load_model
+from seal_env.models.kernels import FastAttention, _rope_pair, use_fast_decoding, use_fast_kernels
 
 import mlx.core as mx
 import mlx.nn as nn

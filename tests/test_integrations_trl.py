@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
 
-from seal_env.env import KnowledgeIncorporationEnv  # noqa: E402
+from seal_env.envs.knowledge import KnowledgeIncorporationEnv  # noqa: E402
 from seal_env.integrations.common import article_from_columns  # noqa: E402
 from seal_env.integrations.trl import SealReward, seal_dataset  # noqa: E402
 from seal_env.models import resolve_model_path  # noqa: E402

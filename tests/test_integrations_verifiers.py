@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("verifiers")
 
 from seal_env.articles import load_articles  # noqa: E402
-from seal_env.env import KnowledgeIncorporationEnv  # noqa: E402
+from seal_env.envs.knowledge import KnowledgeIncorporationEnv  # noqa: E402
 from seal_env.integrations.common import article_columns, prompt_text  # noqa: E402
 from seal_env.integrations.verifiers import close_reward_sources, load_environment, reward_source  # noqa: E402
 from seal_env.seeding import derive_seed  # noqa: E402

@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import seal_env  # noqa: F401  (registers the env ids, loads OpenBLAS before mlx)
-from seal_env import cache as reward_cache
 from seal_env.articles import Article, Question
 from seal_env.config import SealConfig
 from seal_env.judge import JUDGMENTS_FILE, PROMPT_VERSION, JudgeError, JudgeGrader, JudgmentCache, parse_verdict
+from seal_env.reward import cache as reward_cache
 
 import gymnasium as gym
 import pytest
@@ -315,7 +315,7 @@ def test_settings_are_checked_without_repeating_secrets():
 
 
 def test_the_command_lines_take_the_judge_settings():
-    from agents.config import build_parser, parse_args
+    from agents.command_line import build_parser, parse_args
     from agents.restem import PRESETS, ReSTEMConfig
     from benchmarks import compare_policies
 

@@ -13,14 +13,21 @@ PACKAGES = ("seal_env", "agents", "benchmarks")
 #: ``seal_env`` itself (the package's face: registration and re-exports) and ``seal_env.__main__``-style entry
 #: points sit above all of them.
 SEAL_ENV_LAYERS: tuple[tuple[str, ...], ...] = (
-    ("seal_env._blas", "seal_env.environ", "seal_env.seeding", "seal_env.stats", "seal_env.journal"),
+    (
+        "seal_env._blas",
+        "seal_env._version",
+        "seal_env.env_vars",
+        "seal_env.seeding",
+        "seal_env.stats",
+        "seal_env.journal",
+    ),
     ("seal_env.config", "seal_env.judge", "seal_env.articles", "seal_env.prompts", "seal_env.spaces"),
     ("seal_env.models",),
     ("seal_env.learner",),
     ("seal_env.reward",),
     ("seal_env.envs",),
     ("seal_env.executors",),
-    ("seal_env.integrations", "seal_env.serve", "seal_env.cli"),
+    ("seal_env.vector", "seal_env.integrations", "seal_env.serve", "seal_env.cli"),
 )
 #: The packages, lowest first.
 PACKAGE_LAYERS = ("seal_env", "agents", "benchmarks")

@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 
-from seal_env.batching import loss_positions, make_batch, stack_extras
 from seal_env.config import SealConfig
-from seal_env.kernels import fast_exp
-from seal_env.learner import Learner
+from seal_env.learner.batching import loss_positions, make_batch, stack_extras
+from seal_env.learner.trainer import Learner
 from seal_env.models import load_model
+from seal_env.models.kernels import fast_exp
 
 import mlx.core as mx
 import numpy as np
@@ -178,7 +178,7 @@ def test_compiled_traces_are_bounded(learner, monkeypatch):
 
 MALLINFO_PROBE = """
 import ctypes
-from seal_env.memory import keep_freed_memory
+from seal_env.learner.memory import keep_freed_memory
 fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in fields]

@@ -4,7 +4,7 @@ and leaves its frozen weights as they were."""
 
 import math
 
-from seal_env.lora import MultiLoRALinear
+from seal_env.learner.lora import MultiLoRALinear
 
 import gymnasium as gym
 import mlx.core as mx

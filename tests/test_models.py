@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
-from seal_env import environ, gguf, models, tiny_model
+from seal_env import env_vars, models
+from seal_env.models import build, gguf
+from seal_env.models import tiny as tiny_model
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
@@ -42,10 +44,10 @@ def test_cache_dir_honors_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     import platformdirs
 
     monkeypatch.setenv("SEAL_ENV_CACHE", str(tmp_path / "c"))
-    assert environ.cache_dir() == tmp_path / "c"
+    assert env_vars.cache_dir() == tmp_path / "c"
     assert (tmp_path / "c").is_dir()
     monkeypatch.delenv("SEAL_ENV_CACHE")
-    assert environ.cache_dir() == Path(platformdirs.user_cache_dir("seal-env"))
+    assert env_vars.cache_dir() == Path(platformdirs.user_cache_dir("seal-env"))
 
 
 def test_tiny_random_loads_by_spec(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,7 +63,7 @@ def test_tiny_random_loads_by_spec(tiny_dir: Path, monkeypatch: pytest.MonkeyPat
     assert len(model.layers) == 2
     params = tree_flatten(model.parameters())
     assert params and all(v.dtype == mx.float32 for _, v in params)
-    assert json.loads((tiny_dir / models.MARKER).read_text())["recipe"] == models.RECIPE
+    assert json.loads((tiny_dir / build.MARKER).read_text())["recipe"] == build.RECIPE
     assert tokenizer.vocab_size == 49152
 
 
@@ -108,10 +110,10 @@ def test_tokenizer_chat_template(tiny) -> None:
 
 def test_perplexity_of_random_model(tiny) -> None:
     model, tokenizer = tiny
-    ppl = models.perplexity(model, tokenizer, "The quick brown fox jumps over the lazy dog.")
+    ppl = build.perplexity(model, tokenizer, "The quick brown fox jumps over the lazy dog.")
     assert 1000 < ppl < 200_000  # near-uniform over a 49k vocabulary
     with pytest.raises(ValueError):
-        models.perplexity(model, tokenizer, "a")
+        build.perplexity(model, tokenizer, "a")
 
 
 def test_quantize(tiny_dir: Path) -> None:
@@ -160,7 +162,7 @@ def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        models.build_once("broken", build)
+        build.build_once("broken", build)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
 
 
@@ -170,11 +172,11 @@ def test_smollm2_converts_and_reads_english() -> None:
     from mlx_lm import generate
 
     folder = gguf.smollm2_path()
-    assert json.loads((folder / models.MARKER).read_text())["recipe"] == models.RECIPE
+    assert json.loads((folder / build.MARKER).read_text())["recipe"] == build.RECIPE
     model, tokenizer = models.load_model("smollm2-135m")
     assert len(model.layers) == 30
     assert all(v.dtype == mx.float32 for _, v in tree_flatten(model.parameters()))
-    ppl = models.perplexity(model, tokenizer, gguf.CHECK_TEXT)
+    ppl = build.perplexity(model, tokenizer, gguf.CHECK_TEXT)
     assert 10 < ppl < 25, ppl  # ~18.7; llama.cpp's q/k rope permutation left in place gives ~76
     assert tokenizer.encode("Hello world") == HELLO_WORLD_IDS
     prompt = tokenizer.apply_chat_template(

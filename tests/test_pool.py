@@ -4,20 +4,20 @@ base weights, errors) and the ``auto`` executor (what it picks for given cores a
 import logging
 import os
 
-from seal_env import executors
 from seal_env.articles import select_articles
 from seal_env.config import SealConfig
-from seal_env.env import KnowledgeIncorporationEnv
+from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 from seal_env.executors import (
     DEFAULT_WORKER_MEMORY,
     InProcessExecutor,
     RewardRequest,
     auto_setup,
     available_memory,
+    base,
     make_executor,
     usable_cores,
 )
-from seal_env.pool import PoolExecutor
+from seal_env.executors.pool import PoolExecutor
 
 import pytest
 
@@ -189,7 +189,7 @@ def test_auto_setup_reads_this_machine(monkeypatch):
     assert memory is None or memory > 0
     setup = auto_setup()
     assert setup.cores == usable_cores() and (setup.memory_bytes is None) == (memory is None)
-    monkeypatch.setattr(executors, "available_memory", lambda: None)  # unknown memory: as if enough for every core
+    monkeypatch.setattr(base, "available_memory", lambda: None)  # unknown memory: as if enough for every core
     unknown = auto_setup(cores=3)
     assert (unknown.kind, unknown.workers, unknown.threads) == ("pool", 3, 1)
     assert "(3 cores, memory unknown, 3.0 GiB per worker)" in unknown.describe()
@@ -197,7 +197,7 @@ def test_auto_setup_reads_this_machine(monkeypatch):
 
 def test_make_executor_auto_builds_what_auto_setup_picks_and_logs_it(monkeypatch, caplog):
     cores = min(2, usable_cores())  # at most 2 children, on any machine
-    monkeypatch.setattr(executors, "usable_cores", lambda: cores)
+    monkeypatch.setattr(base, "usable_cores", lambda: cores)
     expected = auto_setup()
     caplog.set_level(logging.INFO, logger="seal_env")
     ex = make_executor("auto", SETTINGS)
@@ -220,7 +220,7 @@ def test_make_executor_auto_builds_what_auto_setup_picks_and_logs_it(monkeypatch
 
 
 def test_make_executor_auto_with_one_core_runs_in_a_child_when_asked(monkeypatch, reference):
-    monkeypatch.setattr(executors, "usable_cores", lambda: 1)
+    monkeypatch.setattr(base, "usable_cores", lambda: 1)
     ex = make_executor("auto", SETTINGS, in_process=False)
     with ex:
         assert isinstance(ex, PoolExecutor) and (ex.workers, ex.threads) == (1, 1)
@@ -234,11 +234,11 @@ def test_make_executor_auto_with_one_core_runs_in_a_child_when_asked(monkeypatch
 
 
 def test_an_explicit_kind_is_honoured_and_auto_takes_no_options(monkeypatch):
-    monkeypatch.setattr(executors, "usable_cores", lambda: 1)
+    monkeypatch.setattr(base, "usable_cores", lambda: 1)
     inproc = make_executor("auto", SETTINGS)
     assert isinstance(inproc, InProcessExecutor) and inproc.setup.kind == "inprocess"
     inproc.close()
-    monkeypatch.setattr(executors, "usable_cores", lambda: 8)
+    monkeypatch.setattr(base, "usable_cores", lambda: 8)
     explicit = make_executor("inprocess", SETTINGS)  # not a pool, whatever the machine
     assert isinstance(explicit, InProcessExecutor) and explicit.setup is None
     explicit.close()

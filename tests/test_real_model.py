@@ -1,6 +1,6 @@
 """SmolLM2-135M, few steps: the reward must prefer a self-edit that states the answers over unrelated text."""
 
-from seal_env.env import KnowledgeIncorporationEnv
+from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 
 import pytest
 

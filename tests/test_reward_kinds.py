@@ -4,7 +4,7 @@ import math
 
 from seal_env.articles import Article, Question
 from seal_env.config import LOGLIK_KINDS, SealConfig
-from seal_env.reward import quiz, summarize
+from seal_env.reward.quiz import quiz, summarize
 
 import gymnasium as gym
 import pytest
@@ -123,7 +123,7 @@ def test_answer_rewards_follow_the_answers_when_they_change(kind):
     """Trained hard on a self-edit that states one answer verbatim, the adapted model's answers differ from the
     baseline's; the accuracy and F1 gains are the per-question grades of the info's answers, averaged, adapted
     minus baseline, and the reward is the gain of its kind."""
-    from seal_env.grading import f1_score, lenient_match
+    from seal_env.reward.grading import f1_score, lenient_match
 
     env = gym.make("seal/KnowledgeIncorporation-v0", **{**TINY, **MEMORISE, "reward": kind}).unwrapped
     reward, info = env.evaluate(NAMED, "Ada Varn\nAda Varn\nAda Varn", seed=0)

@@ -23,8 +23,8 @@ import pytest
 
 pytest.importorskip("openenv")
 
-from seal_env.cache import RewardCache  # noqa: E402
-from seal_env.pipeline import split_timings  # noqa: E402
+from seal_env.reward.cache import RewardCache  # noqa: E402
+from seal_env.reward.pipeline import split_timings  # noqa: E402
 from seal_env.serve.client import SealEnvClient, ServedExecutor, ServerProcess  # noqa: E402
 
 import httpx  # noqa: E402
@@ -182,8 +182,8 @@ def test_the_environment_settings_are_the_flags_of_the_agents_command_line():
     from seal_env.config import SealConfig
     from seal_env.serve.cli import build_parser, parse_args
 
+    from agents.command_line import build_parser as agents_parser
     from agents.config import ENV_CLI_SKIP, RunConfig
-    from agents.config import build_parser as agents_parser
 
     def env_flags(parser) -> dict[str, tuple]:
         names = {"--" + n.replace("_", "-") for n in SealConfig.__dataclass_fields__}

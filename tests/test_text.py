@@ -1,8 +1,8 @@
 """Pure-text parts: grading, prompts, self-edit -> training sequences, action sanitising."""
 
-from seal_env.grading import exact_match, f1_score, grade, lenient_match, normalize_answer
 from seal_env.prompts import SELF_EDIT_TEMPLATES, answer_prompt, resolve_template, self_edit_prompt
-from seal_env.sequences import build_sequences, sanitize_action, split_self_edit
+from seal_env.reward.grading import exact_match, f1_score, grade, lenient_match, normalize_answer
+from seal_env.reward.sequences import build_sequences, sanitize_action, split_self_edit
 
 import pytest
 

@@ -3,8 +3,8 @@
 import dataclasses
 import math
 
-from seal_env.env import KnowledgeIncorporationEnv
-from seal_env.lora import MultiLoRALinear
+from seal_env.envs.knowledge import KnowledgeIncorporationEnv
+from seal_env.learner.lora import MultiLoRALinear
 
 import pytest
 

@@ -19,10 +19,10 @@ and its accuracy / log-likelihood gains to TRL's completions table (``log_extra`
 (``log_metric``), and keeps everything in ``history``.
 
 Processes: by default (``executor="auto"``) rewards are computed in worker processes, one single-thread worker per
-core that memory allows (:class:`seal_env.pool.PoolExecutor`), and in one child process with all cores' threads when
-only one fits (never in the trainer's process: mlx and its model stay out of it). ``executor="subprocess"`` is one
-child process (:class:`seal_env.worker.SubprocessExecutor`), ``"pool"`` ``workers`` of them, ``"ray"`` ``workers``
-Ray actors; ``"inprocess"`` keeps them in this process.
+core that memory allows (:class:`seal_env.executors.pool.PoolExecutor`), and in one child process with all cores'
+threads when only one fits (never in the trainer's process: mlx and its model stay out of it).
+``executor="subprocess"`` is one child process (:class:`seal_env.executors.child_process.SubprocessExecutor`),
+``"pool"`` ``workers`` of them, ``"ray"`` ``workers`` Ray actors; ``"inprocess"`` keeps them in this process.
 """
 
 from __future__ import annotations

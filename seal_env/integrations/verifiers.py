@@ -30,7 +30,7 @@ eval_times`` per call), as TRL's reward function does with a step's completions.
 Processes: verifiers' event loop never waits for an inner loop: rewards are computed in one worker thread per
 settings (the batcher's), through a :class:`~seal_env.integrations.common.RewardSource` (started on first use,
 closed at exit or by :func:`close_reward_sources`). With the default ``executor="subprocess"`` the environment
-(mlx and its model) lives in a child process (:mod:`seal_env.worker`); ``"ray"`` uses one Ray actor,
+(mlx and its model) lives in a child process (:mod:`seal_env.executors.child_process`); ``"ray"`` uses one Ray actor,
 ``"inprocess"`` this process. The inner-loop seed of a rollout is ``derive_seed(seed, 0, article_id, 0)``: every
 rollout of an article trains with the same seed, so a group's rewards differ by their self-edits only and a
 re-scored trace gets its reward again. It is in ``RewardSource.history`` and ``info["seed"]``.

@@ -3,8 +3,8 @@
 A GRPO group is K rollouts of one prompt; their rewards are requested by K callers (server sessions, verifiers
 rollouts) at about the same time. :class:`RequestBatcher` gathers the requests of one article that arrive within
 ``window_s`` seconds of the first (at most ``cap`` of them) and hands them to an executor's ``evaluate`` together,
-so that they are trained and quizzed in one ``evaluate_many`` pass (seal_env.pipeline). Requests that arrive while a
-batch computes wait for it to finish and then go together too. Each caller gets its own reward, the same as an
+so that they are trained and quizzed in one ``evaluate_many`` pass (seal_env.reward.pipeline). Requests that arrive
+while a batch computes wait for it to finish and then go together too. Each caller gets its own reward, the same as an
 ``evaluate`` call of its own would give (up to float rounding: the batch shape changes how matrix products round).
 
 The batcher is thread-safe: :meth:`RequestBatcher.submit` may be called from any thread and returns a

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import ipaddress
 import logging
 import os
 import signal
 import sys
 import threading
-import typing
 from pathlib import Path
 from typing import Any
 
-from seal_env.config import SealConfig, field_type, parse_setting
+from seal_env.config import SealConfig
 from seal_env.serve import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_SESSIONS,
@@ -30,40 +28,6 @@ log = logging.getLogger("seal_env")
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def _setting_value(name: str, text: str) -> Any:
-    try:
-        return parse_setting(name, text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def add_setting_args(parser: argparse.ArgumentParser, defaults: SealConfig, prefix: str = "environment: ") -> None:
-    """Every :class:`~seal_env.config.SealConfig` field as a flag, as the agents' command line has them: grouped and
-    explained by the fields' metadata, ``--name-with-dashes VALUE`` read by :func:`seal_env.config.parse_setting`,
-    ``--flag`` / ``--no-flag`` for booleans, several values for a list, ``--data`` for ``--dataset``. A flag not
-    given is absent from the parsed namespace."""
-    hints = typing.get_type_hints(SealConfig)
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(SealConfig):
-        title = prefix + (f.metadata.get("group") or "SealConfig")
-        group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
-        flags = ["--" + f.name.replace("_", "-")] + (["--data"] if f.name == "dataset" else [])
-        default = getattr(defaults, f.name)
-        shown = " ".join(map(str, default)) if isinstance(default, list) else default
-        doc = f.metadata.get("help", "")
-        text = (doc if "default" in doc else f"{doc} (default: {shown})").replace("%", "%%")
-        kind, _ = field_type(hints[f.name])
-        if kind is bool:
-            group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
-        else:
-            many = typing.get_origin(kind) is list
-            convert = typing.get_args(kind)[0] if many else functools.partial(_setting_value, f.name)
-            extra: dict[str, Any] = {"nargs": "+"} if many else {}
-            group.add_argument(
-                *flags, type=convert, default=argparse.SUPPRESS, help=text, metavar=f.name.upper(), **extra
-            )
-
-
 def _positive(kind: type, what: str) -> Any:
     def parse(text: str) -> Any:
         try:
@@ -78,7 +42,7 @@ def _positive(kind: type, what: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from seal_env.cli import add_executor_args
+    from seal_env.cli import add_dataclass_args, add_executor_args
 
     parser = argparse.ArgumentParser(
         prog="python -m seal_env.serve",
@@ -131,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", choices=("debug", "info", "warning", "error"), default="info", help="(default: info)"
     )
     add_executor_args(parser)
-    add_setting_args(parser, SealConfig())
+    add_dataclass_args(parser, SealConfig, SealConfig(), prefix="environment: ")
     return parser
 
 

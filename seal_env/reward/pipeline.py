@@ -2,11 +2,11 @@
 
 :class:`RewardPipeline` is what both environments and every executor compute rewards with:
 
-1. :func:`prepare` cleans a self-edit and turns it into training sequences (seal_env.sequences);
+1. :func:`prepare` cleans a self-edit and turns it into training sequences (seal_env.reward.sequences);
 2. :class:`Baselines` quizzes the un-adapted model once per article;
 3. :meth:`RewardPipeline.evaluate_many` trains one adapter slot per (self-edit, repeat) -- up to
-   ``max_batch_adapters`` of them in one batched pass (seal_env.learner) -- quizzes all of them in one batch, and
-   builds each request's reward and info (:func:`reward_info`), looking each request up in the reward cache first.
+   ``max_batch_adapters`` of them in one batched pass (seal_env.learner.trainer) -- quizzes all of them in one batch,
+   and builds each request's reward and info (:func:`reward_info`), looking each request up in the reward cache first.
 
 A reward depends only on (article, self-edit, seed) and the settings: evaluated alone or together with other
 self-edits, it is the same up to float rounding (the batch shapes change how the matrix products round).
@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from seal_env import cache as reward_cache
 from seal_env.articles import Article
-from seal_env.batching import TrainRow
 from seal_env.config import REWARD_KINDS, SealConfig
-from seal_env.grading import Grader
 from seal_env.judge import JUDGE_SETTINGS, JUDGMENTS_FILE, JudgeGrader
-from seal_env.learner import Learner
-from seal_env.reward import gain, mean_std, quiz, summarize
-from seal_env.sequences import build_sequences, sanitize_action, tokenize_sequences
+from seal_env.learner.batching import TrainRow
+from seal_env.learner.trainer import Learner
+from seal_env.reward import cache as reward_cache
+from seal_env.reward.grading import Grader
+from seal_env.reward.quiz import gain, mean_std, quiz, summarize
+from seal_env.reward.sequences import build_sequences, sanitize_action, tokenize_sequences
 
 PHASES = ("reset", "train", "eval")
 #: Info keys that describe how a reward was computed (wall-clock seconds, cache hit, batch size), not the reward.
@@ -127,7 +127,7 @@ class Baselines:
 
 
 def config_grader(cfg: SealConfig) -> Grader | None:
-    """The grader that settings ``cfg`` choose: None for ``grader="lenient"`` (seal_env.grading.lenient_match),
+    """The grader that settings ``cfg`` choose: None for ``grader="lenient"`` (seal_env.reward.grading.lenient_match),
     a :class:`seal_env.judge.JudgeGrader` for ``"judge"``, its judgments kept in the reward cache folder
     (``judgments.jsonl``) unless the reward cache is off (``cache=False`` or ``SEAL_ENV_REWARD_CACHE=off``)."""
     if cfg.grader != "judge":

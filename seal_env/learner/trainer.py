@@ -1,6 +1,6 @@
 """The SEAL inner loop's learner: one frozen model with ``n`` LoRA adapters, trained and quizzed together.
 
-:class:`Learner` wraps the model once with :class:`seal_env.lora.MultiLoRALinear`. Each pass calls
+:class:`Learner` wraps the model once with :class:`seal_env.learner.lora.MultiLoRALinear`. Each pass calls
 :meth:`Learner.reset` with one seed per adapter slot (fresh LoRA weights, base weights untouched), then
 :meth:`Learner.train` (every slot on its own data, in one batched step loop) and the two quiz methods (greedy
 answers, gold answers' log-likelihood), which return one result per slot. With no slots (``reset([])``) the model
@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
-from seal_env.adapter_optim import AdapterOptimizer
-from seal_env.batching import (
+from seal_env.config import SealConfig
+from seal_env.learner.adapter_optim import AdapterOptimizer
+from seal_env.learner.batching import (
     ExtrasRow,
     Loss,
     TrainRow,
@@ -35,12 +36,11 @@ from seal_env.batching import (
     slot_loss,
     stack_extras,
 )
-from seal_env.cache import model_fingerprint
-from seal_env.config import SealConfig
-from seal_env.decode import greedy_continue, prefill, score, select_rows
-from seal_env.kernels import use_fast_kernels
-from seal_env.lora import MultiLoRALinear, add_multi_lora, init_adapters, resolve_lora_keys
-from seal_env.memory import keep_freed_memory, release_memory
+from seal_env.learner.decode import greedy_continue, prefill, score, select_rows
+from seal_env.learner.lora import MultiLoRALinear, add_multi_lora, init_adapters, resolve_lora_keys
+from seal_env.learner.memory import keep_freed_memory, release_memory
+from seal_env.models import model_fingerprint
+from seal_env.models.kernels import use_fast_kernels
 from seal_env.prompts import uses_chat
 
 import mlx.core as mx

@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from seal_env.kernels import cross_entropy, position_logits
+from seal_env.models.kernels import cross_entropy, position_logits
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -76,7 +76,7 @@ def make_loss(head_on_positions: bool = True, fast: bool = True) -> Callable[...
     Next-token cross-entropy at flat ``positions`` (of rows * width) with 0/1 ``weights``; ``groups`` (one-hot,
     groups x positions) says which adapter slot each position belongs to. ``total`` is the sum of the groups' mean
     losses. ``head_on_positions`` applies the output projection only at the positions; ``fast`` computes the
-    log-sum-exp with :func:`seal_env.kernels.fast_exp`. Both off = the plain mlx-lm path.
+    log-sum-exp with :func:`seal_env.models.kernels.fast_exp`. Both off = the plain mlx-lm path.
     """
 
     def loss(

@@ -1,10 +1,10 @@
 """A pool of reward worker processes on this machine: :class:`PoolExecutor`.
 
-Each worker is a :class:`~seal_env.worker.SubprocessExecutor` (a child process holding one environment, i.e. one
-model copy, with its own math-library thread count). Groups of an article's requests go to whichever worker is
-free, so ``workers`` processes evaluate ``workers`` groups at once. Without Ray: the children are plain
-``python -m seal_env.worker`` processes, and each one's failures (death, hang, retries) are handled by its
-SubprocessExecutor.
+Each worker is a :class:`~seal_env.executors.child_process.SubprocessExecutor` (a child process holding one
+environment, i.e. one model copy, with its own math-library thread count). Groups of an article's requests go to
+whichever worker is free, so ``workers`` processes evaluate ``workers`` groups at once. Without Ray: the children are
+plain ``python -m seal_env.executors.child_process`` processes, and each one's failures (death, hang, retries) are
+handled by its SubprocessExecutor.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, TypeVar
 
-from seal_env.executors import (
+from seal_env.executors.base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_REQUEST_TIMEOUT,
     AutoSetup,
@@ -32,7 +32,7 @@ from seal_env.executors import (
     usable_cores,
     weights_to_numpy,
 )
-from seal_env.worker import SubprocessExecutor
+from seal_env.executors.child_process import SubprocessExecutor
 
 T = TypeVar("T")
 
@@ -71,8 +71,8 @@ class PoolExecutor:
             loaded (if one fails to start, the others are closed and its error raised).
         threads: math-library threads of each child (``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``). Default:
             the cores this process may use divided among the workers (at least 1).
-        request_timeout, max_retries: as for :class:`~seal_env.worker.SubprocessExecutor`, per worker: a child
-            that dies or gives no answer within ``request_timeout`` (one group, a model load, a
+        request_timeout, max_retries: as for :class:`~seal_env.executors.child_process.SubprocessExecutor`, per worker:
+            a child that dies or gives no answer within ``request_timeout`` (one group, a model load, a
             ``set_base_weights`` call) is replaced and its unfinished requests of the group sent again.
 
     :meth:`evaluate` groups the requests by article as :class:`~seal_env.executors.InProcessExecutor` does

@@ -28,10 +28,11 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+from seal_env._version import __version__
 from seal_env.config import REWARD_KINDS
-from seal_env.environ import OFF, ON, cache_dir, switch
+from seal_env.env_vars import OFF, ON, cache_dir, switch
 
 #: Bump when the reward computation changes in a way the key does not capture: old entries are then ignored.
 CACHE_VERSION = 1
@@ -55,34 +56,13 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=True, separators=(",", ":"), allow_nan=True)
 
 
-def model_fingerprint(model: Any, tokenizer: Any) -> str:
-    """SHA-256 (hex) of a model's base weights (names, shapes, dtypes, bytes; LoRA weights left out) and its
-    tokenizer's vocabulary: the model's identity in :func:`reward_key`."""
-    import numpy as np
-    from mlx.utils import tree_flatten
-
-    h = hashlib.sha256()
-    params = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
-    for name, value in sorted(params, key=lambda item: item[0]):
-        if "lora_" in name:
-            continue
-        array = np.ascontiguousarray(np.array(value, copy=False))
-        h.update(f"{name}:{array.dtype}:{array.shape};".encode())
-        h.update(array.data.cast("B"))
-    vocab = getattr(tokenizer, "vocab", None) or {}
-    h.update(json.dumps(sorted(vocab.items()) if isinstance(vocab, dict) else [], ensure_ascii=True).encode())
-    return h.hexdigest()
-
-
 def reward_key(model_fingerprint: str, article: Any, self_edit: str, settings: dict[str, Any], seed: int) -> str:
     """SHA-256 (hex) of everything that decides a reward. ``article`` is an Article (title, context, questions)."""
-    import seal_env
-
     import mlx.core as mx
 
     payload = {
         "cache_version": CACHE_VERSION,
-        "seal_env": seal_env.__version__,
+        "seal_env": __version__,
         "mlx": mx.__version__,  # type: ignore[attr-defined]  # mlx.core has it; its stubs omit it
         "model": model_fingerprint,
         "article": article.to_dict(),
@@ -93,7 +73,7 @@ def reward_key(model_fingerprint: str, article: Any, self_edit: str, settings: d
     return hashlib.sha256(_canonical(payload).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-#: Info fields that every computed result has (seal_env.pipeline.reward_info) and a cache entry must carry: the
+#: Info fields that every computed result has (seal_env.reward.pipeline.reward_info) and a cache entry must carry: the
 #: reward itself, whether the inner loop diverged, and the gain of every reward kind.
 REQUIRED_INFO_KEYS = ("reward", "diverged", *(f"{kind}_gain" for kind in REWARD_KINDS))
 

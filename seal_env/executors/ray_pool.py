@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from seal_env.articles import Article
-from seal_env.executors import (
+from seal_env.executors.base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_REQUEST_TIMEOUT,
     THREAD_ENV_VARS,
@@ -30,7 +30,7 @@ from seal_env.executors import (
 
 
 class RewardWorker:
-    """One Ray actor's state: a :class:`~seal_env.env.KnowledgeIncorporationEnv` (its own model copy).
+    """One Ray actor's state: a :class:`~seal_env.envs.knowledge.KnowledgeIncorporationEnv` (its own model copy).
 
     Plain class; :class:`RayExecutor` wraps it with ``ray.remote``. Usable directly (in-process) for debugging.
     """
@@ -41,8 +41,7 @@ class RewardWorker:
         if threads is not None:  # before OpenBLAS/mlx load in this process (a fresh Ray worker has neither)
             for name in THREAD_ENV_VARS:
                 os.environ[name] = str(threads)
-        import seal_env  # noqa: F401  (OpenBLAS before mlx, in this worker process)
-        from seal_env.env import KnowledgeIncorporationEnv
+        from seal_env.envs.knowledge import KnowledgeIncorporationEnv
 
         if threads is not None:
             blas_threads(threads)  # and in case OpenBLAS was already loaded

@@ -1,7 +1,7 @@
 """Grading answers against gold answers: lenient match, SQuAD exact match and F1.
 
 The graders here are pure functions of strings. The gold answer's log-likelihood, the third per-question
-score, needs the model and lives in :mod:`seal_env.learner`.
+score, needs the model and lives in :mod:`seal_env.learner.trainer`.
 """
 
 from __future__ import annotations

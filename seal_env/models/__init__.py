@@ -13,17 +13,13 @@ Specs accepted by :func:`load_model` / :func:`resolve_model_path`:
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
-from seal_env.environ import cache_dir, switch
+from seal_env.env_vars import switch
 
 if TYPE_CHECKING:
     import mlx.nn as nn
@@ -31,9 +27,6 @@ if TYPE_CHECKING:
 
 DEFAULT_SPEC = "smollm2-135m"
 OFFLINE_SPECS = ("smollm2-135m", "tiny-random", "tiny-random-qwen2")
-# Bump when the conversion (weights, config or tokenizer files) changes: cached folders with another recipe are rebuilt.
-RECIPE = 1
-MARKER = "seal_env_recipe.json"
 # ---------------------------------------------------------------------------------------------------------- loading
 
 
@@ -70,12 +63,12 @@ def load_model(
     Floating-point weights are cast to :func:`compute_dtype` (``dtype="auto"``: float32 on CPU, the checkpoint's half
     dtype on Metal / CUDA). ``quantize=4`` or ``8`` then quantizes the backbone with ``mlx.nn.quantize`` (group size
     64), the QLoRA starting point on GPUs; quantized matmuls are very slow on CPU. Llama-family models decode through
-    :func:`seal_env.kernels.use_fast_decoding` (same results, fewer ops per step).
+    :func:`seal_env.models.kernels.use_fast_decoding` (same results, fewer ops per step).
     """
     if quantize not in (None, 4, 8):
         raise ValueError(f"quantize must be None, 4 or 8, not {quantize!r}")
     folder = resolve_model_path(spec)
-    from seal_env.kernels import use_fast_decoding
+    from seal_env.models.kernels import use_fast_decoding
 
     import mlx.core as mx
     import mlx.nn as nn
@@ -101,11 +94,11 @@ def resolve_model_path(spec: str) -> Path:
     """The mlx-lm folder that ``spec`` refers to, converting (smollm2), creating (the tiny random ones) or downloading
     it."""
     if spec == "smollm2-135m":
-        from seal_env.gguf import smollm2_path
+        from seal_env.models.gguf import smollm2_path
 
         return smollm2_path()
     if spec in ("tiny-random", "tiny-random-qwen2"):
-        from seal_env.tiny_model import tiny_random_path
+        from seal_env.models.tiny import tiny_random_path
 
         return tiny_random_path(arch="llama" if spec == "tiny-random" else "qwen2")
     path = Path(spec).expanduser()
@@ -147,53 +140,20 @@ def _offline_error(repo: str, why: str) -> RuntimeError:
     )
 
 
-def perplexity(model: nn.Module, tokenizer: TokenizerWrapper, text: str) -> float:
-    """Perplexity of ``text`` under ``model`` (no BOS added; every token after the first is predicted)."""
-    import mlx.core as mx
-    import mlx.nn as nn
+def model_fingerprint(model: Any, tokenizer: Any) -> str:
+    """SHA-256 (hex) of a model's base weights (names, shapes, dtypes, bytes; LoRA weights left out) and its
+    tokenizer's vocabulary: the model's identity in :func:`reward_key`."""
+    import numpy as np
+    from mlx.utils import tree_flatten
 
-    ids = tokenizer.encode(text)
-    if len(ids) < 2:
-        raise ValueError("perplexity needs a text of at least 2 tokens")
-    tokens = mx.array(ids)[None]
-    logits = model(tokens[:, :-1]).astype(mx.float32)
-    loss = nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="mean")
-    return float(math.exp(cast(float, loss.item())))
-
-
-# ------------------------------------------------------------------------------------------------ building folders
-
-
-def is_current(folder: Path) -> bool:
-    try:
-        return json.loads((folder / MARKER).read_text())["recipe"] == RECIPE
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def build_once(name: str, build: Any) -> Path:
-    """Return ``cache_dir()/name``, building it with ``build(tmp_folder)`` under a file lock if missing or stale.
-
-    The folder is built in a temp dir inside the cache and renamed into place, so readers never see a partial one.
-    """
-    from filelock import FileLock
-
-    root = cache_dir()
-    final = root / name
-    if is_current(final):
-        return final
-    with FileLock(str(root / f".{name}.lock")):
-        if is_current(final):  # another process built it while we waited
-            return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        try:
-            tmp.chmod(0o755)  # mkdtemp makes it owner-only
-            info = build(tmp) or {}
-            (tmp / MARKER).write_text(json.dumps({"recipe": RECIPE, **info}, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
+    h = hashlib.sha256()
+    params = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
+    for name, value in sorted(params, key=lambda item: item[0]):
+        if "lora_" in name:
+            continue
+        array = np.ascontiguousarray(np.array(value, copy=False))
+        h.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        h.update(array.data.cast("B"))
+    vocab = getattr(tokenizer, "vocab", None) or {}
+    h.update(json.dumps(sorted(vocab.items()) if isinstance(vocab, dict) else [], ensure_ascii=True).encode())
+    return h.hexdigest()

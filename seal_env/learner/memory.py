@@ -6,7 +6,7 @@ import ctypes
 import sys
 from typing import Any
 
-from seal_env.environ import switch
+from seal_env.env_vars import switch
 
 import mlx.core as mx
 

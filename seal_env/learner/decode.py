@@ -1,9 +1,9 @@
 """Batched inference that keeps every row in place, so that row ``i`` always goes through the same adapter.
 
 mlx-lm's ``batch_generate`` drops finished rows from the batch as it goes; the quiz of several adapters at once
-(:mod:`seal_env.lora`: rows are laid out slot-major) needs the layout fixed. Here prompts are left-padded into one
-mlx-lm ``BatchKVCache`` per layer (per-row positions and padding mask) and prefilled once (:func:`prefill`); from that
-cache, :func:`score` gives the log-likelihood of candidate continuations (each row's cache repeated once per
+(:mod:`seal_env.learner.lora`: rows are laid out slot-major) needs the layout fixed. Here prompts are left-padded into
+one mlx-lm ``BatchKVCache`` per layer (per-row positions and padding mask) and prefilled once (:func:`prefill`); from
+that cache, :func:`score` gives the log-likelihood of candidate continuations (each row's cache repeated once per
 candidate) and :func:`greedy_continue` decodes, keeping all rows until every row has stopped (a stopped row's
 further tokens are discarded).
 """
@@ -14,7 +14,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any, cast
 
-from seal_env.kernels import split_head
+from seal_env.models.kernels import split_head
 
 import mlx.core as mx
 import mlx.nn as nn

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from seal_env.models import build_once, perplexity
+from seal_env.models.build import build_once, perplexity
 
 if TYPE_CHECKING:
     import mlx.nn as nn

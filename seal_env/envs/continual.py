@@ -2,8 +2,8 @@
 
 An episode is a sequence of ``n_articles`` articles. At step ``k`` the action is a self-edit for article ``k``; a
 fresh LoRA adapter is trained on it (plus the passage, ``include_passage``), **merged** into the weights (mlx-lm's
-``LoRALinear.fuse``, through :meth:`seal_env.learner.Learner.fused_weights`), and the merged model -- the model that
-step ``k + 1`` trains from -- is quizzed on the questions of articles ``0..k``, without passages. Over an episode
+``LoRALinear.fuse``, through :meth:`seal_env.learner.trainer.Learner.fused_weights`), and the merged model -- the model
+that step ``k + 1`` trains from -- is quizzed on the questions of articles ``0..k``, without passages. Over an episode
 this fills SEAL's ``(K + 1) x K`` lower-triangular matrix: row 0 is the unedited model on all ``K`` articles
 (computed at ``reset``), row ``k + 1`` the model after ``k + 1`` merges on articles ``0..k``.
 """
@@ -13,17 +13,16 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from seal_env.articles import Article, select_articles
+from seal_env.articles import Article, episode_articles, select_articles
 from seal_env.config import SealConfig
-from seal_env.grading import Grader
-from seal_env.pipeline import RewardPipeline, prepare
-from seal_env.reward import SCORES, quiz, summarize
-from seal_env.spaces import UnicodeText
+from seal_env.reward.grading import Grader
+from seal_env.reward.pipeline import RewardPipeline, prepare
+from seal_env.reward.quiz import SCORES, quiz, summarize
+from seal_env.spaces import UnicodeText, article_space, observation
 
 import gymnasium as gym
-from gymnasium import spaces
 
-#: The scores of every matrix the env keeps (:data:`seal_env.reward.SCORES`); the reward kind is one of them.
+#: The scores of every matrix the env keeps (:data:`seal_env.reward.quiz.SCORES`); the reward kind is one of them.
 MATRIX_SCORES = SCORES
 
 
@@ -132,9 +131,7 @@ class ContinualSelfEditsEnv(gym.Env):
         self.n_articles, self.render_mode, self.grader = n_articles, render_mode, grader
         self.pipeline = RewardPipeline.build(self.cfg, grader)  # the learner and the cached baselines
         self.learner = self.pipeline.learner
-        self.observation_space = spaces.Dict(
-            {"title": UnicodeText(max_length=1_000), "context": UnicodeText(max_length=1_000_000)}
-        )
+        self.observation_space = article_space()
         self.action_space = UnicodeText(max_length=self.cfg.max_action_chars)
         #: The weights every episode starts from (the arrays themselves: mlx arrays are never changed in place).
         self._base = self.learner.base_weights()
@@ -151,21 +148,7 @@ class ContinualSelfEditsEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self.restore_base_weights()
-        options = options or {}
-        if "articles" in options:
-            episode = [a if isinstance(a, Article) else Article.from_dict(a) for a in options["articles"]]
-            indices = [-1] * len(episode)
-        elif "article_indices" in options:
-            indices = [int(i) for i in options["article_indices"]]
-            bad = [i for i in indices if not 0 <= i < len(self.articles)]
-            if bad:
-                raise IndexError(f"article_indices {bad} out of range [0, {len(self.articles)})")
-            episode = [self.articles[i] for i in indices]
-        else:
-            indices = [int(i) for i in self.np_random.choice(len(self.articles), self.n_articles, replace=False)]
-            episode = [self.articles[i] for i in indices]
-        if not episode:
-            raise ValueError("an episode needs at least one article")
+        episode, indices = episode_articles(self.articles, self.n_articles, self.np_random, options)
         self._done = True  # until row 0 is in: a reset that fails leaves no episode to step
         self.episode, self._indices = episode, indices
         self._seed = int(self.np_random.integers(2**31 - 2**16))
@@ -295,4 +278,4 @@ class ContinualSelfEditsEnv(gym.Env):
 
     def _observation(self) -> dict[str, str]:
         article = self.episode[min(self._pos, len(self.episode) - 1)]
-        return {"title": article.title, "context": article.context}
+        return observation(article)

@@ -12,12 +12,11 @@ from typing import Any
 
 from seal_env.articles import Article, select_articles
 from seal_env.config import SealConfig
-from seal_env.grading import Grader
-from seal_env.pipeline import RewardPipeline, split_timings
-from seal_env.spaces import UnicodeText
+from seal_env.reward.grading import Grader
+from seal_env.reward.pipeline import RewardPipeline, split_timings
+from seal_env.spaces import UnicodeText, article_space, observation
 
 import gymnasium as gym
-from gymnasium import spaces
 
 
 class KnowledgeIncorporationEnv(gym.Env):
@@ -94,9 +93,7 @@ class KnowledgeIncorporationEnv(gym.Env):
         self.articles = select_articles(self.cfg)
         self.pipeline = RewardPipeline.build(self.cfg, grader)
         self.learner = self.pipeline.learner
-        self.observation_space = spaces.Dict(
-            {"title": UnicodeText(max_length=1_000), "context": UnicodeText(max_length=1_000_000)}
-        )
+        self.observation_space = article_space()
         self.action_space = UnicodeText(max_length=self.cfg.max_action_chars)
         self.article: Article | None = None
         self._done = True
@@ -154,12 +151,12 @@ class KnowledgeIncorporationEnv(gym.Env):
 
     def _observation(self) -> dict[str, str]:
         assert self.article is not None  # called by reset and step, after an article is picked
-        return {"title": self.article.title, "context": self.article.context}
+        return observation(self.article)
 
     # ----------------------------------------------------------------- the inner loop
     @property
     def baselines(self):
-        """The un-adapted model's quiz per article (:class:`seal_env.pipeline.Baselines`), computed once each."""
+        """The un-adapted model's quiz per article (:class:`seal_env.reward.pipeline.Baselines`), computed once each."""
         return self.pipeline.baselines
 
     def set_base_weights(self, weights: dict[str, Any]) -> None:
@@ -177,6 +174,7 @@ class KnowledgeIncorporationEnv(gym.Env):
         self, article: Article, self_edits: Sequence[str], seeds: Sequence[int], *, adapt: bool = True
     ) -> list[tuple[float, dict[str, Any]]]:
         """``[evaluate(article, e, s) for e, s in zip(self_edits, seeds)]``, trained and quizzed together in
-        passes of up to ``max_batch_adapters`` inner loops (see :meth:`seal_env.pipeline.RewardPipeline.evaluate_many`;
-        ``adapt=False``: SEAL's no-adaptation condition)."""
+        passes of up to ``max_batch_adapters`` inner loops (see
+        :meth:`seal_env.reward.pipeline.RewardPipeline.evaluate_many`; ``adapt=False``: SEAL's no-adaptation
+        condition)."""
         return self.pipeline.evaluate_many(article, self_edits, seeds, adapt=adapt)

@@ -8,8 +8,8 @@ import importlib
 from pathlib import Path
 from typing import Any, cast
 
-from seal_env.gguf import SMOLLM2_CONFIG, read_gguf, write_config, write_tokenizer
-from seal_env.models import build_once
+from seal_env.models.build import build_once
+from seal_env.models.gguf import SMOLLM2_CONFIG, read_gguf, write_config, write_tokenizer
 
 TINY_CONFIG: dict[str, Any] = {
     **SMOLLM2_CONFIG,

@@ -1,6 +1,6 @@
 """AdamW / Adam / SGD for stacked adapters: one learning-rate schedule, step count and moment state per slot.
 
-The parameters are :class:`seal_env.lora.MultiLoRALinear` stacks (leading axis = adapter slot). Each slot is
+The parameters are :class:`seal_env.learner.lora.MultiLoRALinear` stacks (leading axis = adapter slot). Each slot is
 optimised exactly as mlx's optimizer would optimise that adapter alone (same update formulas, same schedule over its
 own number of steps), and :meth:`AdapterOptimizer.update` takes a mask of the slots that step: a finished or
 diverged slot's weights and moments stay as they are.

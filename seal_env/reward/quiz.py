@@ -6,9 +6,9 @@ import statistics
 from typing import Any
 
 from seal_env.articles import Article
-from seal_env.grading import Grader, grade_many
-from seal_env.learner import Learner
+from seal_env.learner.trainer import Learner
 from seal_env.prompts import answer_prompt, topic_prompt
+from seal_env.reward.grading import Grader, grade_many
 
 #: Which per-question score each reward kind averages.
 REWARD_SCORE = {

@@ -20,16 +20,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from seal_env.articles import Article, select_articles
-from seal_env.batching import TrainRow
+from seal_env.articles import Article, episode_articles, select_articles
 from seal_env.config import SealConfig
-from seal_env.grading import Grader
-from seal_env.pipeline import KINDS, QUESTION_SCORES, RewardPipeline, prepare
-from seal_env.reward import gain, mean_std, quiz, summarize
-from seal_env.spaces import UnicodeText
+from seal_env.learner.batching import TrainRow
+from seal_env.reward.grading import Grader
+from seal_env.reward.pipeline import KINDS, QUESTION_SCORES, RewardPipeline, prepare
+from seal_env.reward.quiz import gain, mean_std, quiz, summarize
+from seal_env.spaces import UnicodeText, article_space, observation
 
 import gymnasium as gym
-from gymnasium import spaces
 
 TRAIN_MODES = ("pooled", "online")
 
@@ -111,9 +110,7 @@ class ContinualPretrainingEnv(gym.Env):
         self.n_articles, self.train_mode, self.render_mode, self.grader = n_articles, train_mode, render_mode, grader
         self.pipeline = RewardPipeline.build(self.cfg, grader)  # the learner and the cached baselines
         self.learner = self.pipeline.learner
-        self.observation_space = spaces.Dict(
-            {"title": UnicodeText(max_length=1_000), "context": UnicodeText(max_length=1_000_000)}
-        )
+        self.observation_space = article_space()
         self.action_space = UnicodeText(max_length=self.cfg.max_action_chars)
         self.episode: list[Article] = []
         self._indices: list[int] = []
@@ -126,21 +123,7 @@ class ContinualPretrainingEnv(gym.Env):
     # ----------------------------------------------------------------- Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        options = options or {}
-        if "articles" in options:
-            episode = [a if isinstance(a, Article) else Article.from_dict(a) for a in options["articles"]]
-            indices = [-1] * len(episode)
-        elif "article_indices" in options:
-            indices = [int(i) for i in options["article_indices"]]
-            bad = [i for i in indices if not 0 <= i < len(self.articles)]
-            if bad:
-                raise IndexError(f"article_indices {bad} out of range [0, {len(self.articles)})")
-            episode = [self.articles[i] for i in indices]
-        else:
-            indices = [int(i) for i in self.np_random.choice(len(self.articles), self.n_articles, replace=False)]
-            episode = [self.articles[i] for i in indices]
-        if not episode:
-            raise ValueError("an episode needs at least one article")
+        episode, indices = episode_articles(self.articles, self.n_articles, self.np_random, options)
         self.episode, self._indices = episode, indices
         self._seed = int(self.np_random.integers(2**31 - 1))
         self._pos, self._done, self._last = 0, False, None
@@ -200,7 +183,7 @@ class ContinualPretrainingEnv(gym.Env):
     # ----------------------------------------------------------------- internals
     def _observation(self) -> dict[str, str]:
         article = self.episode[min(self._pos, len(self.episode) - 1)]
-        return {"title": article.title, "context": article.context}
+        return observation(article)
 
     def _step_info_head(self) -> dict[str, Any]:
         pos = min(self._pos, len(self.episode) - 1)

@@ -1,8 +1,9 @@
-"""Rewards from a child process: :class:`SubprocessExecutor` and the child's loop (``python -m seal_env.worker``).
+"""Rewards from a child process: :class:`SubprocessExecutor` and the child's loop (``python -m
+seal_env.executors.child_process``).
 
 For trainers that run PyTorch in their own process (TRL, verifiers): mlx, its model and seal-env's OpenBLAS then
-stay out of that process. The child holds one :class:`~seal_env.env.KnowledgeIncorporationEnv` and evaluates what
-the parent sends, an article's requests batched as in-process (:class:`~seal_env.executors.InProcessExecutor`).
+stay out of that process. The child holds one :class:`~seal_env.envs.knowledge.KnowledgeIncorporationEnv` and evaluates
+what the parent sends, an article's requests batched as in-process (:class:`~seal_env.executors.InProcessExecutor`).
 
 Parent and child talk over a private socket pair (``multiprocessing.connection``), so the child is a plain
 ``python -m`` process: nothing of the parent's ``__main__`` is re-imported, and if the child dies the parent's next
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from seal_env.executors import (
+from seal_env.executors.base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_REQUEST_TIMEOUT,
     THREAD_ENV_VARS,
@@ -104,7 +105,7 @@ class SubprocessExecutor:
         mine, theirs = socket.socketpair()
         with theirs:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "seal_env.worker", str(theirs.fileno())],
+                [sys.executable, "-m", "seal_env.executors.child_process", str(theirs.fileno())],
                 env=self._env,
                 pass_fds=[theirs.fileno()],
             )
@@ -291,7 +292,7 @@ def serve(conn: Connection) -> None:
             return
         try:
             if kind == "start":
-                from seal_env.executors import InProcessExecutor
+                from seal_env.executors.base import InProcessExecutor
 
                 executor = InProcessExecutor(payload)
                 conn.send(("done", os.getpid()))
@@ -312,7 +313,7 @@ def serve(conn: Connection) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m seal_env.worker FD``: serve the parent on the inherited socket ``FD``."""
+    """``python -m seal_env.executors.child_process FD``: serve the parent on the inherited socket ``FD``."""
     fd = int((argv or sys.argv[1:])[0])
     with Connection(fd) as conn:
         serve(conn)
