@@ -8,6 +8,32 @@ the clipped-ratio objective on the self-edit tokens (old log-probs from the poli
 training loop is seal_env's :meth:`seal_env.learner.trainer.Learner.train` with this loss (AdamW, constant learning
 rate); an update whose loss turns non-finite or exceeds the Learner's ``max_loss`` (50) is dropped.
 
+:meth:`GRPO.learn` returns the round's diagnostics (the journal's ``learn`` record, the printed round line, wandb's
+``round/learn_*``); "token" means a self-edit token of a self-edit used (nonzero advantage), and every token mean is
+over all such tokens of the round (steps weighted by their tokens):
+
+* ``groups``, ``groups_skipped``, ``groups_skipped_frac``: the round's articles, those whose rewards are all equal
+  (advantage 0: no gradient), and their share. ``used``: the self-edits with a nonzero advantage.
+* ``reward_std_mean``: the mean population standard deviation of the rewards within the groups not skipped (the
+  scale the advantages divide out; NaN when every group is skipped).
+* ``adv_abs_mean``: mean |advantage| over the self-edits used (0 when none is).
+* ``steps``: optimizer steps taken; ``loss``, ``pg_loss``: the mean over steps of the objective and of its
+  policy-gradient term (per-token mean); ``diverged``: 1 when the update was dropped.
+* ``clip_frac``: share of tokens whose probability ratio (policy / the policy that sampled) lay outside
+  ``[1 - clip_eps, 1 + clip_eps]`` on the side where the clip bites (above for a positive advantage, below for a
+  negative one), i.e. where the token's gradient is cut off; each step's policy before that step.
+* ``kl``: the mean per-token k3 estimate of KL(policy || initial policy), ``exp(q - p) - (q - p) - 1`` with ``p``,
+  ``q`` the token's log-probabilities under the policy and the initial policy, at each step's policy before that
+  step (what the penalty sees); ``kl_after``: the same for the policy after this round's update, on the same tokens.
+  Both are computed whatever ``kl_coef`` (0: no penalty in the loss).
+* ``entropy``: the mean per-token entropy (nats) of the policy's next-token distribution (softmax of its logits,
+  temperature 1, whatever the sampling temperature) at the self-edit tokens, with the policy before the update: the
+  exact entropy over the vocabulary, not the negative log-probability of the sampled token.
+* ``grad_norm_mean``, ``grad_norm_max``: the global L2 norm of the LoRA's gradient at each optimizer step (the
+  Learner's ``grad_norms``; no clipping), mean and max over the steps.
+
+A value with nothing to measure it on (no optimizer step, or no self-edit used) is NaN; ``adv_abs_mean`` is 0 then.
+
     python -m agents.grpo                     # demo preset
     python -m agents.grpo --preset tiny --wandb-mode disabled
 """
@@ -99,6 +125,52 @@ def group_advantages(batch: list[Experience], eps: float) -> list[float]:
     ]
 
 
+def group_stats(batch: list[Experience], adv: list[float]) -> dict[str, float]:
+    """The round's group diagnostics (see the module docstring): groups, skipped groups and their share, the self-edits
+    used, the mean reward standard deviation within the groups kept, and the mean |advantage| over the self-edits
+    used (``adv``: :func:`group_advantages` of ``batch``)."""
+    groups: dict[str, list[float]] = {}
+    for e in batch:
+        groups.setdefault(e.article.id, []).append(e.reward)
+    sds = [statistics.pstdev(r) for r in groups.values()]
+    kept = [sd for sd in sds if sd != 0]
+    used = [abs(a) for a in adv if a != 0]
+    return {
+        "groups": float(len(groups)),
+        "groups_skipped": float(len(sds) - len(kept)),
+        "groups_skipped_frac": (len(sds) - len(kept)) / len(sds) if sds else math.nan,
+        "used": float(len(used)),
+        "reward_std_mean": statistics.fmean(kept) if kept else math.nan,
+        "adv_abs_mean": statistics.fmean(used) if used else 0.0,
+    }
+
+
+def clip_bites(ratio: mx.array, adv: mx.array, clip_eps: float) -> mx.array:
+    """Where the clipped objective cuts a token's gradient off: ratio above ``1 + clip_eps`` with a positive
+    advantage, or below ``1 - clip_eps`` with a negative one (``adv`` broadcasts against ``ratio``)."""
+    return ((adv > 0) & (ratio > 1 + clip_eps)) | ((adv < 0) & (ratio < 1 - clip_eps))
+
+
+def token_entropy(logits: mx.array) -> mx.array:
+    """The entropy (nats) of the softmax of ``logits`` along the last axis, in float32 (a ``-inf`` logit: a
+    token of probability 0, which adds nothing)."""
+    logp = nn.log_softmax(logits.astype(mx.float32), axis=-1)
+    p = mx.exp(logp)
+    return -mx.where(p > 0, p * logp, 0.0).sum(axis=-1)
+
+
+def k3(ref: np.ndarray, logp: np.ndarray) -> np.ndarray:
+    """The k3 estimate of KL(policy || reference) per token: ``exp(ref - logp) - (ref - logp) - 1``."""
+    d = ref.astype(np.float64) - logp.astype(np.float64)
+    return np.exp(d) - d - 1
+
+
+def weighted_mean(values: list[float], weights: list[float]) -> float:
+    """``sum(v * w) / sum(w)``; NaN when there are no weights."""
+    total = sum(weights)
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / total if total else math.nan
+
+
 def grpo_loss(
     model: nn.Module,
     inputs: mx.array,
@@ -110,14 +182,16 @@ def grpo_loss(
     clip_eps: float,
     kl_coef: float,
     groups: mx.array | None = None,
-) -> tuple[mx.array, mx.array, mx.array]:
+) -> tuple[mx.array, mx.array, mx.array, mx.array]:
     """Clipped policy-gradient loss plus ``kl_coef`` * k3 KL, averaged over each self-edit's tokens, then over the
-    self-edits of each group; and the policy-gradient and KL terms' token means. One value per group (``groups``:
-    groups x rows, one-hot), or scalars over all rows (no ``groups``)."""
+    self-edits of each group; and the token means of the policy-gradient term, of the KL and of the tokens where the
+    clip bites (:func:`clip_bites`). One value per group (``groups``: groups x rows, one-hot), or scalars over all
+    rows (no ``groups``). With ``kl_coef`` 0 the loss has no KL term (the KL is still measured)."""
     logp = -nn.losses.cross_entropy(model(inputs).astype(mx.float32), targets)
     ratio = mx.exp(logp - old)
     pg = -mx.minimum(ratio * adv[:, None], mx.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv[:, None])
     kl = mx.exp(ref - logp) - (ref - logp) - 1
+    clipped = clip_bites(ratio, adv[:, None], clip_eps).astype(mx.float32)
     single = groups is None
     groups = mx.ones((1, inputs.shape[0])) if groups is None else groups
     ntoks = mx.maximum(mask.sum(axis=1), 1)
@@ -126,9 +200,11 @@ def grpo_loss(
         return mx.where(groups > 0, rows[None, :], 0.0).sum(axis=1)
 
     tokens = mx.maximum(per_group(mask.sum(axis=1)), 1)
-    loss = per_group(((pg + kl_coef * kl) * mask).sum(axis=1) / ntoks) / mx.maximum(groups.sum(axis=1), 1)
+    objective = pg + kl_coef * kl if kl_coef else pg
+    loss = per_group((objective * mask).sum(axis=1) / ntoks) / mx.maximum(groups.sum(axis=1), 1)
     pg_mean, kl_mean = per_group((pg * mask).sum(axis=1)) / tokens, per_group((kl * mask).sum(axis=1)) / tokens
-    return (loss[0], pg_mean[0], kl_mean[0]) if single else (loss, pg_mean, kl_mean)
+    clip_mean = per_group((clipped * mask).sum(axis=1)) / tokens
+    return (loss[0], pg_mean[0], kl_mean[0], clip_mean[0]) if single else (loss, pg_mean, kl_mean, clip_mean)
 
 
 class GRPO(LoRAAgent[GRPOConfig]):
@@ -143,46 +219,74 @@ class GRPO(LoRAAgent[GRPOConfig]):
             """:func:`grpo_loss` as the Learner's training loss: the rows' extras are their advantage, old and
             reference log-probabilities."""
             adv, old, ref = extras
-            total, pg, kl = grpo_loss(model, inputs, targets, mask, adv, old, ref, cfg.clip_eps, cfg.kl_coef, groups)
-            return total, groups @ mask.sum(axis=1), {"pg_loss": pg, "kl": kl}
+            total, pg, kl, clip = grpo_loss(
+                model, inputs, targets, mask, adv, old, ref, cfg.clip_eps, cfg.kl_coef, groups
+            )
+            tokens = groups @ mask.sum(axis=1)
+            return total, tokens, {"pg_loss": pg, "kl": kl, "clip_frac": clip, "tokens": tokens}
 
         self._loss = loss  # one function for every round: the Learner keeps its compiled traces
 
     def _logprobs(self, pairs: list[tuple[list[int], int]]) -> list[np.ndarray]:
         """Per-token log-probabilities of each sequence under the current weights (LoRA at zero)."""
-        out = []
+        return self._scores(pairs)[0]
+
+    def _scores(
+        self, pairs: list[tuple[list[int], int]], entropy: bool = False
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per-token log-probabilities of each sequence under the current weights (LoRA at zero), and (``entropy``)
+        the entropy of the next-token distribution at its loss tokens (from ``start - 1`` on; else empty)."""
+        logps, entropies = [], []
         for pair in pairs:
             inputs, targets, _ = make_batch([pair])
             logits = self.model.learner.model(inputs).astype(mx.float32)
-            out.append(np.array(-nn.losses.cross_entropy(logits, targets)[0]))
-        return out
+            logps.append(np.array(-nn.losses.cross_entropy(logits, targets)[0]))
+            start = max(pair[1] - 1, 0)
+            entropies.append(np.array(token_entropy(logits[0, start:])) if entropy else np.zeros(0, np.float32))
+        return logps, entropies
 
     def learn(self, batch: list[Experience], seed: int) -> dict[str, float]:
+        """One GRPO update on a round's rewarded self-edits; returns the diagnostics of the module docstring."""
         cfg = self.cfg
         adv = group_advantages(batch, cfg.adv_eps)
         used = [i for i, a in enumerate(adv) if a != 0]
-        stats = {"adv_abs_mean": statistics.fmean(abs(a) for a in adv), "used": float(len(used))}
+        stats = group_stats(batch, adv)
         if not used:
-            return {**stats, "steps": 0.0}
+            nan = math.nan
+            return {
+                **stats,
+                **dict.fromkeys(("steps", "diverged"), 0.0),
+                **dict.fromkeys(("loss", "pg_loss", "clip_frac", "kl", "kl_after", "entropy"), nan),
+                **dict.fromkeys(("grad_norm_mean", "grad_norm_max"), nan),
+            }
         pairs = [self.policy.training_pair(batch[i].observation, batch[i].self_edit) for i in used]
-        old = self._logprobs(pairs)
-        ref = old
-        if cfg.kl_coef > 0:  # the initial policy's log-probs: swap its weights in for a moment
-            current = self.model.weights()
-            self.model.load_weights(self.model.initial)
-            ref = self._logprobs(pairs)
-            self.model.load_weights(current)
+        old, entropies = self._scores(pairs, entropy=True)
+        # the initial policy's log-probs (for the penalty and the diagnostics): swap its weights in for a moment
+        current = self.model.weights()
+        self.model.load_weights(self.model.initial)
+        ref = self._logprobs(pairs)
+        self.model.load_weights(current)
         data: list[ExtrasRow] = [
             (ids, start, (adv[i], o, r)) for i, (ids, start), o, r in zip(used, pairs, old, ref, strict=True)
         ]
         report = self.update(data, seed, "policy GRPO", self._loss)
+        after = self._logprobs(pairs)
         metrics = report["train_metrics"]
+        tokens = metrics.get("tokens", [])
+        edit = [slice(max(start - 1, 0), None) for _, start in pairs]  # the self-edit tokens of each sequence
+        kl_after = np.concatenate([k3(r[s], a[s]) for r, a, s in zip(ref, after, edit, strict=True)])
+        norms = report["grad_norms"]
         return {
             **stats,
             "steps": float(report["train_steps"]),
             "loss": statistics.fmean(report["train_losses"] or [math.nan]),
             "pg_loss": statistics.fmean(metrics.get("pg_loss") or [math.nan]),
-            "kl": statistics.fmean(metrics.get("kl") or [math.nan]),
+            "clip_frac": weighted_mean(metrics.get("clip_frac", []), tokens),
+            "kl": weighted_mean(metrics.get("kl", []), tokens),
+            "kl_after": float(kl_after.mean()),
+            "entropy": float(np.concatenate(entropies).mean()),
+            "grad_norm_mean": statistics.fmean(norms) if norms else math.nan,
+            "grad_norm_max": max(norms, default=math.nan),
             "diverged": float(report["diverged"]),
         }
 

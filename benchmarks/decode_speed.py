@@ -10,7 +10,7 @@ rounds, each path once per round; the medians are reported, so that both see the
 
 * **fast** (what seal-env runs): :func:`seal_env.models.kernels.use_fast_decoding` on, and one-row products through
   ``cblas_sgemv`` where :mod:`seal_env._blas` could build its one-row ``cblas_sgemm``;
-* **stock**: mlx-lm's modules and mlx's ``cblas_sgemm`` for every product (seal-env before issue 15);
+* **stock**: mlx-lm's modules and mlx's ``cblas_sgemm`` for every product (seal-env without its decoding fast path);
 
 of
 

@@ -44,7 +44,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 SEQ_TOKENS = 140
-#: The issue's standard setting trains SEAL's 10 epochs (the env default is 3).
+#: The benchmark's standard setting trains SEAL's 10 epochs (the env default is 3).
 STANDARD_EPOCHS = SEAL_PAPER_SETTINGS["epochs"]
 PLAIN = dict(fast_kernels=False, head_on_positions=False, compile=False)
 FAST = dict(fast_kernels=True, head_on_positions=True, compile=True)
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="only (a), (b), the levers' step times and PyTorch+PEFT's step time (no whole rewards): a "
         "quick, steadier comparison (use with --threads 1 on a busy machine: CPU seconds are robust)",
     )
-    p.add_argument("--plain", action="store_true", help="switch every speed lever off (the code before issue 4)")
+    p.add_argument("--plain", action="store_true", help="switch every speed lever off (the plain mlx-lm training path)")
     p.add_argument("--torch-rewards", type=int, default=2)
     p.add_argument(
         "--threads",

@@ -1,4 +1,4 @@
-"""The speed benchmark runs end to end on the tiny model and reports every figure of issue 4."""
+"""The speed benchmark runs end to end on the tiny model and reports every figure it promises."""
 
 import json
 import math
@@ -41,7 +41,7 @@ def test_inner_loop_speed_reports_every_figure(tmp_path, monkeypatch):
         ]
     )
     figures = json.loads(out.read_text())
-    assert figures["setting"]["epochs"] == 10  # the issue's standard setting, whatever the env default
+    assert figures["setting"]["epochs"] == 10  # the benchmark's standard setting, whatever the env default
     # (a)-(b): the step's throughput is its analytic FLOPs over its time, as a fraction of the best matmul ceiling
     step, before, after = figures["step"], figures["matmul_gflops"], figures["matmul_gflops_after"]
     assert all(v > 0 for v in (*before.values(), *after.values(), step["seconds_per_step"], step["gflop_per_step"]))

@@ -49,6 +49,15 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 
+def slot_grad_norms(grads: Any, n_slots: int) -> mx.array:
+    """Each of ``n_slots`` adapter slots' global gradient norm: the L2 norm over all of its LoRA parameters'
+    gradients (every leaf of ``grads`` is stacked along a leading slot axis), in float32, one value per slot."""
+    total = mx.zeros((n_slots,), dtype=mx.float32)
+    for _, g in cast(list[tuple[str, mx.array]], tree_flatten(grads)):
+        total = total + mx.square(g.astype(mx.float32)).reshape(n_slots, -1).sum(axis=1)
+    return mx.sqrt(total)
+
+
 class Learner:
     """A model with ``n`` LoRA adapter slots that can be reset, fine-tuned and quizzed, many times over."""
 
@@ -174,6 +183,8 @@ class Learner:
         ``on_step(losses)`` is called after every batched step with the losses of the slots that stepped. A slot
         stops early, with ``diverged=True``, if its loss is not finite or exceeds ``cfg.max_loss``, or if its
         adapter weights end up non-finite. ``train_seconds`` is the pass's wall time shared by optimizer steps.
+        ``grad_norms`` holds, per optimizer step the slot took, the global L2 norm of its adapter's gradient (all of
+        its LoRA parameters together; the Learner does not clip gradients).
 
         ``loss`` replaces SFT's cross-entropy: ``loss(model, inputs, targets, mask, groups, *extras)`` gets a
         padded batch of rows (:func:`make_batch`), ``groups`` (slots x rows, one-hot: the stepping slots' rows; the
@@ -200,6 +211,7 @@ class Learner:
         if seeds:
             mx.random.seed(int(seeds[0]))  # LoRA dropout (one stream for the whole pass)
         losses: list[list[float]] = [[] for _ in range(n)]
+        norms: list[list[float]] = [[] for _ in range(n)]
         metrics: list[dict[str, list[float]]] = [{} for _ in range(n)]
         tokens, diverged = [0] * n, [False] * n
         t0 = time.perf_counter()
@@ -233,11 +245,13 @@ class Learner:
                         diverged[k] = True
                 if stepping:
                     assert apply is not None  # a slot steps only if it has a plan
+                    grad_norm = cast(list[float], slot_grad_norms(grads, n).tolist())
                     mask_slots = [k in stepping for k in range(n)]
                     apply(grads, *opt.step_inputs(mask_slots))
                     mx.eval(model.trainable_parameters(), opt.state)
                 for k in stepping:
                     losses[k].append(values[k])
+                    norms[k].append(grad_norm[k])
                     tokens[k] += counts[k]
                     for name, x in found[k].items():
                         metrics[k].setdefault(name, []).append(x)
@@ -256,6 +270,7 @@ class Learner:
             {
                 "train_losses": losses[k],
                 "train_steps": len(losses[k]),
+                "grad_norms": norms[k],
                 "trained_tokens": tokens[k],
                 "diverged": diverged[k],
                 "train_seconds": seconds * (len(losses[k]) / total_steps if n > 1 else 1),
