@@ -17,20 +17,16 @@ Its info holds per-article results under ``"articles"``.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from seal_env.articles import Article, episode_articles, select_articles
 from seal_env.config import SealConfig
-from seal_env.learner.batching import TrainRow
 from seal_env.reward.grading import Grader
-from seal_env.reward.pipeline import KINDS, QUESTION_SCORES, RewardPipeline, prepare
-from seal_env.reward.quiz import gain, mean_std, quiz, summarize
+from seal_env.reward.multi_article import TRAIN_MODES, MultiArticleEpisode
+from seal_env.reward.pipeline import RewardPipeline
 from seal_env.spaces import UnicodeText, article_space, observation
 
 import gymnasium as gym
-
-TRAIN_MODES = ("pooled", "online")
 
 
 class ContinualPretrainingEnv(gym.Env):
@@ -125,34 +121,23 @@ class ContinualPretrainingEnv(gym.Env):
         super().reset(seed=seed)
         episode, indices = episode_articles(self.articles, self.n_articles, self.np_random, options)
         self.episode, self._indices = episode, indices
-        self._seed = int(self.np_random.integers(2**31 - 1))
+        seed = int(self.np_random.integers(2**31 - 1))
         self._pos, self._done, self._last = 0, False, None
-        self._chunks: list[list[TrainRow]] = []  # training data of each step
-        self._online: list[dict[str, Any]] = []  # train reports of the steps trained so far (online mode)
-        self._bases: list[dict[str, Any]] | None = None
-        self._t = {"baseline": 0.0, "train": 0.0, "eval": 0.0}
-        if self.train_mode == "online":
-            # baselines first: computing one resets the learner, which must then keep its adapter all episode
-            self._bases = self._baselines()
-            self.learner.reset([self._seed])
+        # the training, quiz and summary of the episode (online mode quizzes the baselines here)
+        self._run = MultiArticleEpisode(self.pipeline, episode, indices, seed, self.train_mode)
         return self._observation(), self._step_info_head()
 
     def step(self, action: str):
         if self._done:
             raise RuntimeError("the episode is over (or was never started): call reset()")
-        cfg = self.cfg
         article = self.episode[self._pos]
-        prep = prepare(cfg, self.learner.tokenizer, article, action)  # raises TypeError before any state change
-        info = {**self._step_info_head(), "title": article.title, **prep.info}
-        self._chunks.append(prep.data)
-        if self.train_mode == "online":
-            report = self._train_chunk(len(self._chunks) - 1, [self._seed], [self._online])[0]
-            info["step_train"] = None if report is None else {k: v for k, v in report.items() if k != "train_seconds"}
+        # a non-str action raises TypeError in add, before any state changes
+        info = {**self._step_info_head(), "title": article.title, **self._run.add(action)}
         self._pos += 1
         if self._pos < len(self.episode):
             return self._observation(), 0.0, False, False, info
-        reward, summary = self._finish()
-        self._done, self._last = True, summary
+        reward, summary = self._run.finish()
+        self._done, self._last, self.last_timings = True, summary, self._run.timings
         return self._observation(), reward, True, False, {**info, **summary}
 
     def render(self) -> str | None:
@@ -194,123 +179,3 @@ class ContinualPretrainingEnv(gym.Env):
             "article_index": self._indices[pos],
             "n_questions": len(self.episode[pos].questions),
         }
-
-    def _baselines(self) -> list[dict[str, Any]]:
-        t0 = time.perf_counter()
-        bases = [self.pipeline.baselines.get(a) for a in self.episode]  # cached per article
-        self._t["baseline"] += time.perf_counter() - t0
-        return bases
-
-    def _train_chunk(
-        self, i: int, run_seeds: list[int], reports: list[list[dict[str, Any]]]
-    ) -> list[dict[str, Any] | None]:
-        """Online mode: train each adapter slot (run ``r``) on step ``i``'s data with seed ``run_seeds[r] + i``,
-        in one batched pass; a run with nothing to learn, or already diverged, is skipped (None)."""
-        data = self._chunks[i]
-        train = [bool(data) and not any(rep["diverged"] for rep in run) for run in reports]
-        if not any(train):
-            return [None] * len(run_seeds)
-        out = self.learner.train([data if t else [] for t in train], [s + i for s in run_seeds])
-        self._t["train"] += sum(rep["train_seconds"] for rep in out)
-        for run, rep, t in zip(reports, out, train, strict=True):
-            if t:
-                run.append(rep)
-        return [rep if t else None for rep, t in zip(out, train, strict=True)]
-
-    def _runs(self) -> list[dict[str, Any]]:
-        """Train every run ``r`` of ``eval_times`` (seed ``seed + r``, a fresh adapter each) and quiz it."""
-        seeds = [self._seed + r for r in range(self.cfg.eval_times)]
-        if self.train_mode == "pooled":  # one batched pass: every run trains on the pool of all steps' sequences
-            self.learner.reset(seeds)
-            pooled = [row for chunk in self._chunks for row in chunk]
-            out = self.learner.train([pooled] * len(seeds), seeds)
-            self._t["train"] += sum(rep["train_seconds"] for rep in out)
-            return self._quiz([[rep] for rep in out])
-        runs = self._quiz([self._online])  # run 0: the adapter trained step by step during the episode
-        if len(seeds) > 1:  # runs 1..R-1 replay the steps from fresh adapters, batched
-            self.learner.reset(seeds[1:])
-            reports: list[list[dict[str, Any]]] = [[] for _ in seeds[1:]]
-            for i in range(len(self._chunks)):
-                self._train_chunk(i, seeds[1:], reports)
-            runs += self._quiz(reports)
-        return runs
-
-    def _quiz(self, reports: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Quiz the learner's adapter slots (one per run) on every article of the episode."""
-        t0 = time.perf_counter()
-        grader = self.pipeline.grader  # the grader given, or the one the settings choose (e.g. the LLM judge)
-        per_article = [quiz(self.learner, a, self.cfg.answer_max_tokens, grader) for a in self.episode]
-        self._t["eval"] += time.perf_counter() - t0
-        return [{"reports": reports[r], "results": [q[r] for q in per_article]} for r in range(len(reports))]
-
-    def _finish(self) -> tuple[float, dict[str, Any]]:
-        cfg, t_start = self.cfg, time.perf_counter()
-        if self._bases is None:
-            self._bases = self._baselines()
-        bases = self._bases
-        base_all = summarize([q for b in bases for q in b["results"]])
-        empty = not any(self._chunks)
-        if empty:  # nothing to train on: the adapted model is the base model
-            runs = [{"reports": [], "results": [b["results"] for b in bases]} for _ in range(cfg.eval_times)]
-        else:
-            runs = self._runs()
-        rewards = [
-            cfg.diverged_reward
-            if any(rep["diverged"] for rep in run["reports"])
-            else gain(cfg.reward, base_all, summarize([q for res in run["results"] for q in res]))
-            for run in runs
-        ]
-        reward, reward_std = mean_std(rewards)
-        adapted = [summarize([q for res in run["results"] for q in res]) for run in runs]
-        articles = []
-        for j, (article, base) in enumerate(zip(self.episode, bases, strict=True)):
-            per_run = [summarize(run["results"][j]) for run in runs]
-            b = base["summary"]
-            articles.append(
-                {
-                    "article_id": article.id,
-                    "article_index": self._indices[j],
-                    "title": article.title,
-                    "n_questions": len(article.questions),
-                    "baseline_accuracy": b["accuracy"],
-                    "adapter_accuracy": mean_std([a["accuracy"] for a in per_run])[0],
-                    **{f"{k}_gain": mean_std([a[k] - b[k] for a in per_run])[0] for k in KINDS},
-                    "questions": [
-                        {
-                            **q,
-                            "baseline_answer": bq["answer"],
-                            "baseline_correct": bq["correct"],
-                            **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES},
-                        }
-                        for q, bq in zip(runs[-1]["results"][j], base["results"], strict=True)
-                    ],
-                }
-            )
-        last = runs[-1]["reports"]
-        summary: dict[str, Any] = {
-            "train_mode": self.train_mode,
-            "seed": self._seed,
-            "reward_kind": cfg.reward,
-            "reward": reward,
-            "reward_std": reward_std,
-            "rewards": rewards,
-            "total_questions": sum(len(a.questions) for a in self.episode),
-            **{f"baseline_{k}": base_all[k] for k in KINDS},
-            **{f"adapter_{k}": mean_std([a[k] for a in adapted])[0] for k in KINDS},
-            "adapter_accuracy_std": mean_std([a["accuracy"] for a in adapted])[1],
-            **{f"{k}_gain": mean_std([a[k] - base_all[k] for a in adapted])[0] for k in KINDS},
-            "articles": articles,
-            "train_losses": [x for rep in last for x in rep["train_losses"]],
-            "train_steps": sum(rep["train_steps"] for rep in last),
-            "total_sequences": sum(len(c) for c in self._chunks),
-            "total_train_tokens": sum(len(ids) for c in self._chunks for ids, _ in c),
-            "diverged": any(rep["diverged"] for run in runs for rep in run["reports"]),
-        }
-        # wall-clock seconds stay out of the info (check_env compares infos exactly)
-        self.last_timings = {
-            "seconds_baseline": self._t["baseline"],
-            "seconds_train": self._t["train"],
-            "seconds_eval": self._t["eval"],
-            "seconds_finish": time.perf_counter() - t_start,
-        }
-        return reward, summary

@@ -144,43 +144,58 @@ def ungraded(grader: Any) -> int:
     return int(getattr(grader, "failures", 0))
 
 
+def question_rows(results: list[dict[str, Any]], base_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The adapted model's per-question results, each with the base model's answer and scores beside it
+    (``baseline_answer``, ``baseline_correct``, ``baseline_<score>`` for :data:`QUESTION_SCORES`)."""
+    return [
+        {
+            **q,
+            "baseline_answer": bq["answer"],
+            "baseline_correct": bq["correct"],
+            **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES},
+        }
+        for q, bq in zip(results, base_results, strict=True)
+    ]
+
+
+def run_rewards(
+    cfg: SealConfig, base: dict[str, float], adapted: list[dict[str, float]], diverged: list[bool]
+) -> tuple[float, dict[str, Any]]:
+    """The reward and its info fields (``reward_kind``, ``reward``, ``reward_std``, ``rewards``) from the runs'
+    quiz summaries: per run the gain of the ``reward`` kind over ``base``, or ``diverged_reward`` if it diverged;
+    the reward is their mean."""
+    rewards = [
+        cfg.diverged_reward if div else gain(cfg.reward, base, a) for a, div in zip(adapted, diverged, strict=True)
+    ]
+    reward, reward_std = mean_std(rewards)
+    return reward, {"reward_kind": cfg.reward, "reward": reward, "reward_std": reward_std, "rewards": rewards}
+
+
+def score_fields(base: dict[str, float], adapted: list[dict[str, float]]) -> dict[str, Any]:
+    """Every reward kind's ``baseline_<kind>``, ``adapter_<kind>`` and ``<kind>_gain`` (means over the runs'
+    summaries ``adapted``), and ``adapter_accuracy_std``."""
+    return {
+        **{f"baseline_{k}": base[k] for k in KINDS},
+        **{f"adapter_{k}": mean_std([a[k] for a in adapted])[0] for k in KINDS},
+        "adapter_accuracy_std": mean_std([a["accuracy"] for a in adapted])[1],
+        **{f"{k}_gain": mean_std([a[k] - base[k] for a in adapted])[0] for k in KINDS},
+    }
+
+
 def reward_info(
     cfg: SealConfig, article: Article, seed: int, base: dict[str, Any], runs: list[dict[str, Any]], prep: Prepared
 ) -> tuple[float, dict[str, Any]]:
     """A request's reward and info from its runs (``eval_times`` of them: train report + quiz results each)."""
-    rewards = [
-        cfg.diverged_reward if run["diverged"] else gain(cfg.reward, base["summary"], summarize(run["results"]))
-        for run in runs
-    ]
-    reward, reward_std = mean_std(rewards)
-    last = runs[-1]
-    b = base["summary"]
     adapted = [summarize(run["results"]) for run in runs]
-
-    def mean(key: str, minus: float = 0.0) -> float:
-        return mean_std([a[key] - minus for a in adapted])[0]
-
+    reward, head = run_rewards(cfg, base["summary"], adapted, [run["diverged"] for run in runs])
+    last = runs[-1]
     info: dict[str, Any] = {
         "article_id": article.id,
         "title": article.title,
         "seed": seed,
-        "reward_kind": cfg.reward,
-        "reward": reward,
-        "reward_std": reward_std,
-        "rewards": rewards,
-        **{f"baseline_{k}": b[k] for k in KINDS},
-        **{f"adapter_{k}": mean(k) for k in KINDS},
-        "adapter_accuracy_std": mean_std([a["accuracy"] for a in adapted])[1],
-        **{f"{k}_gain": mean(k, b[k]) for k in KINDS},
-        "questions": [
-            {
-                **q,
-                "baseline_answer": bq["answer"],
-                "baseline_correct": bq["correct"],
-                **{f"baseline_{k}": bq[k] for k in QUESTION_SCORES},
-            }
-            for q, bq in zip(last["results"], base["results"], strict=True)
-        ],
+        **head,
+        **score_fields(base["summary"], adapted),
+        "questions": question_rows(last["results"], base["results"]),
         "train_losses": last["train_losses"],
         "train_steps": last["train_steps"],
         "diverged": any(run["diverged"] for run in runs),
