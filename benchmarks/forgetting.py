@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import seal_env  # noqa: F401  (loads OpenBLAS before mlx)
+from seal_env import stats
 from seal_env.articles import select_articles
 from seal_env.config import REWARD_KINDS, SealConfig
 from seal_env.journal import (
@@ -158,6 +159,15 @@ def summary(m: list[list[float]]) -> dict[str, float]:
         "mean_after_all_edits": statistics.fmean(m[k]),
         "mean_forgetting": statistics.fmean(diag[j] - m[k][j] for j in range(k - 1)) if k > 1 else 0.0,
     }
+
+
+def retention_change(matrices: list[list[list[float]]], conf: float = 0.95) -> dict[str, Any]:
+    """The first article's score after all K edits minus right after its own edit, per sequence (paired), with its
+    mean and Student-t interval over sequences (NaN bounds for fewer than 2 sequences)."""
+    k = len(matrices[0][0])
+    changes = [m[k][0] - m[1][0] for m in matrices]
+    mean, low, high = stats.mean_ci(changes, conf)
+    return {"mean": mean, "ci": [low, high], "conf": conf, "per_sequence": changes}
 
 
 def read_reference(path: Path | None) -> dict[str, Any] | None:
@@ -326,10 +336,11 @@ def write_report(
             "sequences": [r["sequence"] for r in mine],
         }
         if mine:
-            stats = {kind: aggregate([r["matrices"][kind] for r in mine]) for kind in SCORES}
-            entry["mean_over_sequences"] = {kind: m for kind, (m, _) in stats.items()}
-            entry["std_over_sequences"] = {kind: sd for kind, (_, sd) in stats.items()}
-            entry["summary"] = summary(stats[metric][0])
+            cells = {kind: aggregate([r["matrices"][kind] for r in mine]) for kind in SCORES}
+            entry["mean_over_sequences"] = {kind: m for kind, (m, _) in cells.items()}
+            entry["std_over_sequences"] = {kind: sd for kind, (_, sd) in cells.items()}
+            entry["summary"] = summary(cells[metric][0])
+            entry["first_article_retention"] = retention_change([r["matrices"][metric] for r in mine])
             entry["diverged_steps"] = sum(sum(r["diverged"]) for r in mine)
             entry["seconds"] = sum(r["seconds"] for r in mine)
         report_policies.append(entry)
@@ -401,6 +412,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"{p['n_sequences']} sequence(s), {p['diverged_steps']} diverged step(s), {p['seconds']:.0f} s.")
         lines += ["", *matrix_table(p["mean_over_sequences"][metric], p["std_over_sequences"][metric]), ""]
         lines += summary_lines(p["summary"])
+        kept = p["first_article_retention"]
+        low, high = kept["ci"]
+        lines.append(
+            f"- first article, after all edits minus right after its own edit, paired by sequence: {kept['mean']:+.3f} "
+            f"[{low:+.3f}, {high:+.3f}] ({kept['conf']:.0%} CI over {p['n_sequences']} sequences)"
+        )
         if metric != "accuracy":
             mean, sd = p["mean_over_sequences"]["accuracy"], p["std_over_sequences"]["accuracy"]
             lines += ["", "Accuracy (SEAL's metric):", "", *matrix_table(mean, sd), "", *summary_lines(summary(mean))]

@@ -186,7 +186,7 @@ def test_help_lists_every_setting_and_the_presets(capsys):
         (["--articles-per-round", "0"], "articles_per_round must be a positive integer"),
         (["--k", "0"], "k must be a positive integer"),
         (["--data", "/nonexistent/articles.json"], "article file not found"),
-        (["--articles-per-round", "1000"], "exceeds the 30 training articles"),
+        (["--articles-per-round", "1000"], "exceeds the 24 training articles"),  # the learn preset holds 16 out
         (["--epochs", "0"], "epochs must be a positive integer"),
         (["--template", "nonsense"], "unknown self-edit template"),
         (["--preset", "huge"], "invalid choice"),

@@ -289,6 +289,16 @@ def test_forgetting_benchmark_end_to_end_and_resume(tmp_path):
     mean = saved["policies"][1]["mean_over_sequences"]["loglik"][2][0]
     sd = saved["policies"][1]["std_over_sequences"]["loglik"][2][0]
     assert mean == pytest.approx(np.mean(ll)) and sd == pytest.approx(np.std(ll, ddof=1))
+    # the first article's retention, paired by sequence: last row minus right after its own edit, with its t interval
+    kept = saved["policies"][1]["first_article_retention"]
+    changes = [
+        by[("passage", s)]["matrices"]["loglik"][2][0] - by[("passage", s)]["matrices"]["loglik"][1][0]
+        for s in range(2)
+    ]
+    half = 12.706 * np.std(changes, ddof=1) / np.sqrt(2)  # t(0.975, 1 df)
+    assert kept["per_sequence"] == pytest.approx(changes) and kept["mean"] == pytest.approx(np.mean(changes))
+    assert kept["ci"] == pytest.approx([np.mean(changes) - half, np.mean(changes) + half], rel=1e-3)
+    assert "first article, after all edits minus right after its own edit, paired by sequence" in text
 
     # resume: the same command runs nothing; a lost last record is run again, with the same result; -S 3 adds one
     main(bench_args(out, "-S", "2"))

@@ -157,12 +157,12 @@ def test_offline_hf_repo_raises_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEAL_ENV_CACHE", str(tmp_path))
 
-    def build(folder: Path) -> None:
+    def failing_build(folder: Path) -> None:
         (folder / "config.json").write_text("{}")
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        build.build_once("broken", build)
+        build.build_once("broken", failing_build)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
 
 
