@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 from agents.base import Observation, derive_seed
 from agents.rundir import read_meta
 
-POLICY_SPECS = ("none", "passage", "prompt:TEMPLATE", "replay:PATH", "checkpoint:RUN_DIR[:ROUND]")
+#: The specs of :func:`make_policy`, named by the self-edit they write (the conditions of benchmarks.compare_policies,
+#: "none" = no adaptation and "passage" = the passage only, are not policies).
+POLICY_SPECS = ("empty", "passage-as-edit", "prompt:TEMPLATE", "replay:PATH", "checkpoint:RUN_DIR[:ROUND]")
 
 
 def _context_key(text: str) -> str:
@@ -169,17 +171,17 @@ class PromptPolicy:
 def make_policy(
     spec: str, *, model: str = "smollm2-135m", loaded: tuple[Any, Any] | None = None, **sampling: Any
 ) -> Any:
-    """A policy from a spec: ``none``, ``passage``, ``prompt:TEMPLATE``, ``replay:PATH`` or
-    ``checkpoint:RUN_DIR[:ROUND]``.
+    """A policy from a spec: ``empty`` (the empty self-edit), ``passage-as-edit`` (the passage as the self-edit),
+    ``prompt:TEMPLATE``, ``replay:PATH`` or ``checkpoint:RUN_DIR[:ROUND]``.
 
     ``prompt:`` samples ``model`` (a :func:`seal_env.models.load_model` spec; or pass ``loaded=(model, tokenizer)``);
     ``checkpoint:`` samples the policy saved by an ``agents`` run after ``ROUND`` (default: its last), with the
     run's template and sampling settings. ``sampling`` overrides PromptPolicy arguments (``temperature``, ...).
     """
     kind, _, arg = spec.partition(":")
-    if kind in ("none", "empty") and not arg:
+    if spec == "empty":
         return EmptyPolicy()
-    if kind == "passage" and not arg:
+    if spec == "passage-as-edit":
         return PassagePolicy()
     if kind == "replay" and arg:
         return ReplayPolicy(arg)

@@ -7,9 +7,9 @@ Conditions (as in SEAL's single-passage knowledge-incorporation table; every rew
                        where the other rewards of the article are). The reward is exactly 0 and the adapted
                        accuracy is the baseline's.
   passage              passage only: the empty self-edit with include_passage=True (the inner loop trains on the
-                       passage alone). This is NOT agents' make_policy("passage"), which gives the passage as the
-                       self-edit: with include_passage=True that trains on the passage twice; it is available here
-                       as "passage-as-edit".
+                       passage alone; agents' make_policy("empty")).
+  passage-as-edit      the passage given as the self-edit (agents' make_policy("passage-as-edit")): with
+                       include_passage=True the inner loop trains on the passage twice.
   prompt:TEMPLATE      passage + self-edits sampled from --policy-model with a SEAL template (implications, ...).
   replay:PATH          passage + self-edits read from a file (e.g. ../shared/data/self_edits/gpt-4.1_dev100.json).
   checkpoint:RUN[:R]   passage + self-edits sampled from a policy trained by agents (ReSTEM/GRPO), round R.

@@ -33,8 +33,11 @@ def tiny_model():
 def test_fixed_policies_follow_the_protocol():
     assert EmptyPolicy().propose(OBS, k=2) == [["", ""], ["", ""]]
     assert PassagePolicy().propose(OBS, k=1) == [[OBS[0]["context"]], [OBS[1]["context"]]]
-    assert isinstance(EmptyPolicy(), Policy) and isinstance(make_policy("passage"), PassagePolicy)
-    assert isinstance(make_policy("none"), EmptyPolicy)
+    assert isinstance(EmptyPolicy(), Policy) and isinstance(make_policy("passage-as-edit"), PassagePolicy)
+    assert isinstance(make_policy("empty"), EmptyPolicy)
+    for condition in ("none", "passage"):  # compare_policies' conditions, not policies: one meaning each
+        with pytest.raises(ValueError, match="unknown policy spec"):
+            make_policy(condition)
     assert Experience(None, "x", 1.0).k == 0 and not isinstance(EmptyPolicy(), Agent)
 
 
