@@ -35,6 +35,8 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
+# The executors with workers are imported where they are built: child_process also runs as `python -m` in each
+# worker, which must not find it imported already (by this package, which `import seal_env` loads).
 from seal_env.executors.base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_REQUEST_TIMEOUT,
@@ -56,8 +58,6 @@ from seal_env.executors.base import (
     usable_cores,
     weights_to_numpy,
 )
-from seal_env.executors.child_process import SubprocessExecutor
-from seal_env.executors.pool import PoolExecutor
 
 log = logging.getLogger("seal_env")
 
@@ -81,8 +81,6 @@ __all__ = [
     "group_size",
     "usable_cores",
     "weights_to_numpy",
-    "PoolExecutor",
-    "SubprocessExecutor",
     "make_executor",
 ]
 
@@ -135,6 +133,8 @@ def make_executor(
         if setup.kind == "inprocess":
             executor = InProcessExecutor(settings)
         else:
+            from seal_env.executors.pool import PoolExecutor
+
             executor = PoolExecutor(settings, setup.workers, setup.threads, **timeouts)
         executor.setup = setup
         log.info(setup.message())
@@ -142,8 +142,12 @@ def make_executor(
     if kind == "inprocess":
         return InProcessExecutor(settings)
     if kind == "subprocess":
+        from seal_env.executors.child_process import SubprocessExecutor
+
         return SubprocessExecutor(settings, **timeouts, **kwargs)
     if kind == "pool":
+        from seal_env.executors.pool import PoolExecutor
+
         return PoolExecutor(settings, workers, **timeouts, **kwargs)
     from seal_env.executors.ray_pool import RayExecutor  # ray is imported only when this executor is built
 
