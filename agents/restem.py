@@ -51,9 +51,6 @@ class ReSTEMConfig(RunConfig):
 #: writing nothing earns 0), 8 training articles a round x 5 self-edits sampled at temperature 0.7, an article's
 #: best kept only if its reward > 0, 3 policy epochs, and 16 held-out articles evaluated with the policy's greedy
 #: self-edit.
-#: The preset of ``python -m agents.restem`` with no ``--preset``.
-DEFAULT_PRESET = "learn"
-
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     "learn": {
@@ -70,6 +67,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": PAPER_PRESET,
     "tiny": TINY,
 }
+#: The preset of ``python -m agents.restem`` with no ``--preset``.
+DEFAULT_PRESET = "learn"
 
 
 def select_best(batch: list[Experience], threshold: float | None, keep_empty: bool = True) -> list[Experience]:
