@@ -71,7 +71,7 @@ def train_with_progress(
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
     try:
         learner.reset([seed])
-        return learner.train([data], [seed], on_step=lambda losses: bar.update(1), loss=loss)[0]
+        return learner.train([data], [seed], on_step=lambda losses: bar.update(1), loss=loss, grad_norms=True)[0]
     finally:
         bar.close()
 

@@ -263,14 +263,16 @@ def test_learner_grad_norms_are_each_steps_gradient_norm():
     for m in learner.adapters:  # a non-zero B: the gradient reaches A too
         m.lora_b = mx.random.normal(m.lora_b.shape, key=mx.random.key(3)) * 0.05
     direct = _norm(nn.value_and_grad(model, sft)(model)[1])
-    report = learner.train([one], [7])[0]
+    report = learner.train([one], [7], grad_norms=True)[0]
     assert report["train_steps"] == 1 and report["grad_norms"] == [pytest.approx(direct, rel=1e-4)]
     alone = []
     for seed, data in ((7, one), (8, two)):
         learner.reset([seed])
-        alone.append(learner.train([data], [seed])[0]["grad_norms"])
+        alone.append(learner.train([data], [seed], grad_norms=True)[0]["grad_norms"])
     learner.reset([7, 8])
-    together = learner.train([one, two], [7, 8])
+    together = learner.train([one, two], [7, 8], grad_norms=True)
+    learner.reset([7])
+    assert "grad_norms" not in learner.train([one], [7])[0]  # off by default: the inner loop does not pay for it
     assert [r["grad_norms"] for r in together] == [pytest.approx(a, rel=1e-5) for a in alone]
 
 

@@ -9,11 +9,11 @@ diverged slot's weights and moments stay as they are.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("linear", "constant")
@@ -134,3 +134,12 @@ class AdapterOptimizer:
             return mx.where(mask, new, p)
 
         return tree_map(adam, params, new_m, new_v)
+
+
+def slot_grad_norms(grads: Any, n_slots: int) -> mx.array:
+    """Each of ``n_slots`` adapter slots' global gradient norm: the L2 norm over all of its LoRA parameters'
+    gradients (every leaf of ``grads`` is stacked along a leading slot axis), in float32, one value per slot."""
+    total = mx.zeros((n_slots,), dtype=mx.float32)
+    for _, g in cast(list[tuple[str, mx.array]], tree_flatten(grads)):
+        total = total + mx.square(g.astype(mx.float32)).reshape(n_slots, -1).sum(axis=1)
+    return mx.sqrt(total)

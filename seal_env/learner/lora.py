@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.lora import LoRALinear
 
 
@@ -129,3 +130,36 @@ def _unflatten(pairs: Sequence[tuple[str, nn.Module]]) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = module
     return tree
+
+
+def fused_weights(model: nn.Module, slot: int = 0) -> dict[str, mx.array]:
+    """The base weights of every multi-LoRA layer with slot ``slot``'s adapter folded in (mlx-lm's
+    ``LoRALinear.fuse``), under plain mlx-lm names."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, MultiLoRALinear):
+            out[f"{name}.weight"] = module.to_lora(slot).fuse().weight
+    return out
+
+
+def base_weights(model: nn.Module) -> dict[str, mx.array]:
+    """The frozen weights under the multi-LoRA layers (plain mlx-lm names)."""
+    return {f"{name}.weight": m.linear.weight for name, m in model.named_modules() if isinstance(m, MultiLoRALinear)}
+
+
+def load_base_weights(model: nn.Module, weights: dict[str, mx.array]) -> None:
+    """Replace frozen base weights (plain mlx-lm names) under the LoRA wrappers: names that the wrapping moved
+    (``...q_proj.weight`` -> ``...q_proj.linear.weight``) are mapped; unknown names raise KeyError, other shapes
+    ValueError; values take the weights' dtype."""
+    current = dict(tree_flatten(model.parameters()))
+    mapped = []
+    for name, value in weights.items():
+        head, _, leaf = name.rpartition(".")
+        target = name if name in current else f"{head}.linear.{leaf}"
+        if target not in current or "lora_" in target:
+            raise KeyError(f"{name!r} is not a base weight of this model")
+        if current[target].shape != value.shape:
+            raise ValueError(f"{name!r}: shape {value.shape} != {current[target].shape}")
+        mapped.append((target, value.astype(current[target].dtype)))
+    model.update(tree_unflatten(mapped))
+    mx.eval(model.parameters())

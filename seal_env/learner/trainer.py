@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from seal_env.config import SealConfig
-from seal_env.learner.adapter_optim import AdapterOptimizer
+from seal_env.learner.adapter_optim import AdapterOptimizer, slot_grad_norms
 from seal_env.learner.batching import (
     ExtrasRow,
     Loss,
@@ -37,7 +37,14 @@ from seal_env.learner.batching import (
     stack_extras,
 )
 from seal_env.learner.decode import greedy_continue, prefill, score, select_rows
-from seal_env.learner.lora import MultiLoRALinear, add_multi_lora, init_adapters, resolve_lora_keys
+from seal_env.learner.lora import (
+    add_multi_lora,
+    base_weights,
+    fused_weights,
+    init_adapters,
+    load_base_weights,
+    resolve_lora_keys,
+)
 from seal_env.learner.memory import keep_freed_memory, release_memory
 from seal_env.models import model_fingerprint
 from seal_env.models.kernels import use_fast_kernels
@@ -46,16 +53,7 @@ from seal_env.prompts import uses_chat
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
-
-
-def slot_grad_norms(grads: Any, n_slots: int) -> mx.array:
-    """Each of ``n_slots`` adapter slots' global gradient norm: the L2 norm over all of its LoRA parameters'
-    gradients (every leaf of ``grads`` is stacked along a leading slot axis), in float32, one value per slot."""
-    total = mx.zeros((n_slots,), dtype=mx.float32)
-    for _, g in cast(list[tuple[str, mx.array]], tree_flatten(grads)):
-        total = total + mx.square(g.astype(mx.float32)).reshape(n_slots, -1).sum(axis=1)
-    return mx.sqrt(total)
+from mlx.utils import tree_map
 
 
 class Learner:
@@ -176,6 +174,7 @@ class Learner:
         seeds: Sequence[int],
         on_step: Callable[[list[float]], None] | None = None,
         loss: Loss | None = None,
+        grad_norms: bool = False,
     ) -> list[dict[str, Any]]:
         """Fine-tune slot ``j`` on ``datas[j]`` (token ids, loss start) for ``cfg.epochs``, shuffled with
         ``seeds[j]``; returns one train report per slot.
@@ -183,8 +182,9 @@ class Learner:
         ``on_step(losses)`` is called after every batched step with the losses of the slots that stepped. A slot
         stops early, with ``diverged=True``, if its loss is not finite or exceeds ``cfg.max_loss``, or if its
         adapter weights end up non-finite. ``train_seconds`` is the pass's wall time shared by optimizer steps.
-        ``grad_norms`` holds, per optimizer step the slot took, the global L2 norm of its adapter's gradient (all of
-        its LoRA parameters together; the Learner does not clip gradients).
+        With ``grad_norms=True`` (an extra pass over the gradients at every step, so the inner loop leaves it off)
+        the reports hold ``grad_norms``: per optimizer step the slot took, the global L2 norm of its adapter's
+        gradient (all of its LoRA parameters together; the Learner does not clip gradients).
 
         ``loss`` replaces SFT's cross-entropy: ``loss(model, inputs, targets, mask, groups, *extras)`` gets a
         padded batch of rows (:func:`make_batch`), ``groups`` (slots x rows, one-hot: the stepping slots' rows; the
@@ -245,13 +245,15 @@ class Learner:
                         diverged[k] = True
                 if stepping:
                     assert apply is not None  # a slot steps only if it has a plan
-                    grad_norm = cast(list[float], slot_grad_norms(grads, n).tolist())
+                    if grad_norms:
+                        step_norms = cast(list[float], slot_grad_norms(grads, n).tolist())
+                        for k in stepping:
+                            norms[k].append(step_norms[k])
                     mask_slots = [k in stepping for k in range(n)]
                     apply(grads, *opt.step_inputs(mask_slots))
                     mx.eval(model.trainable_parameters(), opt.state)
                 for k in stepping:
                     losses[k].append(values[k])
-                    norms[k].append(grad_norm[k])
                     tokens[k] += counts[k]
                     for name, x in found[k].items():
                         metrics[k].setdefault(name, []).append(x)
@@ -270,11 +272,11 @@ class Learner:
             {
                 "train_losses": losses[k],
                 "train_steps": len(losses[k]),
-                "grad_norms": norms[k],
                 "trained_tokens": tokens[k],
                 "diverged": diverged[k],
                 "train_seconds": seconds * (len(losses[k]) / total_steps if n > 1 else 1),
                 **({"train_metrics": metrics[k]} if loss is not None else {}),
+                **({"grad_norms": norms[k]} if grad_norms else {}),
             }
             for k in range(n)
         ]
@@ -360,10 +362,6 @@ class Learner:
                 answers[row // q][row % q] = self.tokenizer.decode(t).split("\nQuestion:")[0].strip()
         return answers, scores
 
-    def answers(self, prompts: Sequence[str], max_tokens: int) -> list[list[str]]:
-        """Greedy answers to the prompts for every slot (``[slot][prompt]``), decoded as one batch."""
-        return self.ask(prompts, [[""] for _ in prompts], max_tokens)[0]
-
     def answer_logliks(self, prompts: Sequence[str], answers: Sequence[str]) -> list[list[float]]:
         """Mean log-probability per token of each gold ``answer`` after its ``prompt``, for every slot
         (``[slot][prompt]``)."""
@@ -372,39 +370,18 @@ class Learner:
 
     # ----------------------------------------------------------------------------------------------- weights
     def fused_weights(self, slot: int = 0) -> dict[str, mx.array]:
-        """Base weights with slot ``slot``'s adapter folded in (mlx-lm's ``LoRALinear.fuse``), plain mlx-lm names."""
-        out = {}
-        for name, module in self.model.named_modules():
-            if isinstance(module, MultiLoRALinear):
-                out[f"{name}.weight"] = module.to_lora(slot).fuse().weight
-        return out
+        """Base weights with slot ``slot``'s adapter folded in (:func:`seal_env.learner.lora.fused_weights`)."""
+        return fused_weights(self.model, slot)
 
     def base_weights(self) -> dict[str, mx.array]:
         """The frozen weights under the adapters (plain mlx-lm names)."""
-        return {
-            f"{name}.weight": m.linear.weight
-            for name, m in self.model.named_modules()
-            if isinstance(m, MultiLoRALinear)
-        }
+        return base_weights(self.model)
 
     def set_base_weights(self, weights: dict[str, mx.array]) -> None:
-        """Replace frozen base weights (plain mlx-lm names, e.g. from a fused policy) under the LoRA wrappers.
-
-        Lets the inner-loop learner be an updated policy (SEAL's "the model adapts itself"). Names that the LoRA
-        wrapping moved (``...q_proj.weight`` -> ``...q_proj.linear.weight``) are mapped; unknown names raise.
-        """
-        current = dict(tree_flatten(self.model.parameters()))
-        mapped = []
-        for name, value in weights.items():
-            head, _, leaf = name.rpartition(".")
-            target = name if name in current else f"{head}.linear.{leaf}"
-            if target not in current or "lora_" in target:
-                raise KeyError(f"{name!r} is not a base weight of this model")
-            if current[target].shape != value.shape:
-                raise ValueError(f"{name!r}: shape {value.shape} != {current[target].shape}")
-            mapped.append((target, value.astype(current[target].dtype)))
-        self.model.update(tree_unflatten(mapped))
-        mx.eval(self.model.parameters())
+        """Replace frozen base weights (plain mlx-lm names, e.g. from a fused policy) under the LoRA wrappers: the
+        inner-loop learner becomes an updated policy (SEAL's "the model adapts itself");
+        :func:`seal_env.learner.lora.load_base_weights`."""
+        load_base_weights(self.model, weights)
         self._fingerprint: str | None = None
 
     def fingerprint(self) -> str:

@@ -19,12 +19,13 @@ a :data:`seal_env.reward.grading.Grader` (a callable ``(question, gold, predicti
 * Cache: judgments are stored in a JSON-lines file (:class:`JudgmentCache`; the env puts it in the reward cache
   folder as ``judgments.jsonl``) under a SHA-256 of (base URL, model, :data:`PROMPT_VERSION`, question, gold,
   prediction); a repeat is answered from it without a request. Only real verdicts are stored, never failures.
+
+The prompt and the reading of a reply are :mod:`seal_env.judge.prompt`, the cache :mod:`seal_env.judge.cache`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import http.client
 import json
 import logging
@@ -37,27 +38,28 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from seal_env.judge.cache import JUDGMENTS_FILE, JudgmentCache, judgment_key
+from seal_env.judge.prompt import PROMPT_VERSION, judge_messages, parse_verdict
 
 log = logging.getLogger(__name__)
 
-#: Identifies the prompt below and how its reply is read; part of every judgment's and reward's cache key.
-PROMPT_VERSION = "seal-env-judge-1"
-SYSTEM_PROMPT = (
-    "You grade answers to quiz questions about a text. You are given a question, the gold answer and a "
-    "predicted answer. Reply with one word: yes or no."
-)
-USER_TEMPLATE = (
-    "Question: {question}\n"
-    "Gold answer: {gold}\n"
-    "Predicted answer: {prediction}\n\n"
-    "Does the predicted answer give the gold answer (the same fact; other wording, extra detail or an equivalent "
-    "form are fine; a different, contradictory, missing or evasive answer is not)? Reply with yes or no only."
-)
+__all__ = [
+    "JUDGE_SETTINGS",
+    "JUDGMENTS_FILE",
+    "PROMPT_VERSION",
+    "JudgeError",
+    "JudgeGrader",
+    "JudgmentCache",
+    "api_key_env_problem",
+    "base_url_problem",
+    "judge_key",
+    "judgment_key",
+    "parse_verdict",
+]
+
 ON_ERROR = ("wrong", "raise")
-#: The judgment cache's file name in the reward cache folder.
-JUDGMENTS_FILE = "judgments.jsonl"
 #: The settings of :class:`seal_env.config.SealConfig` that configure the judge.
 JUDGE_SETTINGS = (
     "grader",
@@ -114,142 +116,6 @@ def api_key_env_problem(name: Any) -> str | None:
     if len(name) >= 24 and mixed:
         return "looks like an API key; give the NAME of the environment variable that holds it"
     return None
-
-
-# ----------------------------------------------------------------------------------------------- the prompt
-def judge_messages(question: str, gold: str, prediction: str) -> list[dict[str, str]]:
-    """The chat messages of one judgment (:data:`PROMPT_VERSION`)."""
-    user = USER_TEMPLATE.format(question=question.strip(), gold=gold.strip(), prediction=prediction.strip())
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-
-_THINK = re.compile(r"<think>.*?(</think>|\Z)", re.S | re.I)
-_FENCE = re.compile(r"^```[a-z]*\s*|\s*```$", re.I)
-_LABEL = re.compile(r"^(final\s+)?(answer|verdict|judgment|judgement|grade|result|correct)\s*[:=\-]\s*", re.I)
-_YES = ("yes", "y", "true", "correct")
-_NO = ("no", "n", "false", "incorrect", "wrong")
-_VERDICT_KEYS = ("verdict", "answer", "correct", "is_correct", "result", "grade", "judgment", "judgement")
-
-
-def _word_verdict(text: str) -> float | None:
-    first = re.match(r"[a-z]+", text)
-    if first and first.group() in _YES:
-        return 1.0
-    if first and first.group() in _NO:
-        return 0.0
-    return None
-
-
-def parse_verdict(text: Any) -> float | None:
-    """1.0 (yes), 0.0 (no) or None (no verdict) from a judge's reply. Read: a ``<think>`` block is dropped; JSON
-    (``{"verdict": "yes"}``, ``{"correct": true}``, also in a code fence); Markdown emphasis and quotes
-    (``**Yes**``); a label (``Answer: no``, ``Verdict - yes``); then the first word (yes/no, true/false,
-    correct/incorrect/wrong). Otherwise SEAL's reading: a reply with the word "yes" and not "no" is yes, one with
-    "no" and not "yes" is no; anything else is no verdict."""
-    if not isinstance(text, str):
-        return None
-    text = _FENCE.sub("", _THINK.sub("", text).strip()).strip()
-    if text.startswith("{"):
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict):
-            for key in _VERDICT_KEYS:
-                value = obj.get(key, obj.get(key.capitalize()))
-                if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
-                    return float(value)
-                if isinstance(value, str):
-                    return parse_verdict(value)
-            return None
-    plain = re.sub(r"[*_`#\"'“”‘’>]", "", text).strip().lower()
-    plain = _LABEL.sub("", plain).strip()
-    verdict = _word_verdict(plain)
-    if verdict is not None:
-        return verdict
-    yes, no = re.search(r"\byes\b", plain) is not None, re.search(r"\bno\b", plain) is not None
-    return 1.0 if yes and not no else 0.0 if no and not yes else None
-
-
-# ------------------------------------------------------------------------------------------- judgment cache
-def judgment_key(identity: dict[str, str], question: str, gold: str, prediction: str) -> str:
-    """SHA-256 (hex) of a judge's identity (base URL, model, prompt version) and one (question, gold, prediction)."""
-    payload = {**identity, "question": question, "gold": gold, "prediction": prediction}
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _valid_judgment(entry: Any) -> bool:
-    if not isinstance(entry, dict):
-        return False
-    key, score = entry.get("key"), entry.get("score")
-    hex_key = isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key)
-    return hex_key and isinstance(score, (int, float)) and not isinstance(score, bool) and score in (0.0, 1.0)
-
-
-class JudgmentCache:
-    """Verdicts by :func:`judgment_key`, in a JSON-lines file shared by every process pointed at it.
-
-    Each entry is one line, appended in one ``write`` call to a file opened for appending, so concurrent writers
-    do not interleave within a line. Lines are read lazily: all of them on the first look-up, then, on a miss, the
-    ones other processes appended since. A line that is not a valid entry (edited by hand, cut by a crash) is
-    skipped: that judgment is a miss and is asked again."""
-
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path).expanduser()
-        self._entries: dict[str, float] = {}
-        self._offset = 0
-        self._lock = threading.Lock()
-
-    def _refresh(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except OSError:
-            return
-        end = data.rfind(b"\n") + 1  # a last line without its newline may still be being written
-        for line in data[:end].splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if _valid_judgment(entry):
-                self._entries.setdefault(entry["key"], float(entry["score"]))
-        self._offset += end
-
-    def get(self, key: str) -> float | None:
-        """The stored verdict, or None."""
-        with self._lock:
-            if key not in self._entries:
-                self._refresh()
-            return self._entries.get(key)
-
-    def put(self, key: str, score: float, **fields: Any) -> bool:
-        """Append a verdict (``fields``: what else to keep for a reader, e.g. the model and the reply); False,
-        with nothing stored, if it cannot be written or is not a valid entry."""
-        entry = {"key": key, "score": float(score), **fields}
-        if not _valid_judgment(entry):
-            return False
-        line = (json.dumps(entry, ensure_ascii=True) + "\n").encode()
-        with self._lock:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, line)
-                finally:
-                    os.close(fd)
-            except OSError as err:
-                log.warning("judgment cache %s not written: %s", self.path, err)
-                return False
-            self._entries[key] = float(score)
-            return True
-
-    def __len__(self) -> int:
-        with self._lock:
-            self._refresh()
-            return len(self._entries)
 
 
 # --------------------------------------------------------------------------------------------------- the judge
