@@ -58,6 +58,18 @@ PAPER_PRESET: dict[str, Any] = {
     "policy_batch_size": 5,
     "env": {**SEAL_PAPER_SETTINGS, "eval_times": 3, "reward": "accuracy"},
 }
+#: Rollouts and inner loop of the ``learn`` presets (ReSTEM's and GRPO's): the setting in which SmolLM2-135M
+#: measurably learns here (``benchmarks/LEARNING.md``). The reward is what the self-edit alone teaches
+#: (``include_passage=False``, so writing nothing earns 0); 8 training articles a round x 5 self-edits sampled at
+#: temperature 0.7; 16 held-out articles, each evaluated with the policy's greedy self-edit.
+LEARN_ROLLOUTS: dict[str, Any] = {
+    "articles_per_round": 8,
+    "k": 5,
+    "temperature": 0.7,
+    "heldout_articles": -1,
+    "heldout_temperature": 0.0,
+    "env": {**DEMO_ENV, "include_passage": False, "heldout": 16},
+}
 CHOICES = {
     "wandb_mode": ("online", "offline", "disabled"),
     "executor": ("auto", "inprocess", "pool", "ray"),
@@ -168,6 +180,11 @@ class RunConfig:
         "sequences per policy update step",
         group=POLICY_UPDATE,
     )
+    policy_max_grad_norm: float | None = setting(
+        None,
+        "clip each policy update step's LoRA gradient to this global L2 norm (none: no clipping)",
+        group=POLICY_UPDATE,
+    )
 
     env: SealConfig = setting(
         factory=lambda: SealConfig(**DEMO_ENV),
@@ -201,6 +218,8 @@ class RunConfig:
             raise ValueError(f"--workers > 1 needs --executor pool or ray, not {self.executor}")
         if self.executor != "ray" and self.ray_address:
             raise ValueError(f"--ray-address needs --executor ray, not {self.executor}")
+        if self.policy_max_grad_norm is not None and not self.policy_max_grad_norm > 0:
+            raise ValueError(f"policy_max_grad_norm must be > 0 or none, got {self.policy_max_grad_norm}")
         if self.heldout_articles < -1:
             raise ValueError(f"heldout_articles must be -1 (all), 0 (none) or a count, got {self.heldout_articles}")
         if not (self.temperature >= 0 and 0 < self.top_p <= 1):

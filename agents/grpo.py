@@ -6,7 +6,8 @@ are all equal teaches nothing and is skipped). The policy's LoRA is trained for 
 the clipped-ratio objective on the self-edit tokens (old log-probs from the policy that sampled), plus
 ``kl_coef`` times the k3 estimate of KL(policy || initial policy); then the LoRA is folded into the policy. The
 training loop is seal_env's :meth:`seal_env.learner.trainer.Learner.train` with this loss (AdamW, constant learning
-rate); an update whose loss turns non-finite or exceeds the Learner's ``max_loss`` (50) is dropped.
+rate, gradients clipped to ``policy_max_grad_norm`` when set); an update whose loss turns non-finite or exceeds the
+Learner's ``max_loss`` (50) is dropped.
 
 :meth:`GRPO.learn` returns the round's diagnostics (the journal's ``learn`` record, the printed round line, wandb's
 ``round/learn_*``); "token" means a self-edit token of a self-edit used (nonzero advantage), and every token mean is
@@ -30,11 +31,12 @@ over all such tokens of the round (steps weighted by their tokens):
   temperature 1, whatever the sampling temperature) at the self-edit tokens, with the policy before the update: the
   exact entropy over the vocabulary, not the negative log-probability of the sampled token.
 * ``grad_norm_mean``, ``grad_norm_max``: the global L2 norm of the LoRA's gradient at each optimizer step (the
-  Learner's ``grad_norms``; no clipping), mean and max over the steps.
+  Learner's ``grad_norms``, before clipping to ``policy_max_grad_norm``), mean and max over the steps.
 
 A value with nothing to measure it on (no optimizer step, or no self-edit used) is NaN; ``adv_abs_mean`` is 0 then.
 
-    python -m agents.grpo                     # demo preset
+    python -m agents.grpo                     # learn preset: the policy improves on held-out articles
+    python -m agents.grpo --preset demo       # the machinery in a few minutes
     python -m agents.grpo --preset tiny --wandb-mode disabled
 """
 
@@ -55,7 +57,7 @@ import mlx.nn as nn
 import numpy as np
 
 from agents.base import Experience
-from agents.config import PAPER_PRESET, POLICY_UPDATE, TINY, RunConfig
+from agents.config import LEARN_ROLLOUTS, PAPER_PRESET, POLICY_UPDATE, TINY, RunConfig
 from agents.lora_agent import LoRAAgent
 from agents.run import main as run_main
 
@@ -104,11 +106,27 @@ class GRPOConfig(RunConfig):
         return dataclasses.replace(super().update_config(), lr_schedule="constant")
 
 
+#: ``learn``: :data:`agents.config.LEARN_ROLLOUTS` (ReSTEM's ``learn`` rollouts and inner loop) with an update that
+#: moves the policy (``benchmarks/LEARNING.md``): ReSTEM's LoRA (r=64, alpha 128, all linear layers) at lr 1e-4, 2
+#: epochs over the round's self-edits in batches of 5, each step's gradient clipped to norm 1. ``demo``'s update (r=16
+#: on q/v, lr 5e-5, 1 epoch) barely moves the policy; lr 3e-4 moves it in round 1 and breaks it in round 2.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
+    "learn": {
+        **LEARN_ROLLOUTS,
+        "policy_lora_rank": 64,
+        "policy_lora_alpha": 128.0,
+        "policy_lora_modules": ["all"],
+        "policy_learning_rate": 1e-4,
+        "policy_epochs": 2,
+        "policy_batch_size": 5,
+        "policy_max_grad_norm": 1.0,
+    },
     "paper": PAPER_PRESET,
     "tiny": {**TINY, "policy_learning_rate": 1e-3, "policy_batch_size": 2},
 }
+#: The preset of ``python -m agents.grpo`` with no ``--preset``.
+DEFAULT_PRESET = "learn"
 
 
 def group_advantages(batch: list[Experience], eps: float) -> list[float]:
@@ -292,7 +310,7 @@ class GRPO(LoRAAgent[GRPOConfig]):
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_main("grpo", GRPOConfig, PRESETS, GRPO, __doc__.split("\n\n")[0], argv)
+    return run_main("grpo", GRPOConfig, PRESETS, GRPO, __doc__.split("\n\n")[0], argv, DEFAULT_PRESET)
 
 
 if __name__ == "__main__":

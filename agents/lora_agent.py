@@ -64,14 +64,18 @@ def train_with_progress(
     desc: str,
     progress: bool,
     loss: Loss | None = None,
+    max_grad_norm: float | None = None,
 ) -> dict[str, Any]:
     """Train a fresh adapter (one slot, seeded ``seed``) on ``data`` with a progress bar over its optimiser steps;
-    ``loss``: the training loss (default: SFT's, see :meth:`seal_env.learner.trainer.Learner.train`)."""
+    ``loss``: the training loss (default: SFT's), ``max_grad_norm``: gradient clipping (default none; see
+    :meth:`seal_env.learner.trainer.Learner.train`)."""
     steps = math.ceil(len(data) / learner.cfg.batch_size) * learner.cfg.epochs
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
     try:
         learner.reset([seed])
-        return learner.train([data], [seed], on_step=lambda losses: bar.update(1), loss=loss, grad_norms=True)[0]
+        return learner.train(
+            [data], [seed], lambda losses: bar.update(1), loss=loss, grad_norms=True, max_grad_norm=max_grad_norm
+        )[0]
     finally:
         bar.close()
 
@@ -90,7 +94,8 @@ class LoRAAgent(Generic[C]):
     ) -> dict[str, Any]:
         """Train a fresh LoRA on ``data`` (:func:`train_with_progress`) and fold it into the policy, or drop it if it
         diverged; returns the learner's train report."""
-        report = train_with_progress(self.model.learner, data, seed, desc, self.cfg.progress, loss)
+        cfg = self.cfg
+        report = train_with_progress(self.model.learner, data, seed, desc, cfg.progress, loss, cfg.policy_max_grad_norm)
         if report["diverged"]:
             self.model.learner.reset([])  # keep the policy as it was
         else:

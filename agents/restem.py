@@ -23,7 +23,7 @@ from typing import Any
 from seal_env.config import setting
 
 from agents.base import Experience
-from agents.config import DEMO_ENV, PAPER_PRESET, TINY, RunConfig
+from agents.config import LEARN_ROLLOUTS, PAPER_PRESET, TINY, RunConfig
 from agents.lora_agent import LoRAAgent
 from agents.run import main as run_main
 
@@ -46,24 +46,11 @@ class ReSTEMConfig(RunConfig):
 #: ``demo`` is the dataclass defaults; ``paper`` is SEAL's knowledge-incorporation ReSTEM (50 articles x 5
 #: self-edits x 3 inner loops, 2 rounds, SFT with LoRA r=64 on all linear layers, lr 3e-4, 2 epochs, batch 5,
 #: and SEAL's inner loop: the SealConfig defaults + SEAL_PAPER_SETTINGS, with SEAL's accuracy reward); ``tiny`` is
-#: the tiny-random model, for tests; ``learn`` is the setting in which SmolLM2-135M measurably learns here
-#: (``benchmarks/LEARNING.md``): the reward is what the self-edit alone teaches (``include_passage=False``, so
-#: writing nothing earns 0), 8 training articles a round x 5 self-edits sampled at temperature 0.7, an article's
-#: best kept only if its reward > 0, 3 policy epochs, and 16 held-out articles evaluated with the policy's greedy
-#: self-edit.
+#: the tiny-random model, for tests; ``learn`` is :data:`agents.config.LEARN_ROLLOUTS` with an article's best kept
+#: only if its reward > 0 and never an empty one, and 3 policy epochs.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
-    "learn": {
-        "articles_per_round": 8,
-        "k": 5,
-        "temperature": 0.7,
-        "threshold": 0.0,
-        "keep_empty": False,
-        "policy_epochs": 3,
-        "heldout_articles": -1,
-        "heldout_temperature": 0.0,
-        "env": {**DEMO_ENV, "include_passage": False, "heldout": 16},
-    },
+    "learn": {**LEARN_ROLLOUTS, "threshold": 0.0, "keep_empty": False, "policy_epochs": 3},
     "paper": PAPER_PRESET,
     "tiny": TINY,
 }

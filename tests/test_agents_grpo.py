@@ -3,6 +3,7 @@ against a direct mlx computation), one update, the tiny preset end to end (loggi
 directory, the diagnostics read back from wandb's file), and runs killed mid-round or between a checkpoint and its
 learn record that resume to the same result."""
 
+import dataclasses
 import json
 import math
 import struct
@@ -21,9 +22,10 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from agents import grpo
+from agents import grpo, restem
 from agents.base import Experience
-from agents.config import TINY_ENV
+from agents.command_line import build_parser, parse_args
+from agents.config import TINY_ENV, RunConfig, preset_config
 
 from conftest import assert_same_run, count_evaluations, crashed_copy, journal
 
@@ -396,3 +398,22 @@ def test_a_diverged_update_is_dropped(monkeypatch):
     stats = agent.learn(batch, seed=0)
     assert stats["diverged"] == 1.0 and stats["steps"] == 0 and math.isnan(stats["loss"])
     assert all(mx.array_equal(agent.state()[k], saved[k]) for k in saved) and agent.model.learner.n_slots == 0
+
+
+def test_learn_preset_is_the_default_and_rolls_out_as_restems():
+    """``python -m agents.grpo`` with no preset runs ``learn``. GRPO's ``learn`` preset samples, rewards and
+    evaluates exactly as ReSTEM's (rounds, articles, self-edits, held-out evaluation, inner loop), so the two
+    learning curves differ by the update alone; the update trains ReSTEM's LoRA (rank, alpha, layers), with larger
+    steps than GRPO's demo one."""
+    ours = preset_config(grpo.GRPOConfig, grpo.PRESETS, "learn")
+    ours.validate()
+    theirs = preset_config(restem.ReSTEMConfig, restem.PRESETS, "learn")
+    shared = [f.name for f in dataclasses.fields(RunConfig) if not f.name.startswith("policy_")]
+    assert "env" in shared and "k" in shared
+    assert {n: getattr(ours, n) for n in shared} == {n: getattr(theirs, n) for n in shared}
+    lora = ("policy_lora_rank", "policy_lora_alpha", "policy_lora_modules")
+    assert {n: getattr(ours, n) for n in lora} == {n: getattr(theirs, n) for n in lora}
+    demo = preset_config(grpo.GRPOConfig, grpo.PRESETS, "demo")
+    assert ours.policy_learning_rate > demo.policy_learning_rate and ours.policy_epochs > demo.policy_epochs
+    parser = build_parser("grpo", grpo.GRPOConfig, grpo.PRESETS, "GRPO.", grpo.DEFAULT_PRESET)
+    assert parse_args(parser, grpo.GRPOConfig, grpo.PRESETS, []) == (ours, "learn", None)

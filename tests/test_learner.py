@@ -210,3 +210,32 @@ def test_keep_freed_memory_serves_large_blocks_from_the_heap():
     # glibc's default unmaps such a block on free
     assert where(None) == "heap"
     assert where("off") == "mmapped"
+
+
+def test_max_grad_norm_scales_each_slots_step_down_to_that_norm():
+    """Gradient clipping, with SGD (an update that is ``-lr * gradient``): a slot whose gradient norm is above
+    ``max_grad_norm`` moves by its unclipped step times ``max_grad_norm / norm``; a slot below it moves as without
+    clipping, in the same step; ``grad_norms`` reports the norms before clipping."""
+    model, tok = load_model("tiny-random")
+    cfg = SealConfig(model="tiny-random", lora_rank=4, epochs=1, batch_size=3, optimizer="sgd", learning_rate=0.5)
+    learner = Learner(model, tok, cfg)
+    datas = [_data(tok, 3), _data(tok, 1)]
+
+    def step(max_grad_norm):
+        learner.reset([7, 8])
+        before = [np.array(v) for _, v in tree_flatten(learner.model.trainable_parameters())]
+        reports = learner.train(datas, [7, 8], grad_norms=True, max_grad_norm=max_grad_norm)
+        after = [np.array(v) for _, v in tree_flatten(learner.model.trainable_parameters())]
+        moved = [a - b for a, b in zip(after, before, strict=True)]  # leaves stacked by slot: [slot, ...]
+        return [r["grad_norms"][0] for r in reports], moved
+
+    norms, free = step(None)
+    assert norms[0] != pytest.approx(norms[1], rel=0.02)
+    cap = math.sqrt(norms[0] * norms[1])  # between the two slots' norms
+    clipped_norms, clipped = step(cap)
+    assert clipped_norms == [pytest.approx(x, rel=1e-5) for x in norms]
+    big, small = (0, 1) if norms[0] > norms[1] else (1, 0)
+    for f, c in zip(free, clipped, strict=True):
+        np.testing.assert_allclose(c[big], f[big] * cap / norms[big], rtol=1e-3, atol=1e-7)
+        np.testing.assert_allclose(c[small], f[small], rtol=1e-5, atol=1e-8)
+    assert any(np.abs(f[big]).max() > 0 for f in free)

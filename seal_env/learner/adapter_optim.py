@@ -143,3 +143,14 @@ def slot_grad_norms(grads: Any, n_slots: int) -> mx.array:
     for _, g in cast(list[tuple[str, mx.array]], tree_flatten(grads)):
         total = total + mx.square(g.astype(mx.float32)).reshape(n_slots, -1).sum(axis=1)
     return mx.sqrt(total)
+
+
+def clip_slot_grads(grads: Any, norms: mx.array, max_norm: float) -> Any:
+    """``grads`` (every leaf stacked along a leading slot axis) with each slot's gradient scaled by
+    ``min(1, max_norm / norm)``, ``norms`` being the slots' global norms (:func:`slot_grad_norms`)."""
+    scale = mx.minimum(1.0, max_norm / mx.maximum(norms, 1e-12))
+
+    def clip(g: mx.array) -> mx.array:
+        return g * scale.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype)
+
+    return tree_map(clip, grads)

@@ -1,6 +1,7 @@
 """Training rows to batches: padded next-token ``inputs`` / ``targets`` / loss ``mask`` (:func:`make_batch`), a
-custom loss's per-row extras (:func:`stack_extras`), the SFT loss at loss positions only (:func:`make_loss`), and
-the grouping of one step's adapter slots into padded passes by length (:func:`length_buckets`).
+custom loss's per-row extras (:func:`stack_extras`), the SFT loss at loss positions only (:func:`make_loss`), the
+grouping of one step's adapter slots into padded passes by length (:func:`length_buckets`), and the sizes that fixed
+shapes round a pass up to (:func:`round_up`, :func:`ladder_up`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,22 @@ ExtrasRow = tuple[list[int], int, tuple[Any, ...]]
 Loss = Callable[..., tuple[mx.array, mx.array, dict[str, mx.array]]]
 
 
-def make_batch(rows: Sequence[TrainRow | ExtrasRow | None]) -> tuple[mx.array, mx.array, mx.array]:
-    """Right-padded ``inputs``, ``targets`` and loss ``mask`` for next-token prediction (``None``: an empty row)."""
-    width = max([len(r[0]) for r in rows if r is not None] + [2]) - 1
+def round_up(n: int, step: int) -> int:
+    """``n`` rounded up to a multiple of ``step``."""
+    return -(-n // step) * step
+
+
+def ladder_up(n: int) -> int:
+    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and three times them) that is at least
+    ``n``: less than half as much again as ``n``, with few sizes."""
+    power = 1 << max(n - 1, 0).bit_length()
+    return 3 * power // 4 if 3 * power // 4 >= n else power
+
+
+def make_batch(rows: Sequence[TrainRow | ExtrasRow | None], width_step: int = 1) -> tuple[mx.array, mx.array, mx.array]:
+    """Right-padded ``inputs``, ``targets`` and loss ``mask`` for next-token prediction (``None``: an empty row),
+    their width (the longest row's minus one) rounded up to a multiple of ``width_step``."""
+    width = round_up(max([len(r[0]) for r in rows if r is not None] + [2]) - 1, width_step)
     inputs = np.zeros((len(rows), width), np.int32)
     targets = np.zeros((len(rows), width), np.int32)
     mask = np.zeros((len(rows), width), np.float32)
@@ -108,18 +122,23 @@ def slot_loss(loss: Loss) -> Callable[..., tuple[Any, ...]]:
 
 
 def length_buckets(
-    batches: Mapping[int, Sequence[TrainRow | ExtrasRow]], overhead_tokens: int, max_tokens: int = 2**31
+    batches: Mapping[int, Sequence[TrainRow | ExtrasRow]],
+    overhead_tokens: int,
+    max_tokens: int = 2**31,
+    width_step: int = 1,
+    ladder_rows: bool = False,
 ) -> list[list[int]]:
     """Group the slots of one step into padded passes: slots sorted by their batch's longest row, cut into
     contiguous groups that minimise the total of ``overhead_tokens + rows x width`` (an exact dynamic programme),
     each group at most ``max_tokens`` padded tokens (unless it is a single slot).
 
     Long rows (e.g. the passage) then do not pad every short self-edit piece to their length, and the memory of one
-    pass stays bounded whatever the number of slots.
+    pass stays bounded whatever the number of slots. The padded sizes are those the pass will have: the width
+    rounded up to a multiple of ``width_step``, and with ``ladder_rows`` the rows per slot up to :func:`ladder_up`.
     """
     order = sorted(batches, key=lambda k: (max(len(r[0]) for r in batches[k]), k))
-    width = [max(len(r[0]) for r in batches[k]) - 1 for k in order]
-    count = [len(batches[k]) for k in order]
+    width = [round_up(max(len(r[0]) for r in batches[k]) - 1, width_step) for k in order]
+    count = [ladder_up(len(batches[k])) if ladder_rows else len(batches[k]) for k in order]
     best = [0.0] + [math.inf] * len(order)
     cut = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):

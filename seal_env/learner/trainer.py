@@ -24,15 +24,17 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from seal_env.config import SealConfig
-from seal_env.learner.adapter_optim import AdapterOptimizer, slot_grad_norms
+from seal_env.learner.adapter_optim import AdapterOptimizer, clip_slot_grads, slot_grad_norms
 from seal_env.learner.batching import (
     ExtrasRow,
     Loss,
     TrainRow,
+    ladder_up,
     length_buckets,
     loss_positions,
     make_batch,
     make_loss,
+    round_up,
     slot_loss,
     stack_extras,
 )
@@ -61,6 +63,16 @@ class Learner:
 
     #: Distinct batch shapes whose compiled traces are kept; past this the compiled function is rebuilt (memory).
     MAX_TRACES = 16
+    #: The same with ``fixed_shapes``: its shape classes (slots of a pass x rows per slot on the ladder x width
+    #: classes x loss-position classes, within ``PASS_MAX_TOKENS``) recur across steps and rewards, but can be more than
+    #: 16 over a run, and a rebuild drops every trace. A trace holds the traced graph, not activations: 64 stay small.
+    MAX_TRACES_FIXED = 64
+    #: ``fixed_shapes``: a pass's width is rounded up to a multiple of SHAPE_WIDTH_STEP, the default loss's positions
+    #: (with ``head_on_positions``) to a multiple of SHAPE_POSITIONS_STEP, and the rows per slot up the ladder 1, 2,
+    #: 3, 4, 6, 8, ... (:func:`~seal_env.learner.batching.ladder_up`). The slots of a pass are not padded (a padding
+    #: slot would cost a whole slot's rows, and a pass has at most the step's few slots).
+    SHAPE_WIDTH_STEP = 16
+    SHAPE_POSITIONS_STEP = 32
     #: The fixed cost of one forward and backward pass, in padded tokens, and the most padded tokens of one pass
     #: (memory): they decide how a step's batches are grouped (see :func:`length_buckets`).
     BUCKET_OVERHEAD_TOKENS = 32
@@ -75,11 +87,15 @@ class Learner:
         fast_kernels: bool = True,
         head_on_positions: bool = True,
         compile: bool = True,
+        fixed_shapes: bool = False,
     ):
-        """``fast_kernels``, ``head_on_positions`` and ``compile`` are the speed levers (all on by default; off =
-        the plain mlx-lm path, kept for tests and benchmarks: results agree to float rounding). The fast kernels are
-        float32 code for CPUs: with half-precision weights they stay off. The adapters and their optimizer state are
-        float32 whatever the weights' dtype."""
+        """``fast_kernels``, ``head_on_positions``, ``compile`` and ``fixed_shapes`` are the speed levers (the first
+        three on by default; all off = the plain mlx-lm path, kept for tests and benchmarks: results agree to float
+        rounding). The fast kernels are float32 code for CPUs: with half-precision weights they stay off.
+        ``fixed_shapes`` pads every training pass to a few shapes (see ``SHAPE_WIDTH_STEP``), with masked rows and
+        positions in no slot's group, so that compiled traces are reused across steps; with LoRA dropout its masks
+        are drawn over the padded shape (a different draw). The adapters and their optimizer state are float32
+        whatever the weights' dtype."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         model.freeze()
         keys = resolve_lora_keys(model, cfg.lora_modules)
@@ -93,13 +109,20 @@ class Learner:
         #: The dtype the frozen weights compute in (seal_env.models.compute_dtype).
         self.dtype = self.adapters[0].linear.weight.dtype if self.adapters else mx.float32
         fast_kernels = fast_kernels and self.dtype == mx.float32
-        self.set_levers(fast_kernels=fast_kernels, head_on_positions=head_on_positions, compile=compile)
+        self.set_levers(
+            fast_kernels=fast_kernels, head_on_positions=head_on_positions, compile=compile, fixed_shapes=fixed_shapes
+        )
         keep_freed_memory()
         self.reset([])
 
-    def set_levers(self, *, fast_kernels: bool, head_on_positions: bool, compile: bool) -> None:
-        """Switch the speed levers (see :meth:`__init__`); results stay equal up to float rounding."""
+    def set_levers(
+        self, *, fast_kernels: bool, head_on_positions: bool, compile: bool, fixed_shapes: bool | None = None
+    ) -> None:
+        """Switch the speed levers (see :meth:`__init__`; ``fixed_shapes=None`` keeps it as it is); results stay
+        equal up to float rounding."""
         self.fast_kernels, self.head_on_positions, self.compile = fast_kernels, head_on_positions, compile
+        if fixed_shapes is not None:
+            self.fixed_shapes = fixed_shapes
         use_fast_kernels(self.model, fast_kernels)
         self._use_loss(None)
 
@@ -125,7 +148,8 @@ class Learner:
             if not self.compile:
                 return self._value_and_grad(self.model, index, *batch)
             shape = (index.shape, *(x.shape for x in batch))
-            if self._compiled is None or (shape not in self._shapes and len(self._shapes) >= self.MAX_TRACES):
+            limit = self.MAX_TRACES_FIXED if self.fixed_shapes else self.MAX_TRACES
+            if self._compiled is None or (shape not in self._shapes and len(self._shapes) >= limit):
                 model = self.model
                 state = [model.state, mx.random.state]
                 self._compiled = mx.compile(lambda *b: self._value_and_grad(model, *b), inputs=state, outputs=state)
@@ -175,6 +199,7 @@ class Learner:
         on_step: Callable[[list[float]], None] | None = None,
         loss: Loss | None = None,
         grad_norms: bool = False,
+        max_grad_norm: float | None = None,
     ) -> list[dict[str, Any]]:
         """Fine-tune slot ``j`` on ``datas[j]`` (token ids, loss start) for ``cfg.epochs``, shuffled with
         ``seeds[j]``; returns one train report per slot.
@@ -184,15 +209,18 @@ class Learner:
         adapter weights end up non-finite. ``train_seconds`` is the pass's wall time shared by optimizer steps.
         With ``grad_norms=True`` (an extra pass over the gradients at every step, so the inner loop leaves it off)
         the reports hold ``grad_norms``: per optimizer step the slot took, the global L2 norm of its adapter's
-        gradient (all of its LoRA parameters together; the Learner does not clip gradients).
+        gradient (all of its LoRA parameters together, before clipping). With ``max_grad_norm`` each slot's gradient
+        is scaled down to that global L2 norm where it is larger (gradient clipping, before the optimizer update);
+        ``None``: no clipping.
 
         ``loss`` replaces SFT's cross-entropy: ``loss(model, inputs, targets, mask, groups, *extras)`` gets a
-        padded batch of rows (:func:`make_batch`), ``groups`` (slots x rows, one-hot: the stepping slots' rows; the
-        padding rows are in none) and the rows' extras (:func:`stack_extras`), and returns ``(losses, tokens,
-        metrics)``, like mlx-lm's ``(loss, ntoks)``: one loss per slot (each slot's gradient must be its own
-        loss's), its tokens (for ``trained_tokens``) and a dict of per-slot metrics, which the reports then hold as
-        ``train_metrics`` (a list per name, one value per step). Compute each value once: mlx 0.32's compile fails
-        (``IndexError: _Map_base::at``) when a returned value recomputes an expression of the loss.
+        padded batch of rows (:func:`make_batch`; with ``fixed_shapes`` wider, and with more padding rows), ``groups``
+        (slots x rows, one-hot: the stepping slots' rows; the padding rows are in none) and the rows' extras
+        (:func:`stack_extras`), and returns ``(losses, tokens, metrics)``, like mlx-lm's ``(loss, ntoks)``: one loss
+        per slot (each slot's gradient must be its own loss's), its tokens (for ``trained_tokens``) and a dict of
+        per-slot metrics, which the reports then hold as ``train_metrics`` (a list per name, one value per step).
+        Compute each value once: mlx 0.32's compile fails (``IndexError: _Map_base::at``) when a returned value
+        recomputes an expression of the loss.
         """
         cfg, model, n = self.cfg, self.model, self.n_slots
         if len(datas) != n or len(seeds) != n:
@@ -228,7 +256,13 @@ class Learner:
                 counts: dict[int, int] = {}
                 found: dict[int, dict[str, float]] = {k: {} for k in active}
                 grads = None
-                for bucket in length_buckets(batches, self.BUCKET_OVERHEAD_TOKENS, self.PASS_MAX_TOKENS):
+                for bucket in length_buckets(
+                    batches,
+                    self.BUCKET_OVERHEAD_TOKENS,
+                    self.PASS_MAX_TOKENS,
+                    self.SHAPE_WIDTH_STEP if self.fixed_shapes else 1,
+                    self.fixed_shapes,
+                ):
                     (_, per_slot, ntoks, *rest), g = self._bucket_loss_and_grad(bucket, batches)
                     grads = g if grads is None else tree_map(mx.add, grads, g)
                     mx.eval(grads, per_slot, ntoks, rest)  # one pass's activations at a time in memory
@@ -245,10 +279,14 @@ class Learner:
                         diverged[k] = True
                 if stepping:
                     assert apply is not None  # a slot steps only if it has a plan
-                    if grad_norms:
-                        step_norms = cast(list[float], slot_grad_norms(grads, n).tolist())
-                        for k in stepping:
-                            norms[k].append(step_norms[k])
+                    if grad_norms or max_grad_norm is not None:
+                        slot_norms = slot_grad_norms(grads, n)
+                        if grad_norms:
+                            step_norms = cast(list[float], slot_norms.tolist())
+                            for k in stepping:
+                                norms[k].append(step_norms[k])
+                        if max_grad_norm is not None:
+                            grads = clip_slot_grads(grads, slot_norms, max_grad_norm)
                     mask_slots = [k in stepping for k in range(n)]
                     apply(grads, *opt.step_inputs(mask_slots))
                     mx.eval(model.trainable_parameters(), opt.state)
@@ -285,12 +323,17 @@ class Learner:
         self, bucket: list[int], batches: dict[int, list[TrainRow | ExtrasRow]]
     ) -> tuple[tuple[mx.array, ...], Any]:
         """Loss and gradients of the slots in ``bucket`` (each with its step's batch), as one padded batch: the
-        default loss's flat loss positions, or a custom loss's rows (see :meth:`train`)."""
+        default loss's flat loss positions, or a custom loss's rows (see :meth:`train`). With ``fixed_shapes`` the
+        rows per slot, the width and the default loss's positions are padded (see ``SHAPE_WIDTH_STEP``): padding
+        rows are masked, padding positions have weight 0 and neither is in a group."""
+        fixed = self.fixed_shapes
         rows_each = max(len(batches[k]) for k in bucket)
+        if fixed:
+            rows_each = ladder_up(rows_each)
         rows: list[TrainRow | ExtrasRow | None] = []
         for k in bucket:  # slot-major: the rows of bucket[j] form group j
             rows += batches[k] + [None] * (rows_each - len(batches[k]))
-        inputs, targets, mask = make_batch(rows)
+        inputs, targets, mask = make_batch(rows, self.SHAPE_WIDTH_STEP if fixed else 1)
         index = mx.array(bucket, dtype=mx.int32)
         slot_ids = np.arange(len(bucket))[:, None]
         if self._loss is not None:
@@ -299,6 +342,14 @@ class Learner:
             return self.loss_and_grad(index, inputs, targets, mask, groups, *stack_extras(rows, inputs.shape[1]))
         positions, weights = loss_positions(mask, self.head_on_positions)
         group_of = np.asarray(positions) // (rows_each * inputs.shape[1])
+        if fixed and self.head_on_positions:  # else the positions are all of rows x width, already padded
+            pad = round_up(len(group_of), self.SHAPE_POSITIONS_STEP) - len(group_of)
+            # a padding position repeats a real loss position (so a non-finite value there is already that slot's)
+            flat = np.asarray(positions)
+            flat = np.concatenate([flat, np.full(pad, flat[0] if len(flat) else 0, np.int32)])
+            positions = mx.array(flat)
+            weights = mx.concatenate([weights, mx.zeros((pad,), dtype=weights.dtype)])
+            group_of = np.concatenate([group_of, np.full(pad, -1)])
         groups = mx.array((group_of[None, :] == slot_ids).astype(np.float32))
         return self.loss_and_grad(index, inputs, targets, positions, weights, groups)
 
