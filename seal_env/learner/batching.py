@@ -1,7 +1,7 @@
 """Training rows to batches: padded next-token ``inputs`` / ``targets`` / loss ``mask`` (:func:`make_batch`), a
 custom loss's per-row extras (:func:`stack_extras`), the SFT loss at loss positions only (:func:`make_loss`), the
-grouping of one step's adapter slots into padded passes by length (:func:`length_buckets`), and the sizes that fixed
-shapes round a pass up to (:func:`round_up`, :func:`ladder_up`).
+grouping of one step's adapter slots into padded passes by length (:func:`length_buckets`), the sizes that fixed
+shapes round a pass up to (:func:`round_up`, :func:`ladder_up`), and one pass's arrays (:func:`pass_arrays`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,13 @@ import numpy as np
 TrainRow = tuple[list[int], int]
 #: A training sequence with its extra inputs to a custom loss (see :func:`stack_extras`).
 ExtrasRow = tuple[list[int], int, tuple[Any, ...]]
-#: A custom training loss, ``loss(model, inputs, targets, mask, groups, *extras) -> (losses, tokens, metrics)``:
-#: see :meth:`Learner.train`.
+#: A custom training loss (:meth:`Learner.train`'s ``loss``), ``loss(model, inputs, targets, mask, groups, *extras)
+#: -> (losses, tokens, metrics)``. It gets a padded batch of rows (:func:`make_batch`; with fixed shapes wider and
+#: with more padding rows), ``groups`` (slots x rows, one-hot: the stepping slots' rows; padding rows are in none)
+#: and the rows' extras (:func:`stack_extras`); it returns, like mlx-lm's ``(loss, ntoks)``, one loss per slot (each
+#: slot's gradient must be its own loss's), its tokens (for ``trained_tokens``) and a dict of per-slot metrics.
+#: Compute each value once: mlx 0.32's compile fails (``IndexError: _Map_base::at``) when a returned value
+#: recomputes an expression of the loss.
 Loss = Callable[..., tuple[mx.array, mx.array, dict[str, mx.array]]]
 
 
@@ -154,3 +159,46 @@ def length_buckets(
         groups.append(order[cut[end] : end])
         end = cut[end]
     return groups[::-1]
+
+
+def pass_arrays(
+    bucket: Sequence[int],
+    batches: Mapping[int, Sequence[TrainRow | ExtrasRow]],
+    *,
+    custom_loss: bool,
+    head_on_positions: bool,
+    width_step: int = 1,
+    positions_step: int = 1,
+    ladder_rows: bool = False,
+) -> tuple[mx.array, ...]:
+    """One padded pass over the slots in ``bucket`` (each with its step's batch), as the arguments of the training
+    step: ``(index, inputs, targets, mask, groups, *extras)`` for a custom loss (groups: slots x rows), else
+    ``(index, inputs, targets, positions, weights, groups)`` for :func:`make_loss` (groups: slots x positions).
+    Rows are slot-major; the width is rounded up to ``width_step``, the rows per slot up :func:`ladder_up` with
+    ``ladder_rows``, and (with ``head_on_positions``) the loss positions to ``positions_step``: padding rows are
+    masked, padding positions have weight 0, and neither is in a group."""
+    rows_each = max(len(batches[k]) for k in bucket)
+    if ladder_rows:
+        rows_each = ladder_up(rows_each)
+    rows: list[TrainRow | ExtrasRow | None] = []
+    for k in bucket:  # slot-major: the rows of bucket[j] form group j
+        rows += list(batches[k]) + [None] * (rows_each - len(batches[k]))
+    inputs, targets, mask = make_batch(rows, width_step)
+    index = mx.array(list(bucket), dtype=mx.int32)
+    slot_ids = np.arange(len(bucket))[:, None]
+    if custom_loss:
+        row_slot = np.array([-1 if row is None else r // rows_each for r, row in enumerate(rows)])
+        groups = mx.array((row_slot[None, :] == slot_ids).astype(np.float32))
+        return (index, inputs, targets, mask, groups, *stack_extras(rows, inputs.shape[1]))
+    positions, weights = loss_positions(mask, head_on_positions)
+    group_of = np.asarray(positions) // (rows_each * inputs.shape[1])
+    if head_on_positions:  # else the positions are all of rows x width, already padded
+        pad = round_up(len(group_of), positions_step) - len(group_of)
+        if pad:  # a padding position repeats a real loss position (a non-finite value there is already that slot's)
+            flat = np.asarray(positions)
+            flat = np.concatenate([flat, np.full(pad, flat[0] if len(flat) else 0, np.int32)])
+            positions = mx.array(flat)
+            weights = mx.concatenate([weights, mx.zeros((pad,), dtype=weights.dtype)])
+            group_of = np.concatenate([group_of, np.full(pad, -1)])
+    groups = mx.array((group_of[None, :] == slot_ids).astype(np.float32))
+    return (index, inputs, targets, positions, weights, groups)

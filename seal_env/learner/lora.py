@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -163,3 +164,14 @@ def load_base_weights(model: nn.Module, weights: dict[str, mx.array]) -> None:
         mapped.append((target, value.astype(current[target].dtype)))
     model.update(tree_unflatten(mapped))
     mx.eval(model.parameters())
+
+
+def finite_slots(adapters: Sequence[MultiLoRALinear], n_slots: int) -> list[bool]:
+    """Per adapter slot: are all of its LoRA weights (in every one of ``adapters``) finite?"""
+    if not n_slots:
+        return []
+    ok = mx.ones((n_slots,), dtype=mx.bool_)
+    for m in adapters:
+        for p in (m.lora_a, m.lora_b):
+            ok = ok & mx.isfinite(p).reshape(n_slots, -1).all(axis=1)
+    return [bool(x) for x in cast(list[bool], ok.tolist())]

@@ -6,13 +6,11 @@
 answers, gold answers' log-likelihood), which return one result per slot. With no slots (``reset([])``) the model
 is the frozen base model: that is the baseline.
 
-Training: every step takes the next batch of every slot that still has steps (each slot keeps its own data order
-from its own seed, its own epochs and learning-rate schedule over its own step count, and its own AdamW state);
-the rows of all those batches are padded to one width and trained in one forward and backward pass. The loss is
-the sum of the slots' mean losses, so each slot's gradient is what it would be alone. A slot whose loss is not
-finite or exceeds ``max_loss`` stops (diverged) without that update; the others go on. The loss is SFT's next-token
-cross-entropy unless :meth:`Learner.train` is given another (as mlx-lm's ``train(loss=...)``): e.g. the GRPO
-objective of ``agents/grpo.py``, whose rows carry their advantage and old and reference log-probabilities.
+Training: every step takes the next batch of every slot that still has steps (each slot with its own data order,
+epochs, learning-rate schedule and AdamW state), grouped by length into padded passes; the loss is the sum of the
+slots' mean losses, so each slot's gradient is its own. A slot whose loss is not finite or exceeds ``max_loss``
+stops (diverged); the others go on. The loss is SFT's next-token cross-entropy unless :meth:`Learner.train` is
+given another (as mlx-lm's ``train(loss=...)``), e.g. the GRPO objective of ``agents/grpo.py``.
 """
 
 from __future__ import annotations
@@ -29,19 +27,16 @@ from seal_env.learner.batching import (
     ExtrasRow,
     Loss,
     TrainRow,
-    ladder_up,
     length_buckets,
-    loss_positions,
-    make_batch,
     make_loss,
-    round_up,
+    pass_arrays,
     slot_loss,
-    stack_extras,
 )
 from seal_env.learner.decode import greedy_continue, prefill, score, select_rows
 from seal_env.learner.lora import (
     add_multi_lora,
     base_weights,
+    finite_slots,
     fused_weights,
     init_adapters,
     load_base_weights,
@@ -63,14 +58,10 @@ class Learner:
 
     #: Distinct batch shapes whose compiled traces are kept; past this the compiled function is rebuilt (memory).
     MAX_TRACES = 16
-    #: The same with ``fixed_shapes``: its shape classes (slots of a pass x rows per slot on the ladder x width
-    #: classes x loss-position classes, within ``PASS_MAX_TOKENS``) recur across steps and rewards, but can be more than
-    #: 16 over a run, and a rebuild drops every trace. A trace holds the traced graph, not activations: 64 stay small.
+    #: With ``fixed_shapes``: the traces kept (its shapes recur across rewards but can be more than 16; a trace holds
+    #: a graph, not activations), and the multiples a pass's width and loss positions are rounded up to (rows per
+    #: slot go up :func:`~seal_env.learner.batching.ladder_up`; the slots of a pass are not padded).
     MAX_TRACES_FIXED = 64
-    #: ``fixed_shapes``: a pass's width is rounded up to a multiple of SHAPE_WIDTH_STEP, the default loss's positions
-    #: (with ``head_on_positions``) to a multiple of SHAPE_POSITIONS_STEP, and the rows per slot up the ladder 1, 2,
-    #: 3, 4, 6, 8, ... (:func:`~seal_env.learner.batching.ladder_up`). The slots of a pass are not padded (a padding
-    #: slot would cost a whole slot's rows, and a pass has at most the step's few slots).
     SHAPE_WIDTH_STEP = 16
     SHAPE_POSITIONS_STEP = 32
     #: The fixed cost of one forward and backward pass, in padded tokens, and the most padded tokens of one pass
@@ -90,12 +81,10 @@ class Learner:
         fixed_shapes: bool = False,
     ):
         """``fast_kernels``, ``head_on_positions``, ``compile`` and ``fixed_shapes`` are the speed levers (the first
-        three on by default; all off = the plain mlx-lm path, kept for tests and benchmarks: results agree to float
-        rounding). The fast kernels are float32 code for CPUs: with half-precision weights they stay off.
-        ``fixed_shapes`` pads every training pass to a few shapes (see ``SHAPE_WIDTH_STEP``), with masked rows and
-        positions in no slot's group, so that compiled traces are reused across steps; with LoRA dropout its masks
-        are drawn over the padded shape (a different draw). The adapters and their optimizer state are float32
-        whatever the weights' dtype."""
+        three on by default; all off = the plain mlx-lm path; results agree to float rounding). The fast kernels are
+        float32 code for CPUs (off with half-precision weights). ``fixed_shapes`` pads every pass to a few shapes so
+        compiled traces are reused (with LoRA dropout, its masks are drawn over the padded shape). The adapters and
+        their optimizer state are float32 whatever the weights' dtype."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         model.freeze()
         keys = resolve_lora_keys(model, cfg.lora_modules)
@@ -213,14 +202,9 @@ class Learner:
         is scaled down to that global L2 norm where it is larger (gradient clipping, before the optimizer update);
         ``None``: no clipping.
 
-        ``loss`` replaces SFT's cross-entropy: ``loss(model, inputs, targets, mask, groups, *extras)`` gets a
-        padded batch of rows (:func:`make_batch`; with ``fixed_shapes`` wider, and with more padding rows), ``groups``
-        (slots x rows, one-hot: the stepping slots' rows; the padding rows are in none) and the rows' extras
-        (:func:`stack_extras`), and returns ``(losses, tokens, metrics)``, like mlx-lm's ``(loss, ntoks)``: one loss
-        per slot (each slot's gradient must be its own loss's), its tokens (for ``trained_tokens``) and a dict of
-        per-slot metrics, which the reports then hold as ``train_metrics`` (a list per name, one value per step).
-        Compute each value once: mlx 0.32's compile fails (``IndexError: _Map_base::at``) when a returned value
-        recomputes an expression of the loss.
+        ``loss`` replaces SFT's cross-entropy (:data:`~seal_env.learner.batching.Loss`, as mlx-lm's
+        ``train(loss=...)``); its per-slot metrics are then in the reports as ``train_metrics`` (a list per name,
+        one value per step).
         """
         cfg, model, n = self.cfg, self.model, self.n_slots
         if len(datas) != n or len(seeds) != n:
@@ -297,7 +281,7 @@ class Learner:
                         metrics[k].setdefault(name, []).append(x)
                 if on_step is not None and stepping:
                     on_step([values[k] for k in stepping])
-            finite = self._finite_slots()
+            finite = finite_slots(self.adapters, self.n_slots)
             for k in range(n):
                 if losses[k] and not finite[k]:
                     diverged[k] = True
@@ -322,46 +306,19 @@ class Learner:
     def _bucket_loss_and_grad(
         self, bucket: list[int], batches: dict[int, list[TrainRow | ExtrasRow]]
     ) -> tuple[tuple[mx.array, ...], Any]:
-        """Loss and gradients of the slots in ``bucket`` (each with its step's batch), as one padded batch: the
-        default loss's flat loss positions, or a custom loss's rows (see :meth:`train`). With ``fixed_shapes`` the
-        rows per slot, the width and the default loss's positions are padded (see ``SHAPE_WIDTH_STEP``): padding
-        rows are masked, padding positions have weight 0 and neither is in a group."""
+        """Loss and gradients of the slots in ``bucket`` (each with its step's batch), as one padded pass
+        (:func:`~seal_env.learner.batching.pass_arrays`, with ``fixed_shapes`` at this class's sizes)."""
         fixed = self.fixed_shapes
-        rows_each = max(len(batches[k]) for k in bucket)
-        if fixed:
-            rows_each = ladder_up(rows_each)
-        rows: list[TrainRow | ExtrasRow | None] = []
-        for k in bucket:  # slot-major: the rows of bucket[j] form group j
-            rows += batches[k] + [None] * (rows_each - len(batches[k]))
-        inputs, targets, mask = make_batch(rows, self.SHAPE_WIDTH_STEP if fixed else 1)
-        index = mx.array(bucket, dtype=mx.int32)
-        slot_ids = np.arange(len(bucket))[:, None]
-        if self._loss is not None:
-            row_slot = np.array([-1 if row is None else r // rows_each for r, row in enumerate(rows)])
-            groups = mx.array((row_slot[None, :] == slot_ids).astype(np.float32))
-            return self.loss_and_grad(index, inputs, targets, mask, groups, *stack_extras(rows, inputs.shape[1]))
-        positions, weights = loss_positions(mask, self.head_on_positions)
-        group_of = np.asarray(positions) // (rows_each * inputs.shape[1])
-        if fixed and self.head_on_positions:  # else the positions are all of rows x width, already padded
-            pad = round_up(len(group_of), self.SHAPE_POSITIONS_STEP) - len(group_of)
-            # a padding position repeats a real loss position (so a non-finite value there is already that slot's)
-            flat = np.asarray(positions)
-            flat = np.concatenate([flat, np.full(pad, flat[0] if len(flat) else 0, np.int32)])
-            positions = mx.array(flat)
-            weights = mx.concatenate([weights, mx.zeros((pad,), dtype=weights.dtype)])
-            group_of = np.concatenate([group_of, np.full(pad, -1)])
-        groups = mx.array((group_of[None, :] == slot_ids).astype(np.float32))
-        return self.loss_and_grad(index, inputs, targets, positions, weights, groups)
-
-    def _finite_slots(self) -> list[bool]:
-        """Per slot: are all of its adapter weights finite?"""
-        if not self.n_slots:
-            return []
-        ok = mx.ones((self.n_slots,), dtype=mx.bool_)
-        for m in self.adapters:
-            for p in (m.lora_a, m.lora_b):
-                ok = ok & mx.isfinite(p).reshape(self.n_slots, -1).all(axis=1)
-        return [bool(x) for x in cast(list[bool], ok.tolist())]
+        arrays = pass_arrays(
+            bucket,
+            batches,
+            custom_loss=self._loss is not None,
+            head_on_positions=self.head_on_positions,
+            width_step=self.SHAPE_WIDTH_STEP if fixed else 1,
+            positions_step=self.SHAPE_POSITIONS_STEP if fixed else 1,
+            ladder_rows=fixed,
+        )
+        return self.loss_and_grad(*arrays)
 
     # ----------------------------------------------------------------------------------------------- the quiz
     def _encode_prompt(self, prompt: str) -> list[int]:
