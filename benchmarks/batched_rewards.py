@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
+from seal_env import _blas
 from seal_env.articles import Article, load_articles  # noqa: E402
 from seal_env.config import parse_assignments
 
@@ -41,6 +42,10 @@ def machine_info() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "mlx": mx.__version__,
+        "blas": _blas.loaded_path,
+        "blas_config": _blas.config(),
+        "blas_kernels": _blas.core_name(),
+        "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
         "load_average_start": os.getloadavg(),
     }
 

@@ -154,11 +154,10 @@ def sampling_seconds(batch: int, vocab: int, repeats: int = 3) -> float:
 def gemv_seconds(model: Any, repeats: int = 3) -> float | None:
     """Seconds for every 2-D fp32 weight times one row through OpenBLAS's ``cblas_sgemv`` (best of ``repeats``);
     None without a loaded OpenBLAS or with other weight dtypes."""
-    path = _blas.loaded_path
+    gemv = _blas.function("cblas_sgemv")
     weights = [np.asarray(v) for v in parameters(model) if v.ndim == 2]
-    if path is None or any(w.dtype != np.float32 for w in weights):
+    if gemv is None or any(w.dtype != np.float32 for w in weights):
         return None
-    gemv = ctypes.CDLL(path).cblas_sgemv
     ptr, one, zero = ctypes.c_void_p, ctypes.c_float(1.0), ctypes.c_float(0.0)
     xs = {w.shape[1]: np.ones(w.shape[1], np.float32) for w in weights}
     ys = [np.empty(w.shape[0], np.float32) for w in weights]

@@ -64,10 +64,9 @@ def rss_mb() -> float:
 
 def set_blas_threads(n: int) -> None:
     """Set OpenBLAS's thread count at run time (the library loaded by seal_env)."""
-    import ctypes
-
-    if _blas.loaded_path:
-        ctypes.CDLL(_blas.loaded_path).openblas_set_num_threads(int(n))
+    set_threads = _blas.function("openblas_set_num_threads")
+    if set_threads is not None:
+        set_threads(int(n))
 
 
 def peak_rss_mb() -> float:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import seal_env  # noqa: F401  (OpenBLAS before mlx)
 
@@ -216,3 +217,16 @@ def test_machine_throughput_runs_every_ours_configuration_on_the_same_requests(t
     assert figures["max_abs_reward_difference_max"] < 1e-4
     assert len(set(rows["ours-sequential"]["reward_values"])) > 1  # real, distinct rewards
     assert "| ours-workers | 2 x 1 |" in table.read_text()
+
+
+def test_blas_kernels_names_the_library_its_kernels_and_a_rate(capsys):
+    from seal_env import _blas
+
+    from benchmarks import blas_kernels
+
+    blas_kernels.main(["--rounds", "1", "--products", "1"])
+    out = capsys.readouterr().out
+    library = os.path.basename(_blas.loaded_path) if _blas.loaded_path else "mlx's reference BLAS"
+    assert f"BLAS: {library}; kernels: {_blas.core_name()};" in out
+    rates = [float(line.split(": ")[1].split()[0]) for line in out.splitlines() if "thread(s)" in line]
+    assert rates and all(r > 0 for r in rates)

@@ -68,6 +68,39 @@ def test_openblas_loads_quietly_and_mlx_imported_first_is_warned_about():
     assert "mlx was imported before seal_env" in stderr and "Import seal_env first" in stderr
 
 
+SCIPY = pytest.mark.skipif(not _blas._scipy_openblas(), reason="scipy-openblas32 (seal-env's cpu extra) not installed")
+PRODUCT = """
+import numpy as np, mlx.core as mx
+a, b = np.random.default_rng(0).standard_normal((2, 37, 300), dtype=np.float32)
+got = np.array(mx.array(a) @ mx.array(b).T)
+print(float(np.abs(got - a.astype(np.float64) @ b.T.astype(np.float64)).max()))
+"""
+
+
+@SCIPY
+def test_scipy_openblas_comes_first_reached_through_seal_envs_sgemm_with_the_kernels_asked_for(tmp_path):
+    shown = "_blas.loaded_path, _blas.symbol_prefix, _blas.gemv_library is not None, _blas.core_name()"
+    path, prefix, shim, core = import_seal_env(show=shown)[0].split()
+    assert path in _blas._scipy_openblas() and prefix == "scipy_" and shim == "True" and core
+    # mlx's products do go to it: a product that only a working sgemm gets right
+    error, stderr = import_seal_env(PRODUCT.replace("import numpy", "import seal_env\nimport numpy"))
+    assert float(error.splitlines()[0]) < 1e-3 and stderr == ""
+    # the kernels are OpenBLAS's choice, or the user's through OPENBLAS_CORETYPE
+    assert import_seal_env(show="_blas.core_name()", OPENBLAS_CORETYPE="Haswell")[0] == "Haswell"
+
+
+@SCIPY
+def test_scipy_openblas_without_seal_envs_sgemm_is_passed_over(tmp_path):
+    # no compiler and nothing built: the next library, a plain one, serves mlx
+    shown = "_blas.loaded_path, repr(_blas.symbol_prefix)"
+    loaded, stderr = import_seal_env(show=shown, CC=str(tmp_path / "no-cc"), SEAL_ENV_CACHE=str(tmp_path))
+    assert stderr == "" and "scipy" not in loaded and loaded.endswith("''")
+    # asked for by name, it cannot serve: none, and the warning says which
+    (scipy,) = _blas._scipy_openblas()
+    loaded, stderr = import_seal_env(show=shown, SEAL_ENV_BLAS=scipy, SEAL_ENV_GEMV="off")
+    assert loaded == "None ''" and NOT_FOUND in stderr and f"SEAL_ENV_BLAS={scipy!r} did not load" in stderr
+
+
 # The one-row sgemm (csrc/gemv_sgemm.c) is compiled into <cache>/blas and loaded into every process that imports
 # seal_env: only from a folder and file that no one else can write.
 GEMV = pytest.mark.skipif(_blas.gemv_library is None, reason="no one-row sgemm here (no OpenBLAS or no cc)")

@@ -149,9 +149,12 @@ def test_one_row_products_go_to_sgemv_and_agree_with_numpy():
 
 
 def import_blas(**env: str) -> str:
-    """``import seal_env`` in a new process: what its BLAS fast path loaded."""
+    """``import seal_env`` in a new process: what its BLAS fast path loaded (library, symbol prefix, one-row sgemm)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("SEAL_ENV_GEMV", "CC")}
-    code = "import seal_env\nfrom seal_env import _blas\nprint(_blas.loaded_path, _blas.gemv_library is not None)\n"
+    code = (
+        "import seal_env\nfrom seal_env import _blas\n"
+        "print(_blas.loaded_path, repr(_blas.symbol_prefix), _blas.gemv_library is not None)\n"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], env={**environ, **env}, capture_output=True, text=True, timeout=120, check=True
     )
@@ -161,10 +164,12 @@ def import_blas(**env: str) -> str:
 
 @GEMV
 def test_the_one_row_sgemm_can_be_switched_off_and_is_skipped_without_a_compiler(tmp_path):
-    assert import_blas() == f"{_blas.loaded_path} True"
-    assert import_blas(SEAL_ENV_GEMV="off") == f"{_blas.loaded_path} False"
+    assert import_blas() == f"{_blas.loaded_path} {_blas.symbol_prefix!r} True"
+    # without it mlx calls a plain OpenBLAS directly: scipy-openblas32's prefixed symbols are reached only through it
+    path, prefix, loaded = import_blas(SEAL_ENV_GEMV="off").split()
+    assert (prefix, loaded) == ("''", "False") and "scipy" not in path
     # a fresh cache folder, so nothing built earlier is found, and no compiler
-    assert import_blas(CC=str(tmp_path / "no-cc"), SEAL_ENV_CACHE=str(tmp_path)) == f"{_blas.loaded_path} False"
+    assert import_blas(CC=str(tmp_path / "no-cc"), SEAL_ENV_CACHE=str(tmp_path)) == f"{path} '' False"
 
 
 @pytest.mark.slow

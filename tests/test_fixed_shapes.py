@@ -166,3 +166,9 @@ def test_a_diverged_slot_leaves_the_others_with_fixed_shapes(learner):
     poisoned = _train(learner, datas, seeds, fixed=True, poison=0)
     assert poisoned[0][0]["diverged"] and poisoned[0][0]["train_steps"] == 0
     _assert_same_training(healthy, poisoned, [1, 2])
+
+
+def test_fixed_shapes_are_on_by_default_and_pad_only_compiled_passes(learner):
+    assert Learner.__init__.__kwdefaults__["fixed_shapes"] is True
+    *_, shapes = _train(learner, _datas(learner.tokenizer), [3, 4, 5], fixed=True, levers={**FAST, "compile": False})
+    assert any(inputs[1] % Learner.SHAPE_WIDTH_STEP for _, inputs, *_ in shapes)  # without compile: not padded

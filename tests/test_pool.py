@@ -4,6 +4,7 @@ base weights, errors) and the ``auto`` executor (what it picks for given cores a
 import logging
 import os
 
+from seal_env import _blas
 from seal_env.articles import select_articles
 from seal_env.config import SealConfig
 from seal_env.envs.knowledge import KnowledgeIncorporationEnv
@@ -173,10 +174,12 @@ def test_auto_setup_describes_its_choice():
     )
     setup = auto_setup(cores=4, memory_bytes=9 * GIB, worker_memory_bytes=4 * GIB)
     assert (setup.workers, setup.threads) == (2, 2)
+    kernels = f"OpenBLAS kernels {_blas.core_name()}; " if _blas.core_name() else ""  # what its products run
     assert setup.message() == (
         "seal-env: reward executor auto: 2 worker processes x 2 BLAS threads (4 cores, 9.0 GiB available, "
-        "4.0 GiB per worker); choose another with --executor inprocess|pool|ray (executor= in Python)"
+        f"4.0 GiB per worker); {kernels}choose another with --executor inprocess|pool|ray (executor= in Python)"
     )
+    assert (_blas.core_name() is not None) == (_blas.loaded_path is not None)
     with pytest.raises(ValueError, match="cores must be a positive integer"):
         auto_setup(cores=0)
     with pytest.raises(ValueError, match="worker_memory_bytes must be a positive integer"):

@@ -3,7 +3,8 @@
  * mlx sends every fp32 matrix product to cblas_sgemm, also a product with one row (one token being decoded), and
  * OpenBLAS's sgemm copies ("packs") the whole weight matrix on each call. Here a row-major product with one row
  * goes to cblas_sgemv, which reads the matrix once; every other call goes to the BLAS's own cblas_sgemm.
- * seal_gemv_bind() must be called with OpenBLAS's two functions before the first product.
+ * seal_gemv_bind() must be called with OpenBLAS's two functions before the first product; they may have other
+ * names (scipy-openblas32's are scipy_cblas_sgemm and scipy_cblas_sgemv, which mlx could not find by itself).
  */
 
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int, float, float *,

@@ -136,16 +136,13 @@ def blas_threads(n: int | None = None) -> int | None:
     float rounding of matrix products (losses and log-likelihoods differ around the 7th digit). To compare an
     in-process result with a Ray worker's exactly, run both with the same count (``cpus_per_worker``).
     """
-    import ctypes
-
     from seal_env import _blas
 
     if _blas.loaded_path is None:
         return None
-    lib = ctypes.CDLL(_blas.loaded_path)
     if n is not None:
-        lib.openblas_set_num_threads(int(n))
-    return int(lib.openblas_get_num_threads())
+        _blas.function("openblas_set_num_threads")(int(n))
+    return int(_blas.function("openblas_get_num_threads")())
 
 
 def weights_to_numpy(weights: dict[str, Any]) -> dict[str, Any]:
@@ -223,10 +220,15 @@ class AutoSetup:
         return f"{what} ({cores}, {memory}, {_gib(self.worker_memory_bytes)} per worker)"
 
     def message(self) -> str:
-        """The line that says what ``"auto"`` picked and how to choose another executor."""
+        """The line that says what ``"auto"`` picked (and, on CPU, the OpenBLAS kernels its products run) and how to
+        choose another executor."""
+        from seal_env import _blas
+
+        kernels = _blas.core_name() if not self.gpu else None
         return (
             f"seal-env: reward executor auto: {self.describe()}; "
-            "choose another with --executor inprocess|pool|ray (executor= in Python)"
+            + (f"OpenBLAS kernels {kernels}; " if kernels else "")
+            + "choose another with --executor inprocess|pool|ray (executor= in Python)"
         )
 
 

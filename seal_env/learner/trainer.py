@@ -78,13 +78,13 @@ class Learner:
         fast_kernels: bool = True,
         head_on_positions: bool = True,
         compile: bool = True,
-        fixed_shapes: bool = False,
+        fixed_shapes: bool = True,
     ):
-        """``fast_kernels``, ``head_on_positions``, ``compile`` and ``fixed_shapes`` are the speed levers (the first
-        three on by default; all off = the plain mlx-lm path; results agree to float rounding). The fast kernels are
-        float32 code for CPUs (off with half-precision weights). ``fixed_shapes`` pads every pass to a few shapes so
-        compiled traces are reused (with LoRA dropout, its masks are drawn over the padded shape). The adapters and
-        their optimizer state are float32 whatever the weights' dtype."""
+        """``fast_kernels``, ``head_on_positions``, ``compile`` and ``fixed_shapes`` are the speed levers (all on by
+        default; all off = the plain mlx-lm path; results agree to float rounding). The fast kernels are float32
+        code for CPUs (off with half-precision weights). ``fixed_shapes`` pads every pass to a few shapes so compiled
+        traces are reused (only with ``compile``; with LoRA dropout, its masks are drawn over the padded shape). The
+        adapters and their optimizer state are float32 whatever the weights' dtype."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         model.freeze()
         keys = resolve_lora_keys(model, cfg.lora_modules)
@@ -115,6 +115,12 @@ class Learner:
         use_fast_kernels(self.model, fast_kernels)
         self._use_loss(None)
 
+    @property
+    def padded(self) -> bool:
+        """Whether passes are padded to fixed shapes (``fixed_shapes`` with ``compile``: without compiled traces to
+        reuse, padding would only cost time)."""
+        return self.fixed_shapes and self.compile
+
     def _use_loss(self, loss: Loss | None) -> None:
         """Train with ``loss`` (``None``: SFT's cross-entropy, :func:`make_loss`); drops the compiled traces."""
         self._loss = loss
@@ -137,7 +143,7 @@ class Learner:
             if not self.compile:
                 return self._value_and_grad(self.model, index, *batch)
             shape = (index.shape, *(x.shape for x in batch))
-            limit = self.MAX_TRACES_FIXED if self.fixed_shapes else self.MAX_TRACES
+            limit = self.MAX_TRACES_FIXED if self.padded else self.MAX_TRACES
             if self._compiled is None or (shape not in self._shapes and len(self._shapes) >= limit):
                 model = self.model
                 state = [model.state, mx.random.state]
@@ -244,8 +250,8 @@ class Learner:
                     batches,
                     self.BUCKET_OVERHEAD_TOKENS,
                     self.PASS_MAX_TOKENS,
-                    self.SHAPE_WIDTH_STEP if self.fixed_shapes else 1,
-                    self.fixed_shapes,
+                    self.SHAPE_WIDTH_STEP if self.padded else 1,
+                    self.padded,
                 ):
                     (_, per_slot, ntoks, *rest), g = self._bucket_loss_and_grad(bucket, batches)
                     grads = g if grads is None else tree_map(mx.add, grads, g)
@@ -308,7 +314,7 @@ class Learner:
     ) -> tuple[tuple[mx.array, ...], Any]:
         """Loss and gradients of the slots in ``bucket`` (each with its step's batch), as one padded pass
         (:func:`~seal_env.learner.batching.pass_arrays`, with ``fixed_shapes`` at this class's sizes)."""
-        fixed = self.fixed_shapes
+        fixed = self.padded
         arrays = pass_arrays(
             bucket,
             batches,
