@@ -78,7 +78,7 @@ print(float(np.abs(got - a.astype(np.float64) @ b.T.astype(np.float64)).max()))
 
 
 @SCIPY
-def test_scipy_openblas_comes_first_reached_through_seal_envs_sgemm_with_the_kernels_asked_for(tmp_path):
+def test_scipy_openblas_comes_first_reached_through_seal_envs_sgemm_with_the_kernels_asked_for():
     shown = "_blas.loaded_path, _blas.symbol_prefix, _blas.gemv_library is not None, _blas.core_name()"
     path, prefix, shim, core = import_seal_env(show=shown)[0].split()
     assert path in _blas._scipy_openblas() and prefix == "scipy_" and shim == "True" and core
