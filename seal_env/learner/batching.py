@@ -1,7 +1,8 @@
-"""Training rows to batches: padded next-token ``inputs`` / ``targets`` / loss ``mask`` (:func:`make_batch`), a
-custom loss's per-row extras (:func:`stack_extras`), the SFT loss at loss positions only (:func:`make_loss`), the
-grouping of one step's adapter slots into padded passes by length (:func:`length_buckets`), the sizes that fixed
-shapes round a pass up to (:func:`round_up`, :func:`ladder_up`), and one pass's arrays (:func:`pass_arrays`).
+"""Training rows to batches: each slot's shuffled batches (:func:`batch_plan`), padded next-token ``inputs`` /
+``targets`` / loss ``mask`` (:func:`make_batch`), a custom loss's per-row extras (:func:`stack_extras`), the SFT loss
+at loss positions only (:func:`make_loss`), the grouping of one step's adapter slots into padded passes by length
+(:func:`length_buckets`), the sizes that fixed shapes round a pass up to (:func:`round_up`, :func:`ladder_up`), and
+one pass's arrays (:func:`pass_arrays`).
 """
 
 from __future__ import annotations
@@ -124,6 +125,17 @@ def slot_loss(loss: Loss) -> Callable[..., tuple[Any, ...]]:
         return losses.sum(), losses, tokens, metrics
 
     return wrapped
+
+
+def batch_plan(rows: int, seed: int, epochs: int, batch_size: int) -> list[np.ndarray]:
+    """One slot's batches (row indices), epoch after epoch, each epoch in its own order drawn from ``seed``; none
+    without rows."""
+    rng = np.random.default_rng(seed)
+    plan = []
+    for _ in range(epochs if rows else 0):
+        order = rng.permutation(rows)
+        plan += [order[i : i + batch_size] for i in range(0, rows, batch_size)]
+    return plan
 
 
 def length_buckets(

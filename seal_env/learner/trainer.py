@@ -27,6 +27,7 @@ from seal_env.learner.batching import (
     ExtrasRow,
     Loss,
     TrainRow,
+    batch_plan,
     length_buckets,
     make_loss,
     pass_arrays,
@@ -49,7 +50,6 @@ from seal_env.prompts import uses_chat
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 from mlx.utils import tree_map
 
 
@@ -217,15 +217,9 @@ class Learner:
             raise ValueError(f"train: {len(datas)} data sets and {len(seeds)} seeds for {n} adapter slots")
         if loss is not self._loss:
             self._use_loss(loss)
-        bs = cfg.batch_size
-        plans: list[list[np.ndarray]] = []  # every slot's batches, epoch after epoch, in its own seeded order
-        for data, seed in zip(datas, seeds, strict=True):
-            rng = np.random.default_rng(seed)
-            plan = []
-            for _ in range(cfg.epochs if data else 0):
-                order = rng.permutation(len(data))
-                plan += [order[i : i + bs] for i in range(0, len(data), bs)]
-            plans.append(plan)
+        plans = [
+            batch_plan(len(data), seed, cfg.epochs, cfg.batch_size) for data, seed in zip(datas, seeds, strict=True)
+        ]
         if seeds:
             mx.random.seed(int(seeds[0]))  # LoRA dropout (one stream for the whole pass)
         losses: list[list[float]] = [[] for _ in range(n)]
